@@ -1,0 +1,1 @@
+"""Siamese encoders: backbones, twin model, ONNX export with a parity guarantee."""

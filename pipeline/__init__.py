@@ -1,0 +1,1 @@
+"""siamstream's stream pipeline: sources, detection, Siamese encoder runtime, tracking, anomaly, sinks."""

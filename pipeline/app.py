@@ -1,0 +1,161 @@
+"""Composition root: turns the validated :class:`~pipeline.config.Config` into stage objects.
+
+The config is read once, by the CLI; everything below takes typed arguments.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from pipeline.anomaly.bank import Bank, build_bank
+from pipeline.anomaly.inspector import PartInspector
+from pipeline.config import Config, DetectorConfig, EncoderConfig, OutputConfig, TrackerConfig
+from pipeline.crops import crop_batch
+from pipeline.detect.background import BackgroundSubtractionDetector
+from pipeline.encoder import OnnxEncoder
+from pipeline.metrics import PipelineMetrics
+from pipeline.runner import Pipeline, edge_mask
+from pipeline.sinks import AnnotatedVideoSink, EventsJsonlSink, MotTxtSink, Sink, check_writable_dir
+from pipeline.tracking.tracker import Tracker
+from pipeline.types import CropBatch, Frame, TrackState
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".pgm", ".ppm", ".webp")
+
+
+def build_encoder(cfg: EncoderConfig) -> OnnxEncoder:
+    """The configured ONNX model, or the built-in pretrained EfficientNet-Lite0 exported once into the cache."""
+    path = cfg.model
+    if not path:
+        from encoders.export import ensure_pretrained_onnx
+
+        path = str(ensure_pretrained_onnx(cfg.cache_dir, cfg.stage, cfg.pooling, cfg.input_size))
+    return OnnxEncoder(path, device=cfg.device, threads=cfg.threads, max_batch=cfg.max_batch)
+
+
+def build_detector(cfg: DetectorConfig) -> BackgroundSubtractionDetector:
+    return BackgroundSubtractionDetector(
+        history=cfg.history, var_threshold=cfg.var_threshold, learning_rate=cfg.learning_rate,
+        warmup_frames=cfg.warmup_frames, min_area=cfg.min_area, max_area_fraction=cfg.max_area_fraction,
+        min_side=cfg.min_side, open_kernel=cfg.open_kernel, close_kernel=cfg.close_kernel)
+
+
+def build_tracker(cfg: TrackerConfig) -> Tracker:
+    return Tracker(appearance_weight=cfg.appearance_weight, max_cost=cfg.max_cost,
+                   max_cosine_distance=cfg.max_cosine_distance, min_iou=cfg.min_iou, min_hits=cfg.min_hits,
+                   max_lost_seconds=cfg.max_lost_seconds, gallery_momentum=cfg.gallery_momentum)
+
+
+def build_pipeline(cfg: Config, encoder: OnnxEncoder, metrics: PipelineMetrics, bank: Bank | None,
+                   out_dir: Path) -> Pipeline:
+    inspector = None
+    evidence_dir = None
+    if bank is not None:
+        inspector = PartInspector(bank.meta.threshold, cfg.anomaly.min_frames, cfg.anomaly.aggregate)
+        if cfg.anomaly.evidence:
+            evidence_dir = out_dir / "evidence"
+            check_writable_dir(evidence_dir)
+    else:
+        log.info("no bank configured ([anomaly] bank is empty): anomaly scoring is off; "
+                 "build one with `siamstream bank build --source GOOD_VIDEO_OR_DIR --out BANK`")
+    metrics.encoder_info.info({"provider": getattr(encoder, "provider", "unknown"),
+                               "model": str(getattr(encoder, "path", "")),
+                               "embedding_dim": str(encoder.embedding_dim)})
+    return Pipeline(build_detector(cfg.detector), encoder, build_tracker(cfg.tracker), metrics, bank, inspector,
+                    stream=cfg.output.stream_name, crop_padding=cfg.encoder.crop_padding,
+                    edge_margin=cfg.anomaly.edge_margin, evidence_dir=evidence_dir, k=cfg.anomaly.k)
+
+
+def load_bank(path: str, encoder: OnnxEncoder) -> Bank | None:
+    if not path:
+        return None
+    bank = Bank.load(path)
+    bank.check_encoder(encoder.encoder_id, encoder.embedding_dim, path)
+    return bank
+
+
+def build_sinks(cfg: OutputConfig, out_dir: Path, fps: float) -> list[Sink]:
+    check_writable_dir(out_dir)
+    sinks: list[Sink] = []
+    if cfg.video:
+        suffix = ".avi" if cfg.video_fourcc.upper() in ("MJPG", "XVID") else ".mp4"
+        sinks.append(AnnotatedVideoSink(out_dir / f"annotated{suffix}", fps or 25.0, cfg.video_fourcc))
+    if cfg.events:
+        sinks.append(EventsJsonlSink(out_dir / "events.jsonl"))
+    if cfg.mot:
+        sinks.append(MotTxtSink(out_dir / "tracks.txt"))
+    return sinks
+
+
+@dataclass(frozen=True)
+class GoodSamples:
+    """Embeddings of known-good crops and the group (tracked part or image) each came from."""
+
+    vectors: np.ndarray  # (N, D) float32
+    groups: np.ndarray  # (N,) int64
+
+
+def good_samples_from_frames(frames: Iterable[Frame], cfg: Config, encoder: OnnxEncoder,
+                             frame_step: int = 1) -> GoodSamples:
+    """Detect, track and embed good parts in a stream; one group per confirmed track.
+
+    Only crops of confirmed tracks that lie fully inside the frame are kept (the same crops the anomaly
+    stage scores at run time).
+    """
+    detector = build_detector(cfg.detector)
+    tracker = build_tracker(cfg.tracker)
+    vectors: list[np.ndarray] = []
+    groups: list[int] = []
+    for frame in frames:
+        dets = detector.detect(frame)
+        emb = encoder.embed(crop_batch(frame, dets, encoder.input_size, cfg.encoder.crop_padding))
+        out = tracker.update(dets, emb, frame.timestamp)
+        if frame.index % frame_step:
+            continue
+        inside = edge_mask(dets.xyxy, frame.width, frame.height, cfg.anomaly.edge_margin)
+        for obs in out.observations:
+            di = obs.detection_index
+            if obs.state == TrackState.CONFIRMED and di >= 0 and inside[di]:
+                vectors.append(emb.vectors[di])
+                groups.append(obs.track_id)
+    if not vectors:
+        return GoodSamples(np.zeros((0, encoder.embedding_dim), np.float32), np.zeros(0, np.int64))
+    return GoodSamples(np.stack(vectors).astype(np.float32), np.asarray(groups, np.int64))
+
+
+def good_samples_from_images(folder: Path, encoder: OnnxEncoder, batch: int = 32) -> GoodSamples:
+    """Whole images of good parts (one part per image, one group per image)."""
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+    h, w = encoder.input_size
+    vectors: list[np.ndarray] = []
+    for start in range(0, len(files), batch):
+        imgs = []
+        for p in files[start:start + batch]:
+            img = cv2.imread(str(p), cv2.IMREAD_COLOR)
+            if img is None:
+                raise ValueError(f"{p}: not a readable image; remove it or convert it to PNG/JPEG")
+            imgs.append(cv2.cvtColor(cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB))
+        arr = np.stack(imgs)
+        boxes = np.tile(np.array([[0, 0, w, h]], np.float32), (len(arr), 1))
+        vectors.append(encoder.embed(CropBatch(arr, boxes)).vectors)
+    if not vectors:
+        return GoodSamples(np.zeros((0, encoder.embedding_dim), np.float32), np.zeros(0, np.int64))
+    v = np.concatenate(vectors)
+    return GoodSamples(v, np.arange(len(v), dtype=np.int64))
+
+
+def bank_from_samples(samples: GoodSamples, cfg: Config, encoder: OnnxEncoder, source: str) -> Bank:
+    x, g = samples.vectors, samples.groups
+    if len(x) > cfg.bank.max_samples:  # even subsample across the stream keeps every part represented
+        keep = np.linspace(0, len(x) - 1, cfg.bank.max_samples).round().astype(np.int64)
+        x, g = x[keep], g[keep]
+    return build_bank(x, g, encoder.encoder_id, encoder.input_size, index_type=cfg.bank.index, k=cfg.anomaly.k,
+                      holdout_fraction=cfg.bank.holdout_fraction, false_alarm_rate=cfg.bank.false_alarm_rate,
+                      sources=[source])

@@ -1,0 +1,182 @@
+"""``siamstream`` command line: the entry point that reads the config once and wires the application."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+
+from pipeline.anomaly.bank import BankError
+from pipeline.config import Config, ConfigError, load_config
+from pipeline.encoder import EncoderContractError
+from pipeline.sinks import SinkError
+from pipeline.sources import SourceError
+
+log = logging.getLogger("siamstream")
+
+# Errors whose message is complete: reported as one line, no traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, SourceError, SinkError, EncoderContractError,
+                                                BankError)
+
+
+def _config(args: argparse.Namespace) -> Config:
+    return load_config(getattr(args, "config", None), getattr(args, "set", None) or [])
+
+
+def _print_json(obj: dict[str, object]) -> None:
+    print(json.dumps(obj), flush=True)
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    cfg = load_config(args.file, args.set or [])
+    print(f"{args.file}: OK ({len(cfg.__dataclass_fields__)} sections)")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from pipeline import app
+    from pipeline.metrics import PipelineMetrics, serve
+    from pipeline.runner import run, stop_on_signals
+    from pipeline.sources import open_source
+
+    cfg = _config(args)
+    uri = args.source or cfg.source.uri
+    if not uri:
+        raise ConfigError("no source: pass --source FILE|DIR|CAMERA_INDEX|URL or set [source] uri")
+    out_dir = Path(args.out or cfg.output.dir)
+    source = open_source(uri, cfg.source)
+    try:
+        encoder = app.build_encoder(cfg.encoder)
+        bank = app.load_bank(cfg.anomaly.bank, encoder)
+        registry = CollectorRegistry()
+        metrics = PipelineMetrics(registry, cfg.output.stream_name)
+        if cfg.metrics.enabled:
+            serve(registry, cfg.metrics.address, cfg.metrics.port)
+        sinks = app.build_sinks(cfg.output, out_dir, source.fps or cfg.source.fps_hint)
+        pipeline = app.build_pipeline(cfg, encoder, metrics, bank, out_dir)
+    except BaseException:
+        source.close()
+        raise
+    stop = threading.Event()
+    with stop_on_signals(stop):
+        summary = run(source, pipeline, sinks, stop, cfg.output.progress_every_s)
+    print(f"source     {uri}")
+    print(f"frames     {summary.frames} in {summary.seconds:.1f} s ({summary.fps:.1f} fps), "
+          f"dropped {summary.dropped}, reconnects {summary.reconnects}")
+    print(f"tracks     {summary.tracks} confirmed, {summary.inspected} inspected")
+    print(f"flagged    {len(summary.flagged)}" + (f": track ids {summary.flagged}" if summary.flagged else ""))
+    print(f"outputs    {out_dir}" + ("  (interrupted)" if summary.interrupted else ""))
+    _print_json({"frames": summary.frames, "fps": round(summary.fps, 2), "tracks": summary.tracks,
+                 "flagged": len(summary.flagged), "out": str(out_dir)})
+    return 130 if summary.interrupted else 0
+
+
+def cmd_bank_build(args: argparse.Namespace) -> int:
+    from pipeline import app
+    from pipeline.sources import open_source
+
+    cfg = _config(args)
+    encoder = app.build_encoder(cfg.encoder)
+    src = Path(args.source)
+    if src.is_dir() and not args.detect:
+        samples = app.good_samples_from_images(src, encoder)
+    else:
+        source = open_source(args.source, cfg.source)
+        try:
+            samples = app.good_samples_from_frames(source, cfg, encoder, cfg.bank.frame_step)
+        finally:
+            source.close()
+    if len(samples.vectors) == 0:
+        raise BankError(f"{args.source}: no good parts were found to build a bank from; check the detector "
+                        f"settings ([detector] min_area, var_threshold) or pass a folder of part images")
+    bank = app.bank_from_samples(samples, cfg, encoder, str(args.source))
+    bank.save(args.out)
+    m = bank.meta
+    print(f"bank       {args.out}: {len(bank)} good samples from {len(set(samples.groups.tolist()))} parts/images")
+    print(f"threshold  {m.threshold:.4f} (target false-alarm rate {m.false_alarm_rate:g}, calibrated on "
+          f"{m.calibration_samples} held-out samples of {m.calibration_groups} parts; 95% upper bound on the "
+          f"false-alarm rate {m.false_alarm_upper_95:.3f})")
+    _print_json({"bank": str(args.out), "samples": len(bank), "threshold": round(m.threshold, 6),
+                 "groups": int(len(set(samples.groups.tolist())))})
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from pipeline.demo import run_demo
+
+    cfg = _config(args)
+    result = run_demo(cfg, Path(args.out), frames=args.frames, bank_frames=args.bank_frames,
+                      serve_metrics=not args.no_metrics)
+    for line in result.report_lines():
+        print(line)
+    _print_json(result.as_json())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="siamstream", description="Watch video streams with Siamese networks: "
+                                "track objects, flag defective parts, export Prometheus metrics.")
+    p.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp: argparse.ArgumentParser, config_required: bool = False) -> None:
+        sp.add_argument("--config", required=config_required, help="config file (TOML), e.g. config.toml")
+        sp.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                        help="override one config key (repeatable), e.g. --set tracker.min_hits=2")
+
+    demo = sub.add_parser("demo", help="run everything on an embedded synthetic production line")
+    common(demo)
+    demo.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
+    demo.add_argument("--frames", type=int, default=600, help="frames of the inspected scene (default 600)")
+    demo.add_argument("--bank-frames", type=int, default=400,
+                      help="frames of the good-parts scene used to build the bank (default 400)")
+    demo.add_argument("--no-metrics", action="store_true", help="do not serve /metrics")
+    demo.set_defaults(func=cmd_demo)
+
+    run = sub.add_parser("run", help="run the pipeline on a video file, image folder, camera or URL")
+    common(run, config_required=True)
+    run.add_argument("--source", help="video file, image folder, camera index (0) or rtsp/http URL")
+    run.add_argument("--out", help="output directory (default: [output] dir)")
+    run.set_defaults(func=cmd_run)
+
+    bank = sub.add_parser("bank", help="build the bank of known-good samples")
+    bank_sub = bank.add_subparsers(dest="bank_command", required=True)
+    build = bank_sub.add_parser("build", help="build a bank from good images (a folder) or a video of good parts")
+    common(build)
+    build.add_argument("--source", required=True, help="folder of good part images, or a video of good parts")
+    build.add_argument("--out", required=True, help="bank directory to write")
+    build.add_argument("--detect", action="store_true",
+                       help="for an image folder: detect and track parts in it as a sequence")
+    build.set_defaults(func=cmd_bank_build)
+
+    config = sub.add_parser("config", help="configuration tools")
+    config_sub = config.add_subparsers(dest="config_command", required=True)
+    check = config_sub.add_parser("check", help="validate a config file")
+    check.add_argument("file")
+    check.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE")
+    check.set_defaults(func=cmd_config_check)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        return int(args.func(args))
+    except USER_ERRORS as exc:
+        print(f"siamstream: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("siamstream: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,231 @@
+"""The only TOML reader: ``config.toml`` -> frozen dataclasses, validated once at the entry point.
+
+Each section is a frozen dataclass whose fields carry their allowed range or choices in ``metadata``.
+An unknown section or key, a wrong type or an out-of-range value raises :class:`ConfigError` naming the
+file, the key, what was given and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid. ``str()`` is a complete one-line message."""
+
+
+def _f(default: Any, lo: float | None = None, hi: float | None = None,
+       choices: tuple[str, ...] | None = None) -> Any:
+    return field(default=default, metadata={"min": lo, "max": hi, "choices": choices})
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    uri: str = _f("")
+    queue_size: int = _f(8, 1, 1024)
+    reconnect_initial_s: float = _f(0.5, 0.01, 60.0)
+    reconnect_max_s: float = _f(10.0, 0.1, 600.0)
+    reconnect_attempts: int = _f(0, 0, 1_000_000)
+    max_frames: int = _f(0, 0, None)
+    fps_hint: float = _f(0.0, 0.0, 1000.0)
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    kind: str = _f("background", choices=("background",))
+    history: int = _f(300, 1, 100_000)
+    var_threshold: float = _f(100.0, 1.0, 1000.0)
+    learning_rate: float = _f(0.0005, -1.0, 1.0)
+    warmup_frames: int = _f(5, 0, 10_000)
+    min_area: int = _f(400, 1, None)
+    max_area_fraction: float = _f(0.5, 0.001, 1.0)
+    min_side: int = _f(12, 1, None)
+    open_kernel: int = _f(7, 1, 51)
+    close_kernel: int = _f(15, 1, 101)
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    model: str = _f("")
+    cache_dir: str = _f("~/.cache/siamstream")
+    device: str = _f("auto", choices=("auto", "cpu", "cuda"))
+    threads: int = _f(0, 0, 256)
+    input_size: int = _f(128, 32, 1024)
+    stage: int = _f(5, 1, 7)
+    pooling: str = _f("gem", choices=("avg", "gem"))
+    crop_padding: float = _f(0.1, 0.0, 2.0)
+    max_batch: int = _f(64, 1, 4096)
+
+
+@dataclass(frozen=True)
+class TrackerConfig:
+    appearance_weight: float = _f(0.5, 0.0, 1.0)
+    max_cost: float = _f(0.7, 0.0, 2.0)
+    max_cosine_distance: float = _f(0.35, 0.0, 2.0)
+    min_iou: float = _f(0.05, 0.0, 1.0)
+    min_hits: int = _f(3, 1, 1000)
+    max_lost_seconds: float = _f(1.0, 0.0, 3600.0)
+    gallery_momentum: float = _f(0.8, 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class AnomalyConfig:
+    bank: str = _f("")
+    k: int = _f(1, 1, 256)
+    min_frames: int = _f(3, 1, 10_000)
+    aggregate: str = _f("median", choices=("median", "mean", "max"))
+    edge_margin: int = _f(4, 0, 10_000)
+    evidence: bool = _f(True)
+
+
+@dataclass(frozen=True)
+class BankConfig:
+    index: str = _f("flat", choices=("flat", "hnsw"))
+    holdout_fraction: float = _f(0.25, 0.05, 0.9)
+    false_alarm_rate: float = _f(0.01, 0.0001, 0.5)
+    max_samples: int = _f(20_000, 10, None)
+    frame_step: int = _f(1, 1, 10_000)
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    dir: str = _f("runs/latest")
+    video: bool = _f(True)
+    events: bool = _f(True)
+    mot: bool = _f(True)
+    video_fourcc: str = _f("mp4v")
+    stream_name: str = _f("default")
+    progress_every_s: float = _f(5.0, 0.0, 3600.0)
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    enabled: bool = _f(True)
+    address: str = _f("127.0.0.1")
+    port: int = _f(9108, 0, 65535)
+
+
+@dataclass(frozen=True)
+class Config:
+    source: SourceConfig = field(default_factory=SourceConfig)
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    tracker: TrackerConfig = field(default_factory=TrackerConfig)
+    anomaly: AnomalyConfig = field(default_factory=AnomalyConfig)
+    bank: BankConfig = field(default_factory=BankConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+
+
+_SECTIONS: dict[str, type] = {f.name: f.type if isinstance(f.type, type) else get_type_hints(Config)[f.name]
+                              for f in dataclasses.fields(Config)}
+
+
+def _type_name(t: type) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}[t]
+
+
+def _coerce(value: Any, t: type, where: str) -> Any:
+    """Check ``value`` against scalar type ``t``; ints are accepted for floats, never bools."""
+    if t is bool:
+        ok = isinstance(value, bool)
+    elif t is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif t is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    else:
+        ok = isinstance(value, str)
+    if not ok:
+        raise ConfigError(f"{where}: expected {_type_name(t)}, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def _suggest(key: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(key, options, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _build_section(cls: type, raw: dict[str, Any], origin: str, section: str) -> Any:
+    hints = get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        where = f"{origin}: [{section}] {key}"
+        if key not in hints:
+            raise ConfigError(f"{origin}: unknown key [{section}] {key!r}{_suggest(key, names)}; "
+                              f"allowed keys: {', '.join(names)}")
+        f = next(f for f in dataclasses.fields(cls) if f.name == key)
+        value = _coerce(value, hints[key], where)
+        lo, hi, choices = f.metadata.get("min"), f.metadata.get("max"), f.metadata.get("choices")
+        if choices is not None and value not in choices:
+            raise ConfigError(f"{where}: got {value!r}, allowed: {', '.join(map(repr, choices))}")
+        if (lo is not None and value < lo) or (hi is not None and value > hi):
+            rng = f"{lo if lo is not None else '-inf'} .. {hi if hi is not None else 'inf'}"
+            raise ConfigError(f"{where}: got {value!r}, allowed range {rng}")
+        values[key] = value
+    return cls(**values)
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """``"section.key=value"`` -> (section, key, value). The value is read as TOML, else as a string."""
+    if "=" not in text or "." not in text.split("=", 1)[0]:
+        raise ConfigError(f"--set {text!r}: expected section.key=value, e.g. --set tracker.min_hits=2")
+    lhs, rhs = text.split("=", 1)
+    section, key = lhs.strip().split(".", 1)
+    try:
+        value = tomllib.loads(f"v = {rhs.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = rhs.strip()
+    return section, key, value
+
+
+def config_from_dict(raw: dict[str, Any], origin: str = "<config>",
+                     overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    merged: dict[str, dict[str, Any]] = {}
+    for section, body in raw.items():
+        if section not in _SECTIONS:
+            raise ConfigError(f"{origin}: unknown section [{section}]{_suggest(section, list(_SECTIONS))}; "
+                              f"allowed sections: {', '.join(_SECTIONS)}")
+        if not isinstance(body, dict):
+            raise ConfigError(f"{origin}: [{section}] must be a table of keys, got {body!r}")
+        merged[section] = dict(body)
+    for text in overrides:
+        section, key, value = parse_override(text)
+        if section not in _SECTIONS:
+            raise ConfigError(f"--set {text!r}: unknown section [{section}]{_suggest(section, list(_SECTIONS))}; "
+                              f"allowed sections: {', '.join(_SECTIONS)}")
+        merged.setdefault(section, {})[key] = value
+    origin_with_sets = origin + (" (with --set overrides)" if overrides else "")
+    sections = {name: _build_section(cls, merged.get(name, {}), origin_with_sets, name)
+                for name, cls in _SECTIONS.items()}
+    return Config(**sections)
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read and validate a config file; ``None`` gives the defaults (plus overrides)."""
+    if path is None:
+        return config_from_dict({}, "<defaults>", overrides)
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: config file not found; pass an existing file, e.g. --config config.toml")
+    try:
+        raw = tomllib.loads(p.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+    return config_from_dict(raw, str(p), overrides)
+
+
+def replace(cfg: Config, section: str, **changes: Any) -> Config:
+    """A copy of ``cfg`` with keys of one section changed (used by commands that set defaults)."""
+    return dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **changes)})

@@ -1,0 +1,199 @@
+"""Encoder runtime: an ONNX Runtime session that embeds a frame's crops as one batch.
+
+The input/output contract is read from the model file and checked at load time:
+
+- one image input, rank 4, ``(batch, 3, H, W)`` (NCHW) or ``(batch, H, W, 3)`` (NHWC), fixed H and W;
+  dtype float32/float16 (fed RGB scaled to [0, 1] by the uint8 dtype range) or uint8 (fed raw);
+- one output ``(batch, D)`` with a fixed D.
+
+Preprocessing scales by dtype (uint8 -> /255), never by pixel values.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from pipeline.types import CropBatch, Embeddings
+
+log = logging.getLogger(__name__)
+
+_ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8}
+_CUDA_LIBS = ("libcuda.so.1", "libcudart.so.12", "libcublas.so.12", "libcudnn.so.9")
+
+
+class EncoderContractError(ValueError):
+    """The ONNX model does not fit the encoder contract. ``str()`` names the model, the problem and the fix."""
+
+
+class Encoder(Protocol):
+    """Anything that embeds a batch of crops."""
+
+    input_size: tuple[int, int]  # (H, W)
+    embedding_dim: int
+    encoder_id: str
+
+    def embed(self, crops: CropBatch) -> Embeddings: ...
+
+
+@dataclass(frozen=True)
+class ModelContract:
+    input_name: str
+    layout: str  # "NCHW" | "NHWC"
+    height: int
+    width: int
+    dtype: type
+    fixed_batch: int  # 0 when the batch axis is dynamic
+    output_name: str
+    embedding_dim: int
+
+
+def _dim(d: object) -> int | None:
+    return d if isinstance(d, int) and d > 0 else None
+
+
+def read_contract(session: object, path: str) -> ModelContract:
+    """Check an ONNX Runtime session's inputs/outputs against the encoder contract."""
+    inputs = session.get_inputs()  # type: ignore[attr-defined]
+    outputs = session.get_outputs()  # type: ignore[attr-defined]
+    need = ("siamstream needs one image input (batch, 3, H, W) or (batch, H, W, 3) and one output "
+            "(batch, D); export encoders with `siamstream export` or fix the model's shapes")
+    if len(inputs) != 1:
+        raise EncoderContractError(f"{path}: model has {len(inputs)} inputs "
+                                   f"({', '.join(i.name for i in inputs)}); {need}")
+    inp = inputs[0]
+    shape = list(inp.shape)
+    if inp.type not in _ORT_DTYPES:
+        raise EncoderContractError(f"{path}: input {inp.name!r} has type {inp.type}; allowed: "
+                                   f"{', '.join(_ORT_DTYPES)}")
+    if len(shape) != 4:
+        raise EncoderContractError(f"{path}: input {inp.name!r} has shape {shape} (rank {len(shape)}); {need}")
+    if shape[1] == 3 and _dim(shape[2]) and _dim(shape[3]):
+        layout, h, w = "NCHW", int(shape[2]), int(shape[3])
+    elif shape[3] == 3 and _dim(shape[1]) and _dim(shape[2]):
+        layout, h, w = "NHWC", int(shape[1]), int(shape[2])
+    else:
+        raise EncoderContractError(f"{path}: input {inp.name!r} has shape {shape}: no 3-channel axis with a "
+                                   f"fixed height and width; {need}")
+    if not outputs:
+        raise EncoderContractError(f"{path}: model has no outputs; {need}")
+    out = outputs[0]
+    oshape = list(out.shape)
+    if len(oshape) != 2 or _dim(oshape[1]) is None:
+        raise EncoderContractError(f"{path}: output {out.name!r} has shape {oshape}; {need}")
+    return ModelContract(inp.name, layout, h, w, _ORT_DTYPES[inp.type], _dim(shape[0]) or 0,
+                         out.name, int(oshape[1]))
+
+
+def cuda_usable() -> tuple[bool, str]:
+    """Whether the CUDA libraries ONNX Runtime's CUDA provider loads are present (no CUDA error spam)."""
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return False, "this onnxruntime build has no CUDA provider"
+    for lib in _CUDA_LIBS:
+        try:
+            ctypes.CDLL(lib)
+        except OSError:
+            return False, f"{lib} not found"
+    return True, ""
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class OnnxEncoder:
+    """Embeds crops with an ONNX model.
+
+    Args:
+        path: the ONNX file.
+        device: "auto" (CUDA when usable, else CPU), "cpu" or "cuda" (fails if CUDA is not usable).
+        threads: intra-op threads for the CPU provider; 0 lets ONNX Runtime decide.
+        max_batch: crops per session run; larger batches are split.
+    """
+
+    def __init__(self, path: str | Path, device: str = "auto", threads: int = 0, max_batch: int = 64) -> None:
+        import onnxruntime as ort
+
+        if device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise EncoderContractError(f"{self.path}: encoder model not found; set [encoder] model to an ONNX "
+                                       f"file, or leave it empty for the built-in pretrained encoder")
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3  # warnings from graph optimisers are not the user's business
+        if threads:
+            opts.intra_op_num_threads = threads
+        providers = ["CPUExecutionProvider"]
+        if device in ("auto", "cuda"):
+            ok, why = cuda_usable()
+            if ok:
+                providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+            elif device == "cuda":
+                raise EncoderContractError(f"[encoder] device = 'cuda' but CUDA is not usable ({why}); "
+                                           f"use device = 'auto' or 'cpu'")
+            else:
+                log.info("encoder on CPU: CUDA not usable (%s)", why)
+        try:
+            self.session = ort.InferenceSession(str(self.path), opts, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own exception types for unreadable models
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise EncoderContractError(f"{self.path}: not a loadable ONNX model ({first})") from None
+        self.provider = self.session.get_providers()[0]
+        if providers[0] == "CUDAExecutionProvider":
+            log.info("encoder on %s", self.provider)
+        self.contract = read_contract(self.session, str(self.path))
+        self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
+        self.input_size = (self.contract.height, self.contract.width)
+        self.embedding_dim = self.contract.embedding_dim
+        self.max_batch = self.contract.fixed_batch or max_batch
+        declared = self.metadata.get("siamstream.embedding_dim")
+        if declared is not None and int(declared) != self.embedding_dim:
+            raise EncoderContractError(f"{self.path}: metadata says embedding_dim={declared} but the output "
+                                       f"has D={self.embedding_dim}; re-export the model")
+        # Identity of the encoder for banks: the weights hash when exported by siamstream, else the file hash.
+        self.encoder_id = self.metadata.get("siamstream.weights_sha256") or file_sha256(self.path)
+
+    def _prepare(self, images: np.ndarray) -> np.ndarray:
+        """``(N, H, W, 3)`` uint8 RGB -> the model's input tensor (scaled by dtype, not by content)."""
+        c = self.contract
+        x = images
+        if c.dtype != np.uint8:
+            x = x.astype(np.float32) * np.float32(1.0 / np.iinfo(np.uint8).max)
+            x = x.astype(c.dtype, copy=False)
+        if c.layout == "NCHW":
+            x = x.transpose(0, 3, 1, 2)
+        return np.ascontiguousarray(x)
+
+    def embed(self, crops: CropBatch) -> Embeddings:
+        """Embed a frame's crops; ``(N, D)`` float32 rows with unit L2 norm."""
+        n = len(crops)
+        if n == 0:
+            return Embeddings(np.zeros((0, self.embedding_dim), np.float32))
+        if crops.images.shape[1:3] != self.input_size:
+            raise ValueError(f"crops are {crops.images.shape[1:3]}, the encoder needs {self.input_size}")
+        out = np.empty((n, self.embedding_dim), np.float32)
+        step = self.max_batch
+        for start in range(0, n, step):
+            chunk = crops.images[start:start + step]
+            pad = 0
+            if self.contract.fixed_batch and len(chunk) < self.contract.fixed_batch:
+                pad = self.contract.fixed_batch - len(chunk)
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
+            y = self.session.run([self.contract.output_name], {self.contract.input_name: self._prepare(chunk)})[0]
+            out[start:start + len(chunk) - pad] = np.asarray(y, dtype=np.float32)[: len(chunk) - pad]
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        out /= np.maximum(norms, 1e-12)
+        return Embeddings(out)

@@ -1,0 +1,255 @@
+"""The one module that wires the stages: source -> detector -> crops -> encoder -> tracker -> anomaly -> sinks.
+
+:class:`Pipeline` turns one frame into a :class:`FrameResult`; :func:`run` drives a source through it into
+the sinks, updates the metrics, logs progress, and stops cleanly (flushing every sink) on SIGINT/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from pipeline.anomaly.bank import Bank
+from pipeline.anomaly.inspector import PartInspector
+from pipeline.crops import crop_batch
+from pipeline.detect import Detector
+from pipeline.encoder import Encoder
+from pipeline.metrics import PipelineMetrics
+from pipeline.sinks import Sink
+from pipeline.sources import FrameSource
+from pipeline.tracking.tracker import Tracker
+from pipeline.types import AnomalyEvent, Frame, FrameResult, TrackObservation, TrackState, Verdict
+
+log = logging.getLogger(__name__)
+
+
+def edge_mask(xyxy: np.ndarray, width: int, height: int, margin: int) -> np.ndarray:
+    """True for boxes at least ``margin`` px inside the frame (whole parts, fit to be scored)."""
+    return ((xyxy[:, 0] >= margin) & (xyxy[:, 1] >= margin)
+            & (xyxy[:, 2] <= width - margin) & (xyxy[:, 3] <= height - margin))
+
+
+class Pipeline:
+    """Per-frame processing with every stage's state. ``bank=None`` turns the anomaly stage off."""
+
+    def __init__(self, detector: Detector, encoder: Encoder, tracker: Tracker, metrics: PipelineMetrics,
+                 bank: Bank | None = None, inspector: PartInspector | None = None, stream: str = "default",
+                 crop_padding: float = 0.1, edge_margin: int = 4, evidence_dir: Path | None = None,
+                 k: int = 1) -> None:
+        if (bank is None) != (inspector is None):
+            raise ValueError("bank and inspector go together: give both or neither")
+        if bank is not None:
+            bank.check_encoder(encoder.encoder_id, encoder.embedding_dim, "anomaly stage")
+        self.detector = detector
+        self.encoder = encoder
+        self.tracker = tracker
+        self.metrics = metrics
+        self.bank = bank
+        self.inspector = inspector
+        self.stream = stream
+        self.crop_padding = crop_padding
+        self.edge_margin = edge_margin
+        self.evidence_dir = evidence_dir
+        self.k = k
+        self.flagged: list[int] = []
+        self.inspected = 0
+        self.tracks_started = 0
+        if bank is not None:
+            metrics.bank_size.set(len(bank))
+            metrics.bank_threshold.set(bank.meta.threshold)
+            metrics.bank_updated.set(bank.meta.updated)
+
+    @contextmanager
+    def _timed(self, stage: str) -> Iterator[None]:
+        t = time.perf_counter()
+        yield
+        self.metrics.stage[stage].observe(time.perf_counter() - t)
+
+    def process(self, frame: Frame) -> FrameResult:
+        with self._timed("detect"):
+            dets = self.detector.detect(frame)
+        with self._timed("crop"):
+            crops = crop_batch(frame, dets, self.encoder.input_size, self.crop_padding)
+        with self._timed("encode"):
+            emb = self.encoder.embed(crops)  # all crops of the frame as one batch
+        self.metrics.encoder_batch.observe(len(crops))
+        with self._timed("track"):
+            out = self.tracker.update(dets, emb, frame.timestamp)
+        self.tracks_started += len(out.started)
+        self.metrics.tracks_started.inc(len(out.started))
+        self.metrics.tracks_ended.inc(len(out.ended))
+        self.metrics.active_tracks.set(self.tracker.active_count)
+        with self._timed("anomaly"):
+            observations, events = self._inspect(frame, dets.xyxy, emb.vectors, out.observations)
+            for track_id in out.ended:
+                self._end(track_id)
+        return FrameResult(frame, dets, observations, events)
+
+    def _inspect(self, frame: Frame, xyxy: np.ndarray, vectors: np.ndarray,
+                 observations: list[TrackObservation]) -> tuple[list[TrackObservation], list[AnomalyEvent]]:
+        if self.bank is None or self.inspector is None:
+            return observations, []
+        scorable = edge_mask(xyxy, frame.width, frame.height, self.edge_margin)
+        self.metrics.crops_dropped.inc(int((~scorable).sum()))
+        det_scores = np.full(len(xyxy), np.nan, np.float32)
+        if scorable.any():
+            det_scores[scorable] = self.bank.scores(vectors[scorable], self.k)
+        result: list[TrackObservation] = []
+        events: list[AnomalyEvent] = []
+        for obs in observations:
+            di = obs.detection_index
+            score = float(det_scores[di]) if di >= 0 else math.nan
+            if obs.state != TrackState.CONFIRMED:
+                result.append(replace(obs, score=score, verdict=Verdict.PENDING))
+                continue
+            if not math.isnan(score):
+                self.metrics.anomaly_score.observe(score)
+                upd = self.inspector.observe(obs.track_id, score)
+            else:
+                upd = self.inspector.current(obs.track_id)
+            if upd.newly_flagged:
+                self.flagged.append(obs.track_id)
+                self.metrics.parts_flagged.inc()
+                events.append(AnomalyEvent(self.stream, obs.track_id, frame.index, frame.timestamp,
+                                           upd.track_score, self.inspector.threshold, upd.frames_scored,
+                                           tuple(float(v) for v in obs.xyxy),  # type: ignore[arg-type]
+                                           self._save_evidence(frame, obs)))
+            result.append(replace(obs, score=score, track_score=upd.track_score, verdict=upd.verdict))
+        return result, events
+
+    def _save_evidence(self, frame: Frame, obs: TrackObservation) -> str:
+        if self.evidence_dir is None:
+            return ""
+        x1, y1, x2, y2 = (int(round(v)) for v in obs.xyxy)
+        pad = max(4, (x2 - x1) // 5)
+        crop = frame.image[max(0, y1 - pad):y2 + pad, max(0, x1 - pad):x2 + pad]
+        path = self.evidence_dir / f"track{obs.track_id:06d}_frame{frame.index:07d}.png"
+        if crop.size and cv2.imwrite(str(path), crop):
+            return str(path)
+        log.warning("could not save evidence crop %s", path)
+        return ""
+
+    def _end(self, track_id: int) -> None:
+        if self.inspector is not None:
+            if self.inspector.end(track_id) in (Verdict.GOOD, Verdict.DEFECT):
+                self.inspected += 1
+                self.metrics.parts_inspected.inc()
+
+    def finish(self) -> None:
+        """End of stream: every remaining track ends and gets its final verdict."""
+        for track_id in self.tracker.flush():
+            self._end(track_id)
+            self.metrics.tracks_ended.inc()
+        self.metrics.active_tracks.set(0)
+
+
+@dataclass
+class RunSummary:
+    frames: int = 0
+    seconds: float = 0.0
+    dropped: int = 0
+    reconnects: int = 0
+    tracks: int = 0
+    inspected: int = 0
+    flagged: list[int] = field(default_factory=list)
+    interrupted: bool = False
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+
+@contextmanager
+def stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """SIGINT/SIGTERM set ``stop`` (the run finishes the current frame and flushes) instead of killing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def handler(signum: int, _frame: object) -> None:
+        log.warning("received %s: finishing the current frame and flushing outputs", signal.Signals(signum).name)
+        stop.set()
+
+    for sig in previous:
+        signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, h in previous.items():
+            signal.signal(sig, h)
+
+
+def run(source: FrameSource, pipeline: Pipeline, sinks: list[Sink], stop: threading.Event | None = None,
+        progress_every_s: float = 5.0, on_result: Callable[[FrameResult], None] | None = None) -> RunSummary:
+    """Drive ``source`` through ``pipeline`` into ``sinks`` until the source ends or ``stop`` is set.
+
+    Sinks and the source are closed (flushed) whatever happens.
+    """
+    stop = stop or threading.Event()
+    m = pipeline.metrics
+    summary = RunSummary()
+    seen_read = seen_drop = seen_reconn = 0
+    start = last_log = time.perf_counter()
+    total = int(getattr(source, "total_frames", 0) or 0)
+    try:
+        frames = iter(source)
+        while not stop.is_set():
+            t_read = time.perf_counter()
+            frame = next(frames, None)
+            if frame is None:
+                break
+            t0 = time.perf_counter()
+            m.stage["read"].observe(t0 - t_read)
+            result = pipeline.process(frame)
+            with pipeline._timed("sink"):
+                for sink in sinks:
+                    sink.write(result)
+            if on_result is not None:
+                on_result(result)
+            m.frame_latency.observe(time.perf_counter() - t_read)
+            m.frames_processed.inc()
+            summary.frames += 1
+            # Source counters are cumulative: export their increments.
+            m.frames_read.inc(source.frames_read - seen_read)
+            m.frames_dropped.inc(source.dropped - seen_drop)
+            m.source_reconnects.inc(source.reconnects - seen_reconn)
+            seen_read, seen_drop, seen_reconn = source.frames_read, source.dropped, source.reconnects
+            now = time.perf_counter()
+            if progress_every_s and now - last_log >= progress_every_s:
+                last_log = now
+                done = f"{summary.frames}/{total}" if total else str(summary.frames)
+                log.info("frames %s  %.1f fps  tracks %d  flagged %d  dropped %d", done,
+                         summary.frames / (now - start), pipeline.tracks_started, len(pipeline.flagged),
+                         source.dropped)
+        summary.interrupted = stop.is_set()
+    finally:
+        summary.seconds = time.perf_counter() - start
+        try:
+            pipeline.finish()
+        finally:
+            errors = []
+            for sink in sinks:
+                try:
+                    sink.close()
+                except Exception as exc:  # close every sink even if one fails, then report
+                    errors.append(exc)
+            source.close()
+            if errors:
+                raise errors[0]
+    summary.dropped = source.dropped
+    summary.reconnects = source.reconnects
+    summary.tracks = pipeline.tracks_started
+    summary.inspected = pipeline.inspected
+    summary.flagged = list(pipeline.flagged)
+    return summary

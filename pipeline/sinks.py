@@ -1,0 +1,456 @@
+"""Sinks: where each frame's results go once the pipeline is done with them.
+
+Three file sinks, all behind the same two-method :class:`Sink` interface:
+
+* :class:`AnnotatedVideoSink` draws boxes, labels and a header on each frame and writes a video.
+* :class:`EventsJsonlSink` appends every :class:`~pipeline.types.AnomalyEvent` as one JSON line, flushed at
+  once so a crash loses nothing.
+* :class:`MotTxtSink` writes confirmed, matched tracks in MOTChallenge ``frame,id,x,y,w,h,conf,-1,-1,-1``
+  format (1-based frames, ``tlwh`` boxes) for offline tracking evaluation.
+
+:class:`SinkGroup` fans one result out to several sinks and closes them all. Output problems (a directory
+that cannot be created or written, a video codec that will not open) raise :class:`SinkError`, whose message
+names the path, the problem and the fix.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import IO, Protocol
+
+import cv2
+import numpy as np
+
+from pipeline.types import FrameResult, TrackObservation, TrackState, UInt8Array, Verdict
+
+logger = logging.getLogger(__name__)
+
+Color = tuple[int, int, int]
+
+# BGR, OpenCV order.
+VERDICT_COLORS: dict[Verdict, Color] = {
+    Verdict.DEFECT: (0, 0, 255),
+    Verdict.GOOD: (0, 200, 0),
+    Verdict.PENDING: (0, 215, 255),
+    Verdict.UNSCORED: (255, 180, 0),
+}
+# Label text colour per verdict, picked for contrast against the filled label background.
+_TEXT_COLORS: dict[Verdict, Color] = {
+    Verdict.DEFECT: (255, 255, 255),
+    Verdict.GOOD: (0, 0, 0),
+    Verdict.PENDING: (0, 0, 0),
+    Verdict.UNSCORED: (0, 0, 0),
+}
+UNMATCHED_COLOR: Color = (160, 160, 160)
+_HEADER_BG: Color = (0, 0, 0)
+_HEADER_FG: Color = (255, 255, 255)
+
+_FONT = cv2.FONT_HERSHEY_SIMPLEX
+_FONT_SCALE = 0.4
+_FONT_THICKNESS = 1
+_LABEL_PAD = 2
+
+MOT_FLUSH_EVERY = 100
+
+
+class SinkError(Exception):
+    """An output could not be created or written.
+
+    The message is one line: ``<path>: <problem>; <fix>``. The parts are kept as attributes so a caller can
+    report them separately.
+
+    Attributes:
+        path: the file or directory concerned.
+        problem: what went wrong.
+        fix: what the user can do about it.
+    """
+
+    def __init__(self, path: Path, problem: str, fix: str) -> None:
+        self.path = Path(path)
+        self.problem = problem
+        self.fix = fix
+        super().__init__(f"{self.path}: {problem}; {fix}")
+
+
+class Sink(Protocol):
+    """Consumes one :class:`FrameResult` per frame, in frame order."""
+
+    def write(self, result: FrameResult) -> None:
+        """Record one frame's results. Raises ``RuntimeError`` after :meth:`close`."""
+        ...
+
+    def close(self) -> None:
+        """Flush and close. Idempotent: a second call does nothing."""
+        ...
+
+
+def check_writable_dir(path: Path) -> None:
+    """Make sure ``path`` is a directory this process can create files in.
+
+    Creates the directory (and its parents) if needed, then creates and deletes a temporary file in it.
+
+    Raises:
+        SinkError: the directory cannot be created (a parent is a regular file, no permission, ...) or
+            a file cannot be created in it.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise SinkError(path, "output path exists and is not a directory",
+                        "choose another output path or remove that file")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except NotADirectoryError as exc:
+        raise SinkError(path, "cannot create output directory: part of the path is a regular file",
+                        "choose another output path") from exc
+    except OSError as exc:
+        raise SinkError(path, f"cannot create output directory ({_os_reason(exc)})",
+                        "choose another output path or fix the permissions of its parent") from exc
+    if not path.is_dir():
+        raise SinkError(path, "output path is not a directory", "choose another output path")
+    try:
+        fd, tmp_name = tempfile.mkstemp(dir=path, prefix=".write-check-")
+    except OSError as exc:
+        raise SinkError(path, f"output directory is not writable ({_os_reason(exc)})",
+                        "choose another output path or fix its permissions") from exc
+    os.close(fd)
+    try:
+        os.unlink(tmp_name)
+    except OSError:
+        logger.warning("could not remove write-check file %s", tmp_name)
+
+
+def _os_reason(exc: OSError) -> str:
+    return exc.strerror or exc.__class__.__name__
+
+
+def _open_text(path: Path, what: str) -> IO[str]:
+    """Create ``path``'s directory and open ``path`` for writing, truncating any previous content."""
+    path = Path(path)
+    check_writable_dir(path.parent)
+    try:
+        return path.open("w", encoding="utf-8", newline="\n")
+    except OSError as exc:
+        raise SinkError(path, f"cannot open {what} file for writing ({_os_reason(exc)})",
+                        "choose another output path or fix its permissions") from exc
+
+
+def _closed_error(sink: object, path: Path | None = None) -> RuntimeError:
+    where = f" ({path})" if path is not None else ""
+    return RuntimeError(f"{type(sink).__name__}{where} is closed: write() after close()")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Drawing
+
+
+def _is_visible(obs: TrackObservation) -> bool:
+    return obs.detection_index >= 0
+
+
+def _label_text(obs: TrackObservation) -> str:
+    parts = [f"#{obs.track_id}"]
+    if not math.isnan(obs.track_score):
+        parts.append(f"{obs.track_score:.3f}")
+    if obs.verdict is Verdict.DEFECT:
+        parts.append("DEFECT")
+    return " ".join(parts)
+
+
+def _header_text(result: FrameResult) -> str:
+    """``frame N  tracks M  flagged K``: M tracks seen this frame, K of them with a DEFECT verdict."""
+    visible = [obs for obs in result.tracks if _is_visible(obs)]
+    flagged = sum(1 for obs in visible if obs.verdict is Verdict.DEFECT)
+    return f"frame {result.frame.index}  tracks {len(visible)}  flagged {flagged}"
+
+
+def _box_points(xyxy: np.ndarray, width: int, height: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    x1, y1, x2, y2 = (round(float(v)) for v in xyxy)
+    x1 = min(max(x1, 0), width - 1)
+    x2 = min(max(x2, 0), width - 1)
+    y1 = min(max(y1, 0), height - 1)
+    y2 = min(max(y2, 0), height - 1)
+    return (x1, y1), (x2, y2)
+
+
+def _put_label(image: UInt8Array, text: str, anchor: tuple[int, int], bg: Color, fg: Color,
+               above: bool = True) -> None:
+    """Draw ``text`` on a filled rectangle whose bottom-left (``above``) or top-left corner is ``anchor``.
+
+    The rectangle is moved as needed to stay inside the image: below the anchor when there is no room
+    above, and left when it would run past the right edge.
+    """
+    height, width = image.shape[:2]
+    (text_w, text_h), baseline = cv2.getTextSize(text, _FONT, _FONT_SCALE, _FONT_THICKNESS)
+    box_w = text_w + 2 * _LABEL_PAD
+    box_h = text_h + baseline + 2 * _LABEL_PAD
+    left = min(max(anchor[0], 0), max(width - box_w, 0))
+    top = anchor[1] - box_h if above else anchor[1]
+    if top < 0:
+        top = anchor[1]
+    top = min(max(top, 0), max(height - box_h, 0))
+    cv2.rectangle(image, (left, top), (left + box_w - 1, top + box_h - 1), bg, thickness=cv2.FILLED)
+    origin = (left + _LABEL_PAD, top + _LABEL_PAD + text_h)
+    cv2.putText(image, text, origin, _FONT, _FONT_SCALE, fg, _FONT_THICKNESS, cv2.LINE_AA)
+
+
+def _draw_order(obs: TrackObservation) -> tuple[bool, bool]:
+    # Confirmed over tentative, DEFECT over everything, so a flagged part's box is never hidden.
+    return obs.verdict is Verdict.DEFECT, obs.state is TrackState.CONFIRMED
+
+
+def draw_annotations(image: np.ndarray, result: FrameResult) -> UInt8Array:
+    """Return a copy of ``image`` with ``result`` drawn on it; ``image`` itself is not modified.
+
+    Drawn, bottom to top: detections that matched no track (thin grey boxes); every track seen this frame
+    (``detection_index >= 0``) with a box coloured by verdict (:data:`VERDICT_COLORS`), 1 px when tentative
+    and 2 px otherwise, and a label ``#<id> [<track score>] [DEFECT]``; a header ``frame N  tracks M
+    flagged K`` at the top-left, where M counts tracks seen this frame and K those with a DEFECT verdict.
+    Labels are clamped to stay inside the image.
+
+    Args:
+        image: ``(H, W, 3)`` uint8 BGR, normally ``result.frame.image``.
+        result: the frame's detections and tracks.
+
+    Returns:
+        ``(H, W, 3)`` uint8 BGR annotated copy.
+    """
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"draw_annotations: image must be (H, W, 3) uint8, got {image.shape} {image.dtype}")
+    out: UInt8Array = np.ascontiguousarray(image).copy()
+    height, width = out.shape[:2]
+    visible = [obs for obs in result.tracks if _is_visible(obs)]
+
+    matched = {obs.detection_index for obs in visible}
+    for row, xyxy in enumerate(result.detections.xyxy):
+        if row not in matched:
+            p1, p2 = _box_points(xyxy, width, height)
+            cv2.rectangle(out, p1, p2, UNMATCHED_COLOR, 1)
+
+    ordered = sorted(visible, key=_draw_order)
+    for obs in ordered:
+        thickness = 2 if obs.state is TrackState.CONFIRMED else 1
+        p1, p2 = _box_points(obs.xyxy, width, height)
+        cv2.rectangle(out, p1, p2, VERDICT_COLORS[obs.verdict], thickness)
+    # Labels after all boxes so no box line crosses a label.
+    for obs in ordered:
+        p1, _ = _box_points(obs.xyxy, width, height)
+        _put_label(out, _label_text(obs), p1, VERDICT_COLORS[obs.verdict], _TEXT_COLORS[obs.verdict])
+
+    _put_label(out, _header_text(result), (0, 0), _HEADER_BG, _HEADER_FG, above=False)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Sinks
+
+
+class AnnotatedVideoSink:
+    """Writes every frame, annotated by :func:`draw_annotations`, to a video file.
+
+    The ``cv2.VideoWriter`` opens on the first frame, sized from that frame; a sink that never receives a
+    frame creates no file. Later frames of a different size are resized to the first frame's size (a
+    warning is logged once).
+
+    Args:
+        path: output video file; its directory is created if needed.
+        fps: frame rate stored in the file, > 0.
+        fourcc: four-character codec code. ``"mp4v"`` suits ``.mp4``; ``"MJPG"`` with ``.avi`` works
+            with every OpenCV build.
+
+    Raises:
+        ValueError: ``fps`` is not a positive finite number or ``fourcc`` is not 4 characters.
+        SinkError: the directory cannot be created or written (at construction), or the video writer
+            does not open (at the first :meth:`write`).
+    """
+
+    def __init__(self, path: Path, fps: float, fourcc: str = "mp4v") -> None:
+        if not (math.isfinite(fps) and fps > 0):
+            raise ValueError(f"AnnotatedVideoSink: fps must be a positive finite number, got {fps}")
+        if len(fourcc) != 4:
+            raise ValueError(f"AnnotatedVideoSink: fourcc must be 4 characters (e.g. 'mp4v', 'MJPG'), "
+                             f"got {fourcc!r}")
+        self.path = Path(path)
+        self.fps = float(fps)
+        self.fourcc = fourcc
+        check_writable_dir(self.path.parent)
+        self._writer: cv2.VideoWriter | None = None
+        self._size: tuple[int, int] | None = None  # (width, height) of the video, set by the first frame
+        self._warned_resize = False
+        self._closed = False
+        self.frames_written = 0
+
+    def _open(self, width: int, height: int) -> cv2.VideoWriter:
+        code = cv2.VideoWriter.fourcc(*self.fourcc)
+        writer = cv2.VideoWriter(str(self.path), code, self.fps, (width, height))
+        if not writer.isOpened():
+            writer.release()
+            raise SinkError(self.path,
+                            f"cv2.VideoWriter did not open with codec {self.fourcc!r} at {width}x{height}",
+                            'try fourcc "MJPG" with a .avi file, or "mp4v" with a .mp4 file')
+        return writer
+
+    def write(self, result: FrameResult) -> None:
+        """Annotate ``result.frame.image`` and append it to the video."""
+        if self._closed:
+            raise _closed_error(self, self.path)
+        image: np.ndarray = draw_annotations(result.frame.image, result)
+        height, width = image.shape[:2]
+        if self._writer is None:
+            self._writer = self._open(width, height)
+            self._size = (width, height)
+        size = self._size
+        if size is not None and size != (width, height):
+            if not self._warned_resize:
+                logger.warning("%s: frame %d is %dx%d but the video is %dx%d; resizing frames to fit",
+                               self.path, result.frame.index, width, height, size[0], size[1])
+                self._warned_resize = True
+            image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+        self._writer.write(image)
+        self.frames_written += 1
+
+    def close(self) -> None:
+        """Finish the video file. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._writer is not None:
+            self._writer.release()
+            self._writer = None
+
+
+class EventsJsonlSink:
+    """Writes each :class:`~pipeline.types.AnomalyEvent` as one JSON object per line.
+
+    The file is truncated when the sink is built (it belongs to this run) and flushed to disk after every
+    write that carries events, so a file read while the pipeline runs is complete up to the last event.
+
+    Args:
+        path: output ``.jsonl`` file; its directory is created if needed.
+
+    Raises:
+        SinkError: the file or its directory cannot be created.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._file: IO[str] | None = _open_text(self.path, "events")
+        self.events_written = 0
+
+    def write(self, result: FrameResult) -> None:
+        """Append one line per event in ``result.events``; nothing when there are none."""
+        if self._file is None:
+            raise _closed_error(self, self.path)
+        if not result.events:
+            return
+        lines = "".join(json.dumps(event.to_json()) + "\n" for event in result.events)
+        self._file.write(lines)
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self.events_written += len(result.events)
+
+    def close(self) -> None:
+        """Flush and close the file. Idempotent."""
+        if self._file is None:
+            return
+        file, self._file = self._file, None
+        file.close()
+
+
+class MotTxtSink:
+    """Writes tracks in MOTChallenge format: ``frame,id,x,y,w,h,conf,-1,-1,-1``, one line per track.
+
+    Only tracks that are CONFIRMED and matched a detection this frame (``detection_index >= 0``) are
+    written. ``frame`` is 1-based (``result.frame.index + 1``), ``x,y,w,h`` is the ``tlwh`` box with 2
+    decimals, ``conf`` is the matched detection's confidence (``1`` when ``result.detections`` has no such
+    row). The file is truncated when the sink is built, flushed every :data:`MOT_FLUSH_EVERY` frames and
+    on :meth:`close`.
+
+    Args:
+        path: output ``.txt`` file; its directory is created if needed.
+
+    Raises:
+        SinkError: the file or its directory cannot be created.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._file: IO[str] | None = _open_text(self.path, "MOT")
+        self._frames = 0
+
+    @staticmethod
+    def format_lines(result: FrameResult) -> list[str]:
+        """The MOT lines (without newline) for one frame, in ``result.tracks`` order."""
+        lines = []
+        n_det = len(result.detections)
+        for obs in result.tracks:
+            if obs.state is not TrackState.CONFIRMED or obs.detection_index < 0:
+                continue
+            conf = float(result.detections.confidence[obs.detection_index]) if obs.detection_index < n_det \
+                else 1.0
+            x1, y1, x2, y2 = (float(v) for v in obs.xyxy)
+            lines.append(f"{result.frame.index + 1},{obs.track_id},{x1:.2f},{y1:.2f},{x2 - x1:.2f},"
+                         f"{y2 - y1:.2f},{conf:.4g},-1,-1,-1")
+        return lines
+
+    def write(self, result: FrameResult) -> None:
+        """Append this frame's lines."""
+        if self._file is None:
+            raise _closed_error(self, self.path)
+        lines = self.format_lines(result)
+        if lines:
+            self._file.write("\n".join(lines) + "\n")
+        self._frames += 1
+        if self._frames % MOT_FLUSH_EVERY == 0:
+            self._file.flush()
+
+    def close(self) -> None:
+        """Flush and close the file. Idempotent."""
+        if self._file is None:
+            return
+        file, self._file = self._file, None
+        file.close()
+
+
+class SinkGroup:
+    """Several sinks behind one :class:`Sink`.
+
+    :meth:`write` gives the result to every sink even when one raises, then re-raises the first error, so
+    a failing video writer does not cost the events file its events. :meth:`close` likewise closes every
+    sink and then re-raises the first error.
+    """
+
+    def __init__(self, sinks: Sequence[Sink]) -> None:
+        self.sinks: tuple[Sink, ...] = tuple(sinks)
+        self._closed = False
+
+    def write(self, result: FrameResult) -> None:
+        """Write ``result`` to every sink, in order."""
+        if self._closed:
+            raise _closed_error(self)
+        self._each(lambda sink: sink.write(result))
+
+    def close(self) -> None:
+        """Close every sink, in order. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._each(lambda sink: sink.close())
+
+    def _each(self, call: Callable[[Sink], None]) -> None:
+        first: Exception | None = None
+        for sink in self.sinks:
+            try:
+                call(sink)
+            except Exception as exc:
+                if first is None:
+                    first = exc
+                else:
+                    logger.error("%s failed as well: %s", type(sink).__name__, exc)
+        if first is not None:
+            raise first

@@ -1,0 +1,1 @@
+"""Multi-object tracking: pure matching maths (matching.py) and the stateful tracker (tracker.py)."""

@@ -1,0 +1,110 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.anomaly.bank import Bank, BankError, build_bank
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture()
+def data() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(123)
+    return unit(rng.normal(size=(500, 32))), unit(rng.normal(size=(40, 32)))
+
+
+@pytest.mark.parametrize("k", [1, 5])
+def test_flat_scores_equal_exact_search(data: tuple[np.ndarray, np.ndarray], k: int) -> None:
+    xb, xq = data
+    bank = Bank.create("enc", 32, (64, 64), "flat", k=k)
+    bank.add(xb)
+    d = np.sqrt(((xq[:, None, :] - xb[None, :, :]) ** 2).sum(-1))
+    expected = np.sort(d, axis=1)[:, :k].mean(1)
+    np.testing.assert_allclose(bank.scores(xq), expected, atol=1e-5)
+
+
+def test_hnsw_close_to_exact(data: tuple[np.ndarray, np.ndarray]) -> None:
+    xb, xq = data
+    flat = Bank.create("enc", 32, (64, 64), "flat")
+    hnsw = Bank.create("enc", 32, (64, 64), "hnsw")
+    flat.add(xb)
+    hnsw.add(xb)
+    recall_at_1 = np.mean(np.isclose(flat.scores(xq), hnsw.scores(xq), atol=1e-5))
+    assert recall_at_1 >= 0.9
+
+
+def test_save_load_roundtrip_and_encoder_check(tmp_path: Path, data: tuple[np.ndarray, np.ndarray]) -> None:
+    xb, xq = data
+    groups = np.arange(len(xb)) // 10
+    bank = build_bank(xb, groups, "enc-A", (64, 64), false_alarm_rate=0.05, sources=["s"])
+    bank.save(tmp_path / "bank")
+    loaded = Bank.load(tmp_path / "bank")
+    assert len(loaded) == 500 and loaded.meta.threshold == pytest.approx(bank.meta.threshold)
+    assert loaded.meta.sources == ["s"] and loaded.meta.input_size == (64, 64)
+    np.testing.assert_allclose(loaded.scores(xq), bank.scores(xq))
+    loaded.check_encoder("enc-A", 32, "here")
+    with pytest.raises(BankError, match="built with another encoder"):
+        loaded.check_encoder("enc-B", 32, "here")
+    bank.save(tmp_path / "bank")  # overwrite in place
+    assert len(Bank.load(tmp_path / "bank")) == 500
+
+
+def test_load_errors(tmp_path: Path, data: tuple[np.ndarray, np.ndarray]) -> None:
+    with pytest.raises(BankError, match="bank not found.*siamstream bank build"):
+        Bank.load(tmp_path / "nope")
+    (tmp_path / "empty_dir").mkdir()
+    with pytest.raises(BankError, match="not a bank"):
+        Bank.load(tmp_path / "empty_dir")
+    empty = Bank.create("enc", 32, (64, 64))
+    empty.save(tmp_path / "empty")
+    with pytest.raises(BankError, match="empty"):
+        Bank.load(tmp_path / "empty")
+    with pytest.raises(BankError, match="empty"):
+        empty.scores(data[1])
+    good = Bank.create("enc", 32, (64, 64))
+    good.add(data[0])
+    good.save(tmp_path / "corrupt")
+    (tmp_path / "corrupt" / "index.faiss").write_bytes(b"garbage")
+    with pytest.raises(BankError, match="corrupt FAISS index"):
+        Bank.load(tmp_path / "corrupt")
+    good.save(tmp_path / "badmeta")
+    (tmp_path / "badmeta" / "meta.json").write_text("{not json")
+    with pytest.raises(BankError, match="corrupt bank metadata"):
+        Bank.load(tmp_path / "badmeta")
+    good.save(tmp_path / "mismatch")
+    meta = json.loads((tmp_path / "mismatch" / "meta.json").read_text())
+    meta["sample_count"] = 3
+    (tmp_path / "mismatch" / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(BankError, match="index holds 500 vectors"):
+        Bank.load(tmp_path / "mismatch")
+
+
+def test_add_rejects_wrong_dimension() -> None:
+    bank = Bank.create("enc", 32, (64, 64))
+    with pytest.raises(BankError, match=r"\(N, 32\)"):
+        bank.add(np.zeros((3, 16), np.float32))
+
+
+def test_threshold_separates_outliers_from_good() -> None:
+    # A line makes 4 kinds of part; each part (group) is a new instance of its kind seen in 15 crops.
+    rng = np.random.default_rng(0)
+    kinds = unit(rng.normal(size=(4, 16)))
+
+    def parts(n: int, crops: int) -> np.ndarray:
+        inst = kinds[rng.integers(0, 4, n)] + 0.05 * rng.normal(size=(n, 16))
+        return unit(np.repeat(inst, crops, axis=0) + 0.02 * rng.normal(size=(n * crops, 16)))
+
+    good = parts(40, 15)
+    groups = np.repeat(np.arange(40), 15)
+    bank = build_bank(good, groups, "enc", (8, 8), holdout_fraction=0.25, false_alarm_rate=0.05)
+    defects = unit(kinds[rng.integers(0, 4, 50)] + 0.6 * rng.normal(size=(50, 16)))
+    new_good = parts(100, 1)
+    assert (bank.scores(defects) > bank.meta.threshold).mean() > 0.9
+    assert (bank.scores(new_good) > bank.meta.threshold).mean() <= 0.1
+    assert bank.meta.calibration_groups == 10 and bank.meta.calibration_samples == 150

@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from pipeline.anomaly.calibrate import (
+    aggregate,
+    false_alarm_upper_bound,
+    split_by_group,
+    threshold_for_false_alarm_rate,
+)
+from pipeline.anomaly.inspector import PartInspector
+from pipeline.types import Verdict
+
+
+def test_split_keeps_groups_whole() -> None:
+    groups = np.repeat(np.arange(8), 5)
+    bank, hold = split_by_group(groups, 0.25)
+    assert set(groups[bank]).isdisjoint(groups[hold])
+    assert len(set(groups[hold])) == 2 and len(bank) + len(hold) == 40
+    with pytest.raises(ValueError, match="at least 2 groups"):
+        split_by_group(np.zeros(5), 0.25)
+
+
+def test_threshold_quantile_by_hand() -> None:
+    scores = np.arange(1, 101, dtype=float)  # 1..100
+    assert threshold_for_false_alarm_rate(scores, 0.05) == 96.0
+    assert threshold_for_false_alarm_rate(scores, 0.01) == 100.0
+    with pytest.raises(ValueError, match="no held-out"):
+        threshold_for_false_alarm_rate(np.array([]), 0.01)
+
+
+def test_false_alarm_upper_bound() -> None:
+    assert false_alarm_upper_bound(100) == pytest.approx(1 - 0.05 ** 0.01)  # ~3/n rule
+    assert false_alarm_upper_bound(0) == 1.0
+    assert 0.02 < false_alarm_upper_bound(100, exceed=1) < 0.06
+
+
+def test_aggregate() -> None:
+    assert aggregate([1, 5, 2], "median") == 2 and aggregate([1, 5], "mean") == 3 and aggregate([1, 5], "max") == 5
+    assert math.isnan(aggregate([], "median"))
+    with pytest.raises(ValueError, match="valid"):
+        aggregate([1.0], "mode")
+
+
+def test_inspector_one_flag_per_part() -> None:
+    insp = PartInspector(threshold=0.5, min_frames=3, how="median")
+    assert insp.observe(1, 0.9).verdict == Verdict.PENDING
+    assert insp.observe(1, 0.9).verdict == Verdict.PENDING
+    third = insp.observe(1, 0.1)  # median 0.9 > 0.5
+    assert third.verdict == Verdict.DEFECT and third.newly_flagged and third.frames_scored == 3
+    later = [insp.observe(1, 0.95) for _ in range(5)]
+    assert all(u.verdict == Verdict.DEFECT and not u.newly_flagged for u in later)
+    for s in (0.1, 0.2, 0.9):  # one outlier frame does not flag a good part
+        good = insp.observe(2, s)
+    assert good.verdict == Verdict.GOOD
+    assert insp.end(1) == Verdict.DEFECT and insp.end(2) == Verdict.GOOD
+    assert insp.current(1).verdict == Verdict.PENDING

@@ -1,0 +1,137 @@
+"""The encoder contract, on real ONNX Runtime sessions over small models built here and the real encoder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from pipeline.encoder import EncoderContractError, OnnxEncoder
+from pipeline.types import CropBatch
+
+
+def save_model(path: Path, inputs: list, outputs: list, nodes: list) -> Path:
+    graph = helper.make_graph(nodes, "g", inputs, outputs)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def pooled_model(path: Path, shape: list, dtype: int = TensorProto.FLOAT, out_shape: list | None = None) -> Path:
+    """(N, 3, H, W) -> (N, 3) channel means: a real, checkable 3-D 'embedding'."""
+    x = helper.make_tensor_value_info("x", dtype, shape)
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape or ["N", 3])
+    nodes = []
+    src = "x"
+    if dtype == TensorProto.UINT8:
+        nodes.append(helper.make_node("Cast", ["x"], ["xf"], to=TensorProto.FLOAT))
+        src = "xf"
+    axes = [1, 2] if shape[-1] == 3 else [2, 3]
+    nodes.append(helper.make_node("ReduceMean", [src, "axes"], ["y"], keepdims=0))
+    graph = helper.make_graph(nodes, "g", [x], [y],
+                              initializer=[helper.make_tensor("axes", TensorProto.INT64, [2], axes)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def crops(n: int, size: int, value: int | None = None) -> CropBatch:
+    rng = np.random.default_rng(0)
+    imgs = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8) if value is None else \
+        np.full((n, size, size, 3), value, np.uint8)
+    return CropBatch(imgs, np.tile(np.array([[0, 0, size, size]], np.float32), (n, 1)))
+
+
+def test_float_nchw_model_scaled_by_dtype(tmp_path: Path) -> None:
+    enc = OnnxEncoder(pooled_model(tmp_path / "m.onnx", ["N", 3, 16, 16]), device="cpu")
+    assert enc.input_size == (16, 16) and enc.embedding_dim == 3 and enc.contract.layout == "NCHW"
+    assert enc.provider == "CPUExecutionProvider"
+    # A dark image is scaled by 1/255 whatever its content: (10/255)*(1,1,1), normalised -> 1/sqrt(3) each.
+    img = np.zeros((1, 16, 16, 3), np.uint8)
+    img[..., 0] = 10  # R channel only
+    out = enc.embed(CropBatch(img, np.array([[0, 0, 16, 16]])))
+    np.testing.assert_allclose(out.vectors, [[1.0, 0.0, 0.0]], atol=1e-6)
+
+
+def test_uint8_nhwc_model_gets_raw_pixels(tmp_path: Path) -> None:
+    enc = OnnxEncoder(pooled_model(tmp_path / "m.onnx", ["N", 8, 8, 3], TensorProto.UINT8), device="cpu")
+    assert enc.contract.layout == "NHWC" and enc.contract.dtype == np.uint8
+    assert enc.embed(crops(5, 8)).vectors.shape == (5, 3)
+
+
+def test_fixed_batch_model_is_chunked_and_padded(tmp_path: Path) -> None:
+    enc = OnnxEncoder(pooled_model(tmp_path / "m.onnx", [2, 3, 8, 8], out_shape=[2, 3]), device="cpu")
+    batch = crops(5, 8)
+    together = enc.embed(batch).vectors
+    alone = np.concatenate([enc.embed(CropBatch(batch.images[i:i + 1], batch.xyxy[i:i + 1])).vectors
+                            for i in range(5)])
+    np.testing.assert_allclose(together, alone, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("shape", "out_shape", "fragment"),
+    [
+        (["N", 3, 16], ["N", 3], "rank 3"),
+        (["N", 4, 16, 16], ["N", 3], "no 3-channel axis"),
+        (["N", 3, "H", "W"], ["N", 3], "no 3-channel axis with a fixed height and width"),
+        (["N", 3, 16, 16], ["N", 3, 1], "output 'y' has shape"),
+    ],
+)
+def test_wrong_shapes_rejected_with_clear_message(tmp_path: Path, shape: list, out_shape: list,
+                                                  fragment: str) -> None:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, out_shape)
+    path = save_model(tmp_path / "bad.onnx", [x], [y], [helper.make_node("Identity", ["x"], ["y"])])
+    with pytest.raises(EncoderContractError) as err:
+        OnnxEncoder(path, device="cpu")
+    assert fragment in str(err.value) and str(path) in str(err.value)
+
+
+def test_two_inputs_and_bad_dtype_rejected(tmp_path: Path) -> None:
+    a = helper.make_tensor_value_info("a", TensorProto.FLOAT, ["N", 3, 8, 8])
+    b = helper.make_tensor_value_info("b", TensorProto.FLOAT, ["N", 3, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 8, 8])
+    path = save_model(tmp_path / "two.onnx", [a, b], [y], [helper.make_node("Add", ["a", "b"], ["y"])])
+    with pytest.raises(EncoderContractError, match="2 inputs"):
+        OnnxEncoder(path, device="cpu")
+    d = helper.make_tensor_value_info("d", TensorProto.DOUBLE, ["N", 3, 8, 8])
+    z = helper.make_tensor_value_info("z", TensorProto.DOUBLE, ["N", 3, 8, 8])
+    path = save_model(tmp_path / "dbl.onnx", [d], [z], [helper.make_node("Identity", ["d"], ["z"])])
+    with pytest.raises(EncoderContractError, match="tensor\\(double\\)"):
+        OnnxEncoder(path, device="cpu")
+
+
+def test_missing_and_corrupt_files(tmp_path: Path) -> None:
+    with pytest.raises(EncoderContractError, match="not found"):
+        OnnxEncoder(tmp_path / "none.onnx")
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"this is not a protobuf")
+    with pytest.raises(EncoderContractError, match="not a loadable ONNX model"):
+        OnnxEncoder(bad)
+
+
+def test_cuda_request_fails_cleanly_without_cuda(tmp_path: Path) -> None:
+    from pipeline.encoder import cuda_usable
+
+    if cuda_usable()[0]:
+        pytest.skip("CUDA is usable on this machine")
+    with pytest.raises(EncoderContractError, match="CUDA is not usable"):
+        OnnxEncoder(pooled_model(tmp_path / "m.onnx", ["N", 3, 8, 8]), device="cuda")
+
+
+def test_pretrained_encoder_contract_and_batch_invariance(pretrained_onnx: Path) -> None:
+    enc = OnnxEncoder(pretrained_onnx, device="cpu", max_batch=3)
+    assert enc.input_size == (128, 128) and enc.embedding_dim == 112
+    assert enc.metadata["siamstream.backbone"].startswith("efficientnet-lite0")
+    assert enc.encoder_id == enc.metadata["siamstream.weights_sha256"]
+    batch = crops(7, 128)
+    v = enc.embed(batch).vectors
+    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
+    first = enc.embed(CropBatch(batch.images[:1], batch.xyxy[:1])).vectors
+    np.testing.assert_allclose(v[:1], first, atol=1e-5)
+    assert enc.embed(CropBatch(np.zeros((0, 128, 128, 3), np.uint8), np.zeros((0, 4)))).vectors.shape == (0, 112)
