@@ -109,12 +109,26 @@ class EfficientNetLiteTrunk(nn.Module):
         n_blocks = sum(1 for s in stage_of_block if s <= stage)
         self.stem = nn.Sequential(net._conv_stem, net._bn0, net._swish)
         self.blocks = nn.ModuleList(list(net._blocks)[:n_blocks])
-        self.out_channels = int(self.blocks[-1]._block_args.output_filters)
+        self.block_stage = stage_of_block[:n_blocks]
+        self.block_channels = [int(b._block_args.output_filters) for b in list(net._blocks)[:n_blocks]]
+        self.out_channels = self.block_channels[-1]
         self.model_name = model_name
         self.stage = stage
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def stage_channels(self, stage: int) -> int:
+        last = max(i for i, s in enumerate(self.block_stage) if s == stage)
+        return self.block_channels[last]
+
+    def forward_stages(self, x: torch.Tensor, taps: tuple[int, ...]) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """The final feature map and the outputs of the stages in ``taps``."""
         x = self.stem(x)
-        for block in self.blocks:
+        tapped: dict[int, torch.Tensor] = {}
+        for i, block in enumerate(self.blocks):
             x = block(x)  # drop-connect off: the trunk is used as a feature extractor
-        return x
+            last_of_stage = i + 1 == len(self.blocks) or self.block_stage[i + 1] != self.block_stage[i]
+            if last_of_stage and self.block_stage[i] in taps:
+                tapped[self.block_stage[i]] = x
+        return x, tapped
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_stages(x, ())[0]

@@ -1,7 +1,8 @@
 """ONNX export with metadata and a parity guarantee.
 
 The exported graph takes ``input`` ``(batch, 3, H, W)`` float32 RGB in [0, 1] (dynamic batch) and returns
-``embedding`` ``(batch, D)`` float32, L2-normalised. The metadata the pipeline reads is stored in the
+``embedding`` ``(batch, D)`` float32, L2-normalised, and, for models with a patch stage, ``patches``
+``(batch, C, h, w)`` local features for patch-level anomaly scoring. The metadata the pipeline reads is stored in the
 model's ``metadata_props`` under ``siamstream.*`` keys. After writing the file, the same batch runs
 through PyTorch and ONNX Runtime; export fails if they differ by more than ``tolerance`` (max abs).
 """
@@ -56,6 +57,7 @@ def model_metadata(model: EmbeddingNet, input_size: int, backbone: str, extra: d
         "siamstream.backbone": backbone,
         "siamstream.pooling": model.pooling,
         "siamstream.weights_sha256": weights_sha256(model),
+        "siamstream.patch_stage": str(model.patch_stage),
     }
     meta.update(extra or {})
     return meta
@@ -87,10 +89,11 @@ def export_onnx(model: EmbeddingNet, path: str | Path, input_size: int, backbone
     example = torch.rand(2, 3, input_size, input_size, generator=torch.Generator().manual_seed(seed))
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
         raw = Path(tmp) / "raw.onnx"
+        outputs = ["embedding", "patches"] if model.patch_stage else ["embedding"]
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
-            torch.onnx.export(model, (example,), str(raw), input_names=["input"], output_names=["embedding"],
-                              dynamic_axes={"input": {0: "batch"}, "embedding": {0: "batch"}},
+            torch.onnx.export(model, (example,), str(raw), input_names=["input"], output_names=outputs,
+                              dynamic_axes={"input": {0: "batch"}, **{o: {0: "batch"} for o in outputs}},
                               opset_version=17, dynamo=False)
         proto = onnx.load(str(raw))
         meta = model_metadata(model, input_size, backbone, extra_metadata)
@@ -104,9 +107,10 @@ def export_onnx(model: EmbeddingNet, path: str | Path, input_size: int, backbone
 
         batch = torch.rand(parity_batch, 3, input_size, input_size, generator=torch.Generator().manual_seed(seed + 1))
         with torch.no_grad():
-            ref = model(batch).numpy()
-        got = _ort_session(staged).run(None, {"input": batch.numpy()})[0]
-        max_abs = float(np.max(np.abs(ref - got)))
+            ref = model(batch)
+        refs = [t.numpy() for t in (ref if isinstance(ref, tuple) else (ref,))]
+        got = _ort_session(staged).run(None, {"input": batch.numpy()})
+        max_abs = max(float(np.max(np.abs(r - g))) for r, g in zip(refs, got, strict=True))
         if max_abs > tolerance:
             raise ExportParityError(max_abs, tolerance, path)
         staged.replace(path)  # atomic: a reader never sees a half-written model
@@ -114,19 +118,21 @@ def export_onnx(model: EmbeddingNet, path: str | Path, input_size: int, backbone
     return ExportReport(path, max_abs, model.embedding_dim, input_size, meta)
 
 
-def default_model_path(cache_dir: str | Path, stage: int, pooling: str, input_size: int) -> Path:
-    return Path(cache_dir).expanduser() / f"efficientnet-lite0_s{stage}_{pooling}_{input_size}.onnx"
+def default_model_path(cache_dir: str | Path, stage: int, pooling: str, input_size: int,
+                       patch_stage: int = 0) -> Path:
+    name = f"efficientnet-lite0_s{stage}_{pooling}_{input_size}" + (f"_p{patch_stage}" if patch_stage else "")
+    return Path(cache_dir).expanduser() / f"{name}.onnx"
 
 
 def ensure_pretrained_onnx(cache_dir: str | Path, stage: int = 5, pooling: str = "gem",
-                           input_size: int = 128) -> Path:
+                           input_size: int = 128, patch_stage: int = 4) -> Path:
     """The built-in encoder: ImageNet EfficientNet-Lite0 (offline weights) exported once into the cache."""
-    path = default_model_path(cache_dir, stage, pooling, input_size)
+    path = default_model_path(cache_dir, stage, pooling, input_size, patch_stage)
     if path.is_file():
         return path
-    log.info("building the default encoder (EfficientNet-Lite0, stage %d, %s pooling, %d px) -> %s",
-             stage, pooling, input_size, path)
-    model = pretrained_lite0(stage=stage, pooling=pooling)
+    log.info("building the default encoder (EfficientNet-Lite0, stage %d, %s pooling, patches from stage %d, "
+             "%d px) -> %s", stage, pooling, patch_stage, input_size, path)
+    model = pretrained_lite0(stage=stage, pooling=pooling, patch_stage=patch_stage)
     export_onnx(model, path, input_size, backbone=f"efficientnet-lite0:imagenet:stage{stage}",
                 extra_metadata={"siamstream.stage": str(stage)})
     return path

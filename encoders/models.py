@@ -12,16 +12,23 @@ from encoders.backbones import LITE_MEAN, LITE_STD, EfficientNetLiteTrunk, make_
 
 
 class EmbeddingNet(nn.Module):
-    """Image -> L2-normalised embedding.
+    """Image -> L2-normalised embedding (and, optionally, local patch features).
 
     Input ``(N, 3, H, W)`` float32 RGB in [0, 1] (the ONNX contract: callers scale uint8 by 1/255);
     the backbone's own normalisation is part of the graph. Output ``(N, D)`` float32, unit L2 norm.
     ``embedding_dim=0`` keeps the pooled backbone features (D = backbone channels).
+    With ``patch_stage`` > 0 (EfficientNet trunks only) a second output ``(N, C, h, w)`` holds that stage's
+    features averaged over each 3x3 neighbourhood (PatchCore's local aggregation): one descriptor per patch
+    for patch-level anomaly scoring.
     """
 
     def __init__(self, backbone: nn.Module, out_channels: int, pooling: str = "gem", embedding_dim: int = 0,
-                 mean: tuple[float, ...] = LITE_MEAN, std: tuple[float, ...] = LITE_STD) -> None:
+                 mean: tuple[float, ...] = LITE_MEAN, std: tuple[float, ...] = LITE_STD,
+                 patch_stage: int = 0) -> None:
         super().__init__()
+        if patch_stage and not isinstance(backbone, EfficientNetLiteTrunk):
+            raise ValueError("patch_stage needs an EfficientNetLiteTrunk backbone")
+        self.patch_stage = patch_stage
         self.backbone = backbone
         self.pool = make_pooling(pooling)
         self.pooling = pooling
@@ -32,10 +39,17 @@ class EmbeddingNet(nn.Module):
         self.norm_mean = mean
         self.norm_std = std
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = (x - self.mean) / self.std
-        z = self.head(self.pool(self.backbone(x)))
-        return F.normalize(z, p=2.0, dim=1, eps=1e-12)
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        x = (x - self.get_buffer("mean")) / self.get_buffer("std")
+        if isinstance(self.backbone, EfficientNetLiteTrunk) and self.patch_stage:
+            feats, taps = self.backbone.forward_stages(x, (self.patch_stage,))
+        else:
+            feats, taps = self.backbone(x), {}
+        z = F.normalize(self.head(self.pool(feats)), p=2.0, dim=1, eps=1e-12)
+        if not self.patch_stage:
+            return z
+        return z, F.avg_pool2d(taps[self.patch_stage], kernel_size=3, stride=1, padding=1,
+                               count_include_pad=False)
 
 
 class SiameseNet(nn.Module):
@@ -46,16 +60,21 @@ class SiameseNet(nn.Module):
         self.encoder = encoder
 
     def forward_once(self, x: torch.Tensor) -> torch.Tensor:
-        return self.encoder(x)
+        out = self.encoder(x)
+        return out[0] if isinstance(out, tuple) else out
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.forward_once(a), self.forward_once(b)
 
 
-def pretrained_lite0(stage: int = 5, pooling: str = "gem", embedding_dim: int = 0) -> EmbeddingNet:
+def pretrained_lite0(stage: int = 5, pooling: str = "gem", embedding_dim: int = 0,
+                     patch_stage: int = 0) -> EmbeddingNet:
     """ImageNet-pretrained EfficientNet-Lite0 truncated after ``stage``, as an embedding network."""
+    if patch_stage > stage:
+        raise ValueError(f"patch_stage {patch_stage} must not be after stage {stage}")
     trunk = EfficientNetLiteTrunk("efficientnet-lite0", stage=stage, pretrained=True)
-    return EmbeddingNet(trunk, trunk.out_channels, pooling=pooling, embedding_dim=embedding_dim)
+    return EmbeddingNet(trunk, trunk.out_channels, pooling=pooling, embedding_dim=embedding_dim,
+                        patch_stage=patch_stage)
 
 
 def weights_sha256(model: nn.Module) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pipeline.anomaly.bank import Bank, build_bank
+from pipeline.anomaly.bank import Bank, BankError, build_bank, crop_features
 from pipeline.anomaly.inspector import PartInspector
 from pipeline.config import Config, DetectorConfig, EncoderConfig, OutputConfig, TrackerConfig
 from pipeline.crops import crop_batch
@@ -36,7 +36,7 @@ def build_encoder(cfg: EncoderConfig) -> OnnxEncoder:
     if not path:
         from encoders.export import ensure_pretrained_onnx
 
-        path = str(ensure_pretrained_onnx(cfg.cache_dir, cfg.stage, cfg.pooling, cfg.input_size))
+        path = str(ensure_pretrained_onnx(cfg.cache_dir, cfg.stage, cfg.pooling, cfg.input_size, cfg.patch_stage))
     return OnnxEncoder(path, device=cfg.device, threads=cfg.threads, max_batch=cfg.max_batch)
 
 
@@ -77,7 +77,7 @@ def load_bank(path: str, encoder: OnnxEncoder) -> Bank | None:
     if not path:
         return None
     bank = Bank.load(path)
-    bank.check_encoder(encoder.encoder_id, encoder.embedding_dim, path)
+    bank.check_encoder(encoder.encoder_id, encoder.embedding_dim, encoder.patch_dim, path)
     return bank
 
 
@@ -96,66 +96,82 @@ def build_sinks(cfg: OutputConfig, out_dir: Path, fps: float) -> list[Sink]:
 
 @dataclass(frozen=True)
 class GoodSamples:
-    """Embeddings of known-good crops and the group (tracked part or image) each came from."""
+    """Features of known-good crops and the group (tracked part or image) each came from."""
 
-    vectors: np.ndarray  # (N, D) float32
+    features: np.ndarray  # (N, P, C) float32; P = 1 for global features
     groups: np.ndarray  # (N,) int64
 
+    @property
+    def parts(self) -> int:
+        return len(np.unique(self.groups))
 
-def good_samples_from_frames(frames: Iterable[Frame], cfg: Config, encoder: OnnxEncoder,
-                             frame_step: int = 1) -> GoodSamples:
+
+def _empty(encoder: OnnxEncoder, level: str) -> GoodSamples:
+    dim = encoder.patch_dim if level == "patch" else encoder.embedding_dim
+    p = encoder.patch_grid[0] * encoder.patch_grid[1] if level == "patch" else 1
+    return GoodSamples(np.zeros((0, p, dim), np.float32), np.zeros(0, np.int64))
+
+
+def _even(indices: list[int], n: int) -> list[int]:
+    if len(indices) <= n:
+        return indices
+    return [indices[i] for i in np.linspace(0, len(indices) - 1, n).round().astype(int)]
+
+
+def good_samples_from_frames(frames: Iterable[Frame], cfg: Config, encoder: OnnxEncoder) -> GoodSamples:
     """Detect, track and embed good parts in a stream; one group per confirmed track.
 
-    Only crops of confirmed tracks that lie fully inside the frame are kept (the same crops the anomaly
-    stage scores at run time).
+    Only crops of confirmed tracks that lie fully inside the frame are kept (the crops the anomaly stage
+    scores at run time), at most ``[bank] crops_per_part`` per track, evenly spaced along it.
     """
+    level = cfg.bank.level
     detector = build_detector(cfg.detector)
     tracker = build_tracker(cfg.tracker)
-    vectors: list[np.ndarray] = []
+    feats: list[np.ndarray] = []
     groups: list[int] = []
     for frame in frames:
         dets = detector.detect(frame)
-        emb = encoder.embed(crop_batch(frame, dets, encoder.input_size, cfg.encoder.crop_padding))
+        emb = encoder.embed(crop_batch(frame, dets, encoder.input_size, cfg.encoder.crop_padding),
+                            with_patches=level == "patch")
         out = tracker.update(dets, emb, frame.timestamp)
-        if frame.index % frame_step:
-            continue
         inside = edge_mask(dets.xyxy, frame.width, frame.height, cfg.anomaly.edge_margin)
+        rows = crop_features(emb, level)
         for obs in out.observations:
             di = obs.detection_index
             if obs.state == TrackState.CONFIRMED and di >= 0 and inside[di]:
-                vectors.append(emb.vectors[di])
+                feats.append(rows[di])
                 groups.append(obs.track_id)
-    if not vectors:
-        return GoodSamples(np.zeros((0, encoder.embedding_dim), np.float32), np.zeros(0, np.int64))
-    return GoodSamples(np.stack(vectors).astype(np.float32), np.asarray(groups, np.int64))
+    if not feats:
+        return _empty(encoder, level)
+    g = np.asarray(groups, np.int64)
+    keep = sorted(i for t in np.unique(g) for i in _even(np.flatnonzero(g == t).tolist(), cfg.bank.crops_per_part))
+    return GoodSamples(np.stack([feats[i] for i in keep]).astype(np.float32), g[keep])
 
 
-def good_samples_from_images(folder: Path, encoder: OnnxEncoder, batch: int = 32) -> GoodSamples:
+def good_samples_from_images(folder: Path, encoder: OnnxEncoder, level: str, batch: int = 32) -> GoodSamples:
     """Whole images of good parts (one part per image, one group per image)."""
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
     h, w = encoder.input_size
-    vectors: list[np.ndarray] = []
+    feats: list[np.ndarray] = []
     for start in range(0, len(files), batch):
         imgs = []
         for p in files[start:start + batch]:
             img = cv2.imread(str(p), cv2.IMREAD_COLOR)
             if img is None:
-                raise ValueError(f"{p}: not a readable image; remove it or convert it to PNG/JPEG")
+                raise BankError(f"{p}: not a readable image; remove it or convert it to PNG/JPEG")
             imgs.append(cv2.cvtColor(cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB))
-        arr = np.stack(imgs)
+        arr = np.stack(imgs).astype(np.uint8, copy=False)
         boxes = np.tile(np.array([[0, 0, w, h]], np.float32), (len(arr), 1))
-        vectors.append(encoder.embed(CropBatch(arr, boxes)).vectors)
-    if not vectors:
-        return GoodSamples(np.zeros((0, encoder.embedding_dim), np.float32), np.zeros(0, np.int64))
-    v = np.concatenate(vectors)
-    return GoodSamples(v, np.arange(len(v), dtype=np.int64))
+        feats.append(crop_features(encoder.embed(CropBatch(arr, boxes), with_patches=level == "patch"), level))
+    if not feats:
+        return _empty(encoder, level)
+    f = np.concatenate(feats)
+    return GoodSamples(f, np.arange(len(f), dtype=np.int64))
 
 
 def bank_from_samples(samples: GoodSamples, cfg: Config, encoder: OnnxEncoder, source: str) -> Bank:
-    x, g = samples.vectors, samples.groups
-    if len(x) > cfg.bank.max_samples:  # even subsample across the stream keeps every part represented
-        keep = np.linspace(0, len(x) - 1, cfg.bank.max_samples).round().astype(np.int64)
-        x, g = x[keep], g[keep]
-    return build_bank(x, g, encoder.encoder_id, encoder.input_size, index_type=cfg.bank.index, k=cfg.anomaly.k,
-                      holdout_fraction=cfg.bank.holdout_fraction, false_alarm_rate=cfg.bank.false_alarm_rate,
+    return build_bank(samples.features, samples.groups, encoder.encoder_id, encoder.input_size,
+                      level=cfg.bank.level, index_type=cfg.bank.index, k=cfg.anomaly.k, folds=cfg.bank.folds,
+                      false_alarm_rate=cfg.bank.false_alarm_rate, max_vectors=cfg.bank.max_vectors,
+                      coreset_fraction=cfg.bank.coreset_fraction,
                       sources=[source])

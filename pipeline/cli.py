@@ -85,25 +85,26 @@ def cmd_bank_build(args: argparse.Namespace) -> int:
     encoder = app.build_encoder(cfg.encoder)
     src = Path(args.source)
     if src.is_dir() and not args.detect:
-        samples = app.good_samples_from_images(src, encoder)
+        samples = app.good_samples_from_images(src, encoder, cfg.bank.level)
     else:
         source = open_source(args.source, cfg.source)
         try:
-            samples = app.good_samples_from_frames(source, cfg, encoder, cfg.bank.frame_step)
+            samples = app.good_samples_from_frames(source, cfg, encoder)
         finally:
             source.close()
-    if len(samples.vectors) == 0:
+    if len(samples.features) == 0:
         raise BankError(f"{args.source}: no good parts were found to build a bank from; check the detector "
                         f"settings ([detector] min_area, var_threshold) or pass a folder of part images")
     bank = app.bank_from_samples(samples, cfg, encoder, str(args.source))
     bank.save(args.out)
     m = bank.meta
-    print(f"bank       {args.out}: {len(bank)} good samples from {len(set(samples.groups.tolist()))} parts/images")
-    print(f"threshold  {m.threshold:.4f} (target false-alarm rate {m.false_alarm_rate:g}, calibrated on "
-          f"{m.calibration_samples} held-out samples of {m.calibration_groups} parts; 95% upper bound on the "
-          f"false-alarm rate {m.false_alarm_upper_95:.3f})")
-    _print_json({"bank": str(args.out), "samples": len(bank), "threshold": round(m.threshold, 6),
-                 "groups": int(len(set(samples.groups.tolist())))})
+    print(f"bank       {args.out}: {m.level} level, {len(bank)} vectors from {m.crops} good crops of "
+          f"{samples.parts} parts/images")
+    print(f"threshold  {m.threshold:.4f} (target false-alarm rate {m.false_alarm_rate:g} per crop, calibrated "
+          f"out-of-fold on {m.calibration_samples} crops of {m.calibration_groups} parts; with that many parts "
+          f"the rate is known only up to {m.false_alarm_upper_95:.3f} at 95% confidence)")
+    _print_json({"bank": str(args.out), "level": m.level, "vectors": len(bank), "crops": m.crops,
+                 "groups": samples.parts, "threshold": round(m.threshold, 6)})
     return 0
 
 
@@ -134,8 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     common(demo)
     demo.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
     demo.add_argument("--frames", type=int, default=600, help="frames of the inspected scene (default 600)")
-    demo.add_argument("--bank-frames", type=int, default=400,
-                      help="frames of the good-parts scene used to build the bank (default 400)")
+    demo.add_argument("--bank-frames", type=int, default=1200,
+                      help="frames of the good-parts scene used to build the bank (default 1200)")
     demo.add_argument("--no-metrics", action="store_true", help="do not serve /metrics")
     demo.set_defaults(func=cmd_demo)
 

@@ -44,7 +44,7 @@ class SourceConfig:
 class DetectorConfig:
     kind: str = _f("background", choices=("background",))
     history: int = _f(300, 1, 100_000)
-    var_threshold: float = _f(100.0, 1.0, 1000.0)
+    var_threshold: float = _f(32.0, 1.0, 1000.0)
     learning_rate: float = _f(0.0005, -1.0, 1.0)
     warmup_frames: int = _f(5, 0, 10_000)
     min_area: int = _f(400, 1, None)
@@ -63,6 +63,7 @@ class EncoderConfig:
     input_size: int = _f(128, 32, 1024)
     stage: int = _f(5, 1, 7)
     pooling: str = _f("gem", choices=("avg", "gem"))
+    patch_stage: int = _f(4, 0, 7)
     crop_padding: float = _f(0.1, 0.0, 2.0)
     max_batch: int = _f(64, 1, 4096)
 
@@ -90,11 +91,13 @@ class AnomalyConfig:
 
 @dataclass(frozen=True)
 class BankConfig:
+    level: str = _f("patch", choices=("patch", "global"))
     index: str = _f("flat", choices=("flat", "hnsw"))
-    holdout_fraction: float = _f(0.25, 0.05, 0.9)
+    folds: int = _f(5, 2, 100)
     false_alarm_rate: float = _f(0.01, 0.0001, 0.5)
-    max_samples: int = _f(20_000, 10, None)
-    frame_step: int = _f(1, 1, 10_000)
+    max_vectors: int = _f(50_000, 10, None)
+    coreset_fraction: float = _f(0.1, 0.001, 1.0)
+    crops_per_part: int = _f(16, 1, 100_000)
 
 
 @dataclass(frozen=True)

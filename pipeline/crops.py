@@ -33,7 +33,7 @@ def crop_batch(frame: Frame, detections: Detections, size: tuple[int, int], padd
         bottom, right = max(0, yi2 - frame.height), max(0, xi2 - frame.width)
         patch = img[max(0, yi1):min(frame.height, yi2), max(0, xi1):min(frame.width, xi2)]
         if top or left or bottom or right:
-            patch = cv2.copyMakeBorder(patch, top, bottom, left, right, cv2.BORDER_REPLICATE)
+            patch = np.asarray(cv2.copyMakeBorder(patch, top, bottom, left, right, cv2.BORDER_REPLICATE), np.uint8)
         interp = cv2.INTER_AREA if patch.shape[0] > h else cv2.INTER_LINEAR
-        out[i] = cv2.cvtColor(cv2.resize(patch, (w, h), interpolation=interp), cv2.COLOR_BGR2RGB)
+        out[i] = np.asarray(cv2.cvtColor(cv2.resize(patch, (w, h), interpolation=interp), cv2.COLOR_BGR2RGB))
     return CropBatch(out, regions)

@@ -78,7 +78,7 @@ class DemoResult:
         s = self.summary
         lines = [
             f"frames       {s.frames} in {s.seconds:.1f} s ({s.fps:.1f} fps)",
-            f"bank         {self.bank_size} good crops, threshold {self.threshold:.4f}",
+            f"bank         {self.bank_size} vectors of good parts, threshold {self.threshold:.4f}",
             f"parts        {self.parts} on the line ({self.defective} defective), {s.tracks} tracks confirmed",
             f"flagged      {len(s.flagged)} parts: "
             + ", ".join(f"track {t} -> part {p if p is not None else '?'}" for t, p in self.flagged_parts.items()),
@@ -109,7 +109,7 @@ def _eligible_parts(scene: ProductionLineScene) -> dict[int, str | None]:
     return out
 
 
-def run_demo(cfg: Config, out: Path, frames: int = 600, bank_frames: int = 400, seed: int = 0,
+def run_demo(cfg: Config, out: Path, frames: int = 600, bank_frames: int = 1200, seed: int = 0,
              serve_metrics: bool = True) -> DemoResult:
     out = Path(out)
     check_writable_dir(out)
@@ -117,11 +117,11 @@ def run_demo(cfg: Config, out: Path, frames: int = 600, bank_frames: int = 400, 
 
     log.info("building the good-parts bank from a %d-frame scene of good parts", bank_frames)
     good_scene = ProductionLineScene(SceneConfig(num_frames=bank_frames, defect_rate=0.0, seed=seed + 1000))
-    samples = app.good_samples_from_frames(good_scene, cfg, encoder, cfg.bank.frame_step)
+    samples = app.good_samples_from_frames(good_scene, cfg, encoder)
     bank = app.bank_from_samples(samples, cfg, encoder, "synthetic good-parts scene")
     bank.save(out / "bank")
-    log.info("bank: %d good crops from %d parts, threshold %.4f", len(bank), len(set(samples.groups.tolist())),
-             bank.meta.threshold)
+    log.info("bank: %d %s vectors from %d good crops of %d parts, threshold %.4f", len(bank), bank.meta.level,
+             bank.meta.crops, samples.parts, bank.meta.threshold)
 
     scene = ProductionLineScene(SceneConfig(num_frames=frames, seed=seed))
     registry = CollectorRegistry()

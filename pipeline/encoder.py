@@ -4,7 +4,8 @@ The input/output contract is read from the model file and checked at load time:
 
 - one image input, rank 4, ``(batch, 3, H, W)`` (NCHW) or ``(batch, H, W, 3)`` (NHWC), fixed H and W;
   dtype float32/float16 (fed RGB scaled to [0, 1] by the uint8 dtype range) or uint8 (fed raw);
-- one output ``(batch, D)`` with a fixed D.
+- a first output ``(batch, D)`` with a fixed D: the embedding;
+- optionally an output named ``patches`` ``(batch, C, h, w)``: local features for patch-level anomaly scoring.
 
 Preprocessing scales by dtype (uint8 -> /255), never by pixel values.
 """
@@ -37,9 +38,10 @@ class Encoder(Protocol):
 
     input_size: tuple[int, int]  # (H, W)
     embedding_dim: int
+    patch_dim: int  # channels of the patch output, 0 without one
     encoder_id: str
 
-    def embed(self, crops: CropBatch) -> Embeddings: ...
+    def embed(self, crops: CropBatch, with_patches: bool = True) -> Embeddings: ...
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,9 @@ class ModelContract:
     fixed_batch: int  # 0 when the batch axis is dynamic
     output_name: str
     embedding_dim: int
+    patch_output: str = ""  # "" when the model has no patch output
+    patch_channels: int = 0
+    patch_grid: tuple[int, int] = (0, 0)
 
 
 def _dim(d: object) -> int | None:
@@ -87,8 +92,16 @@ def read_contract(session: object, path: str) -> ModelContract:
     oshape = list(out.shape)
     if len(oshape) != 2 or _dim(oshape[1]) is None:
         raise EncoderContractError(f"{path}: output {out.name!r} has shape {oshape}; {need}")
+    patch = next((o for o in outputs[1:] if o.name == "patches"), None)
+    pc, grid = 0, (0, 0)
+    if patch is not None:
+        ps = list(patch.shape)
+        if len(ps) != 4 or not all(_dim(d) for d in ps[1:]):
+            raise EncoderContractError(f"{path}: output 'patches' has shape {ps}; expected (batch, C, h, w) "
+                                       f"with fixed C, h, w")
+        pc, grid = int(ps[1]), (int(ps[2]), int(ps[3]))
     return ModelContract(inp.name, layout, h, w, _ORT_DTYPES[inp.type], _dim(shape[0]) or 0,
-                         out.name, int(oshape[1]))
+                         out.name, int(oshape[1]), patch.name if patch is not None else "", pc, grid)
 
 
 def cuda_usable() -> tuple[bool, str]:
@@ -158,6 +171,8 @@ class OnnxEncoder:
         self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
         self.input_size = (self.contract.height, self.contract.width)
         self.embedding_dim = self.contract.embedding_dim
+        self.patch_dim = self.contract.patch_channels
+        self.patch_grid = self.contract.patch_grid
         self.max_batch = self.contract.fixed_batch or max_batch
         declared = self.metadata.get("siamstream.embedding_dim")
         if declared is not None and int(declared) != self.embedding_dim:
@@ -177,23 +192,30 @@ class OnnxEncoder:
             x = x.transpose(0, 3, 1, 2)
         return np.ascontiguousarray(x)
 
-    def embed(self, crops: CropBatch) -> Embeddings:
-        """Embed a frame's crops; ``(N, D)`` float32 rows with unit L2 norm."""
+    def embed(self, crops: CropBatch, with_patches: bool = True) -> Embeddings:
+        """Embed a frame's crops: ``(N, D)`` float32 rows with unit L2 norm, plus ``(N, P, C)`` patch
+        features when the model has them and ``with_patches`` is set."""
+        c = self.contract
+        want_patches = with_patches and bool(c.patch_output)
         n = len(crops)
-        if n == 0:
-            return Embeddings(np.zeros((0, self.embedding_dim), np.float32))
-        if crops.images.shape[1:3] != self.input_size:
-            raise ValueError(f"crops are {crops.images.shape[1:3]}, the encoder needs {self.input_size}")
+        h, w = self.patch_grid
+        p = h * w
         out = np.empty((n, self.embedding_dim), np.float32)
+        patches = np.empty((n, p, self.patch_dim), np.float32) if want_patches else None
+        if n and crops.images.shape[1:3] != self.input_size:
+            raise ValueError(f"crops are {crops.images.shape[1:3]}, the encoder needs {self.input_size}")
+        names = [c.output_name, c.patch_output] if want_patches else [c.output_name]
         step = self.max_batch
         for start in range(0, n, step):
             chunk = crops.images[start:start + step]
-            pad = 0
-            if self.contract.fixed_batch and len(chunk) < self.contract.fixed_batch:
-                pad = self.contract.fixed_batch - len(chunk)
-                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
-            y = self.session.run([self.contract.output_name], {self.contract.input_name: self._prepare(chunk)})[0]
-            out[start:start + len(chunk) - pad] = np.asarray(y, dtype=np.float32)[: len(chunk) - pad]
-        norms = np.linalg.norm(out, axis=1, keepdims=True)
-        out /= np.maximum(norms, 1e-12)
-        return Embeddings(out)
+            real = len(chunk)
+            if c.fixed_batch and real < c.fixed_batch:
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], c.fixed_batch - real, axis=0)])
+            ys = self.session.run(names, {c.input_name: self._prepare(chunk)})
+            out[start:start + real] = np.asarray(ys[0], dtype=np.float32)[:real]
+            if patches is not None:
+                # (B, C, h, w) -> (B, h*w, C): one row per patch, row-major over the grid
+                pt = np.asarray(ys[1], dtype=np.float32)[:real]
+                patches[start:start + real] = pt.reshape(real, self.patch_dim, p).transpose(0, 2, 1)
+        out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        return Embeddings(out, patches, (h, w) if patches is not None else (0, 0))

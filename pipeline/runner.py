@@ -28,7 +28,7 @@ from pipeline.metrics import PipelineMetrics
 from pipeline.sinks import Sink
 from pipeline.sources import FrameSource
 from pipeline.tracking.tracker import Tracker
-from pipeline.types import AnomalyEvent, Frame, FrameResult, TrackObservation, TrackState, Verdict
+from pipeline.types import AnomalyEvent, Embeddings, Frame, FrameResult, TrackObservation, TrackState, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,8 @@ class Pipeline:
         if (bank is None) != (inspector is None):
             raise ValueError("bank and inspector go together: give both or neither")
         if bank is not None:
-            bank.check_encoder(encoder.encoder_id, encoder.embedding_dim, "anomaly stage")
+            bank.check_encoder(encoder.encoder_id, encoder.embedding_dim, encoder.patch_dim,
+                               "anomaly stage")
         self.detector = detector
         self.encoder = encoder
         self.tracker = tracker
@@ -81,7 +82,7 @@ class Pipeline:
         with self._timed("crop"):
             crops = crop_batch(frame, dets, self.encoder.input_size, self.crop_padding)
         with self._timed("encode"):
-            emb = self.encoder.embed(crops)  # all crops of the frame as one batch
+            emb = self.encoder.embed(crops, with_patches=self.bank is not None)  # all crops as one batch
         self.metrics.encoder_batch.observe(len(crops))
         with self._timed("track"):
             out = self.tracker.update(dets, emb, frame.timestamp)
@@ -90,12 +91,12 @@ class Pipeline:
         self.metrics.tracks_ended.inc(len(out.ended))
         self.metrics.active_tracks.set(self.tracker.active_count)
         with self._timed("anomaly"):
-            observations, events = self._inspect(frame, dets.xyxy, emb.vectors, out.observations)
+            observations, events = self._inspect(frame, dets.xyxy, emb, out.observations)
             for track_id in out.ended:
                 self._end(track_id)
         return FrameResult(frame, dets, observations, events)
 
-    def _inspect(self, frame: Frame, xyxy: np.ndarray, vectors: np.ndarray,
+    def _inspect(self, frame: Frame, xyxy: np.ndarray, emb: Embeddings,
                  observations: list[TrackObservation]) -> tuple[list[TrackObservation], list[AnomalyEvent]]:
         if self.bank is None or self.inspector is None:
             return observations, []
@@ -103,7 +104,7 @@ class Pipeline:
         self.metrics.crops_dropped.inc(int((~scorable).sum()))
         det_scores = np.full(len(xyxy), np.nan, np.float32)
         if scorable.any():
-            det_scores[scorable] = self.bank.scores(vectors[scorable], self.k)
+            det_scores[scorable] = self.bank.score_embeddings(emb.select(scorable), self.k)
         result: list[TrackObservation] = []
         events: list[AnomalyEvent] = []
         for obs in observations:
@@ -130,7 +131,7 @@ class Pipeline:
     def _save_evidence(self, frame: Frame, obs: TrackObservation) -> str:
         if self.evidence_dir is None:
             return ""
-        x1, y1, x2, y2 = (int(round(v)) for v in obs.xyxy)
+        x1, y1, x2, y2 = (round(float(v)) for v in obs.xyxy)
         pad = max(4, (x2 - x1) // 5)
         crop = frame.image[max(0, y1 - pad):y2 + pad, max(0, x1 - pad):x2 + pad]
         path = self.evidence_dir / f"track{obs.track_id:06d}_frame{frame.index:07d}.png"
@@ -140,10 +141,9 @@ class Pipeline:
         return ""
 
     def _end(self, track_id: int) -> None:
-        if self.inspector is not None:
-            if self.inspector.end(track_id) in (Verdict.GOOD, Verdict.DEFECT):
-                self.inspected += 1
-                self.metrics.parts_inspected.inc()
+        if self.inspector is not None and self.inspector.end(track_id) in (Verdict.GOOD, Verdict.DEFECT):
+            self.inspected += 1
+            self.metrics.parts_inspected.inc()
 
     def finish(self) -> None:
         """End of stream: every remaining track ends and gets its final verdict."""

@@ -133,15 +133,34 @@ class CropBatch:
 
 @dataclass(frozen=True)
 class Embeddings:
-    """L2-normalised embeddings, one row per crop: ``(N, D)`` float32."""
+    """Encoder output for a batch of crops.
+
+    Attributes:
+        vectors: ``(N, D)`` float32 L2-normalised embeddings, one row per crop.
+        patches: ``(N, P, C)`` float32 local features (P patches per crop, row-major over the ``grid``),
+            or None when the encoder has no patch output.
+        grid: ``(h, w)`` of the patch grid, ``h * w == P``; ``(0, 0)`` without patches.
+    """
 
     vectors: FloatArray
+    patches: FloatArray | None = None
+    grid: tuple[int, int] = (0, 0)
 
     def __post_init__(self) -> None:
         v = np.asarray(self.vectors, dtype=np.float32)
         _check(v.ndim == 2 and v.shape[1] > 0, "Embeddings", "vectors shape", "(N, D) with D > 0", v.shape)
         _check(bool(np.all(np.isfinite(v))), "Embeddings", "vectors", "finite", "NaN or inf")
         object.__setattr__(self, "vectors", v)
+        if self.patches is not None:
+            p = np.asarray(self.patches, dtype=np.float32)
+            h, w = self.grid
+            _check(p.ndim == 3 and p.shape[0] == len(v) and p.shape[1] == h * w and p.shape[2] > 0,
+                   "Embeddings", "patches shape", f"({len(v)}, {h * w}, C) for a {h}x{w} grid", p.shape)
+            _check(bool(np.all(np.isfinite(p))), "Embeddings", "patches", "finite", "NaN or inf")
+            object.__setattr__(self, "patches", p)
+
+    def select(self, keep: npt.NDArray[np.bool_] | IntArray) -> Embeddings:
+        return Embeddings(self.vectors[keep], None if self.patches is None else self.patches[keep], self.grid)
 
     def __len__(self) -> int:
         return len(self.vectors)

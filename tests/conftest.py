@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -10,12 +11,17 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
-def shared_data(*parts: str) -> Path:
-    """A path under ../shared/data, or skip the test with the reason when it is absent."""
-    path = SHARED_DATA.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"real data not found at {path} (the shared data folder sits beside the repository)")
-    return path
+@pytest.fixture(scope="session")
+def shared_data() -> Callable[..., Path]:
+    """``shared_data("conveyor_video", "cutted.avi")``: a path under ../shared/data, or skip with the reason."""
+
+    def find(*parts: str) -> Path:
+        path = SHARED_DATA.joinpath(*parts)
+        if not path.exists():
+            pytest.skip(f"real data not found at {path} (the shared data folder sits beside the repository)")
+        return path
+
+    return find
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,13 @@
-"""The bank of known-good embeddings: a FAISS index plus the metadata that makes it safe to reuse.
+"""The bank of known-good samples: a FAISS index plus the metadata that makes it safe to reuse.
+
+Two levels:
+
+- ``global``: one vector per crop (the encoder's embedding); a crop's score is its k-NN distance.
+- ``patch``: PatchCore-style local features, P per crop; a crop's score is the largest k-NN distance of any
+  of its patches, so a small scratch or hole is not averaged away.
 
 Stored as a directory: ``index.faiss`` and ``meta.json``, written to a temporary sibling and renamed,
-so a reader never sees half a bank. Embeddings are L2-normalised; scores are L2 distances in [0, 2].
+so a reader never sees half a bank. Scores are L2 distances.
 """
 
 from __future__ import annotations
@@ -17,10 +23,13 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from pipeline.anomaly.calibrate import false_alarm_upper_bound, split_by_group, threshold_for_false_alarm_rate
+from pipeline.anomaly.calibrate import false_alarm_upper_bound, group_folds, threshold_for_false_alarm_rate
+from pipeline.anomaly.coreset import greedy_coreset
+from pipeline.types import Embeddings
 
 BANK_FORMAT = 1
 INDEX_TYPES = ("flat", "hnsw")
+LEVELS = ("global", "patch")
 
 
 class BankError(ValueError):
@@ -30,11 +39,12 @@ class BankError(ValueError):
 @dataclass(frozen=True)
 class BankMeta:
     encoder_id: str
-    embedding_dim: int
+    embedding_dim: int  # dimension of the indexed vectors (D for global, C for patch banks)
     input_size: tuple[int, int]
+    level: str = "global"
+    patches_per_crop: int = 1
     index_type: str = "flat"
     metric: str = "l2"
-    normalized: bool = True
     k: int = 1
     threshold: float = float("nan")
     false_alarm_rate: float = 0.01
@@ -42,6 +52,9 @@ class BankMeta:
     calibration_groups: int = 0
     false_alarm_upper_95: float = 1.0
     sample_count: int = 0
+    crops: int = 0
+    coreset_fraction: float = 1.0
+    coreset_coverage: float = 0.0  # every good vector lies within this L2 distance of a kept one
     sources: list[str] = field(default_factory=list)
     created: float = 0.0
     updated: float = 0.0
@@ -56,8 +69,21 @@ def _new_index(dim: int, index_type: str) -> faiss.Index:
     raise BankError(f"unknown index type {index_type!r}; valid: {', '.join(INDEX_TYPES)}")
 
 
+def crop_features(emb: Embeddings, level: str) -> np.ndarray:
+    """The rows a bank of ``level`` indexes for each crop: ``(N, P, C)`` (P = 1 for global banks)."""
+    if level == "global":
+        return emb.vectors[:, None, :]
+    if level == "patch":
+        if emb.patches is None:
+            raise BankError("patch-level bank but the encoder gives no patch features: use an encoder with a "
+                            "'patches' output (the built-in one has it) or build a global bank "
+                            "(--set bank.level=\"global\")")
+        return emb.patches
+    raise BankError(f"unknown bank level {level!r}; valid: {', '.join(LEVELS)}")
+
+
 class Bank:
-    """FAISS index of good embeddings + metadata. Use :meth:`create`, :meth:`load`, or :func:`build_bank`."""
+    """FAISS index of good features + metadata. Use :meth:`create`, :meth:`load`, or :func:`build_bank`."""
 
     def __init__(self, index: faiss.Index, meta: BankMeta) -> None:
         if index.d != meta.embedding_dim:
@@ -66,29 +92,32 @@ class Bank:
         self.meta = meta
 
     @classmethod
-    def create(cls, encoder_id: str, embedding_dim: int, input_size: tuple[int, int],
-               index_type: str = "flat", k: int = 1) -> Bank:
+    def create(cls, encoder_id: str, dim: int, input_size: tuple[int, int], index_type: str = "flat",
+               k: int = 1, level: str = "global", patches_per_crop: int = 1) -> Bank:
+        if level not in LEVELS:
+            raise BankError(f"unknown bank level {level!r}; valid: {', '.join(LEVELS)}")
         now = time.time()
-        meta = BankMeta(encoder_id, embedding_dim, tuple(input_size), index_type, k=k,  # type: ignore[arg-type]
-                        created=now, updated=now)
-        return cls(_new_index(embedding_dim, index_type), meta)
+        meta = BankMeta(encoder_id, dim, (int(input_size[0]), int(input_size[1])), level, patches_per_crop,
+                        index_type, k=k, created=now, updated=now)
+        return cls(_new_index(dim, index_type), meta)
 
     def __len__(self) -> int:
         return int(self.index.ntotal)
 
-    def add(self, vectors: np.ndarray, source: str | None = None) -> None:
-        """Append ``(N, D)`` float32 embeddings."""
+    def add(self, vectors: np.ndarray, source: str | None = None, crops: int = 0) -> None:
+        """Append ``(M, dim)`` float32 rows (crop embeddings, or patch features for patch banks)."""
         x = np.ascontiguousarray(vectors, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != self.meta.embedding_dim:
             raise BankError(f"vectors are {x.shape}, the bank holds (N, {self.meta.embedding_dim})")
         self.index.add(x)
         sources = self.meta.sources + ([source] if source and source not in self.meta.sources else [])
-        self.meta = replace(self.meta, sample_count=len(self), updated=time.time(), sources=sources)
+        self.meta = replace(self.meta, sample_count=len(self), crops=self.meta.crops + crops,
+                            updated=time.time(), sources=sources)
 
     def scores(self, vectors: np.ndarray, k: int | None = None) -> np.ndarray:
-        """Mean L2 distance to the ``k`` nearest good samples, ``(N,)`` float32."""
+        """Mean L2 distance of each row to its ``k`` nearest good rows, ``(M,)`` float32."""
         if len(self) == 0:
-            raise BankError("the bank is empty: add good samples first (siamstream bank build / bank add)")
+            raise BankError("the bank is empty: add good samples first (siamstream bank build)")
         k = min(k or self.meta.k, len(self))
         x = np.ascontiguousarray(vectors, dtype=np.float32)
         if len(x) == 0:
@@ -96,17 +125,30 @@ class Bank:
         sq, _ = self.index.search(x, k)
         return np.sqrt(np.maximum(sq, 0.0)).mean(axis=1).astype(np.float32)
 
+    def score_crops(self, features: np.ndarray, k: int | None = None) -> np.ndarray:
+        """Anomaly score per crop from ``(N, P, C)`` features: the largest patch score, ``(N,)`` float32."""
+        n, p, c = features.shape
+        if n == 0:
+            return np.zeros(0, np.float32)
+        return self.scores(features.reshape(n * p, c), k).reshape(n, p).max(axis=1)
+
+    def score_embeddings(self, emb: Embeddings, k: int | None = None) -> np.ndarray:
+        return self.score_crops(crop_features(emb, self.meta.level), k)
+
     def with_threshold(self, threshold: float, false_alarm_rate: float, samples: int, groups: int,
                        upper95: float) -> None:
         self.meta = replace(self.meta, threshold=float(threshold), false_alarm_rate=false_alarm_rate,
                             calibration_samples=samples, calibration_groups=groups,
                             false_alarm_upper_95=upper95)
 
-    def check_encoder(self, encoder_id: str, embedding_dim: int, where: str) -> None:
-        if self.meta.embedding_dim != embedding_dim or self.meta.encoder_id != encoder_id:
-            raise BankError(f"{where}: bank was built with another encoder (bank encoder {self.meta.encoder_id[:12]}, "
-                            f"D={self.meta.embedding_dim}; current encoder {encoder_id[:12]}, D={embedding_dim}); "
-                            f"rebuild it with `siamstream bank build` using the current model")
+    def check_encoder(self, encoder_id: str, embedding_dim: int, patch_dim: int, where: str) -> None:
+        """Fail unless the bank was built by this encoder (same weights, same feature dimension)."""
+        dim = patch_dim if self.meta.level == "patch" else embedding_dim
+        if self.meta.encoder_id != encoder_id or self.meta.embedding_dim != dim:
+            raise BankError(f"{where}: bank was built with another encoder (bank: encoder {self.meta.encoder_id[:12]}, "
+                            f"{self.meta.level} features of dim {self.meta.embedding_dim}; current: encoder "
+                            f"{encoder_id[:12]}, dim {dim or 'none'}); rebuild it with `siamstream bank build` "
+                            f"using the current model")
 
     def save(self, path: str | Path) -> None:
         """Write atomically: a temporary sibling directory renamed over ``path``."""
@@ -160,26 +202,58 @@ class Bank:
         return cls(index, meta)
 
 
-def build_bank(vectors: np.ndarray, groups: np.ndarray, encoder_id: str, input_size: tuple[int, int],
-               index_type: str = "flat", k: int = 1, holdout_fraction: float = 0.25,
-               false_alarm_rate: float = 0.01, sources: list[str] | None = None, seed: int = 0) -> Bank:
-    """Bank of good embeddings with a threshold calibrated on held-out good groups only.
+def _reduce_rows(features: np.ndarray, max_rows: int, coreset_fraction: float,
+                 rng: np.random.Generator) -> tuple[np.ndarray, float]:
+    """Rows of ``(N, P, C)`` features as ``(M, C)``: greedy k-center coreset of ``coreset_fraction`` of
+    them, capped at ``max_rows`` (uniform subsample first when there are far more). Returns the rows and
+    the coverage radius of the coreset (0 when every row is kept)."""
+    rows = features.reshape(-1, features.shape[-1])
+    target = min(max_rows, max(1, round(coreset_fraction * len(rows))))
+    if target >= len(rows):
+        return rows, 0.0
+    pool = rows
+    if len(pool) > 20 * target:  # keep k-center affordable: O(len(pool) * target)
+        pool = pool[np.sort(rng.choice(len(pool), 20 * target, replace=False))]
+    picks, coverage = greedy_coreset(pool, target, seed=int(rng.integers(1 << 31)))
+    return pool[np.sort(picks)], coverage
 
-    The groups (parts or images) held out are scored against a bank of the others; the threshold is the
-    ``1 - false_alarm_rate`` quantile of their scores. Then every sample is added to the bank.
+
+def build_bank(features: np.ndarray, groups: np.ndarray, encoder_id: str, input_size: tuple[int, int],
+               level: str = "global", index_type: str = "flat", k: int = 1, folds: int = 5,
+               false_alarm_rate: float = 0.01, max_vectors: int = 50_000, coreset_fraction: float = 1.0,
+               sources: list[str] | None = None, seed: int = 0) -> Bank:
+    """Bank of good features with a threshold calibrated on good samples only.
+
+    Args:
+        features: ``(N, P, C)`` per good crop (P = 1 for a global bank).
+        groups: ``(N,)`` the part (track) or image each crop came from.
+
+    The threshold is the ``1 - false_alarm_rate`` quantile of out-of-fold crop scores: folds split by
+    group, each fold scored against a bank of the other folds, reduced exactly as the final bank is. Then
+    every sample goes into the bank, reduced to a greedy k-center coreset of ``coreset_fraction`` of the
+    vectors (at most ``max_vectors``).
     """
-    x = np.ascontiguousarray(vectors, dtype=np.float32)
+    x = np.ascontiguousarray(features, dtype=np.float32)
+    if x.ndim == 2:
+        x = x[:, None, :]
     if len(x) == 0:
         raise BankError("no good samples: the source gave no detections to build a bank from")
-    bank_idx, hold_idx = split_by_group(groups, holdout_fraction, seed)
-    calib = Bank.create(encoder_id, x.shape[1], input_size, "flat", k)
-    calib.add(x[bank_idx])
-    held_scores = calib.scores(x[hold_idx], k)
-    threshold = threshold_for_false_alarm_rate(held_scores, false_alarm_rate)
-    n_groups = len(np.unique(np.asarray(groups)[hold_idx]))
-    bank = Bank.create(encoder_id, x.shape[1], input_size, index_type, k)
-    for s in sources or []:
-        bank.meta = replace(bank.meta, sources=[*bank.meta.sources, s])
-    bank.add(x)
-    bank.with_threshold(threshold, false_alarm_rate, len(hold_idx), n_groups, false_alarm_upper_bound(n_groups))
+    rng = np.random.default_rng(seed)
+    n, p, c = x.shape
+    oof = np.empty(n, np.float32)
+    fold_idx = group_folds(groups, folds, seed)
+    for held in fold_idx:
+        rest = np.setdiff1d(np.arange(n), held)
+        calib = Bank.create(encoder_id, c, input_size, "flat", k, level, p)
+        calib.add(_reduce_rows(x[rest], max_vectors, coreset_fraction, rng)[0])
+        oof[held] = calib.score_crops(x[held], k)
+    threshold = threshold_for_false_alarm_rate(oof, false_alarm_rate)
+    n_groups = len(np.unique(np.asarray(groups)))
+    bank = Bank.create(encoder_id, c, input_size, index_type, k, level, p)
+    bank.meta = replace(bank.meta, sources=list(sources or []))
+    rows, coverage = _reduce_rows(x, max_vectors, coreset_fraction, rng)
+    bank.meta = replace(bank.meta, coreset_fraction=len(rows) / (n * p), coreset_coverage=coverage)
+    bank.add(rows, crops=n)
+    # Crops of one part are not independent: the bound counts parts, the conservative sample size.
+    bank.with_threshold(threshold, false_alarm_rate, n, n_groups, false_alarm_upper_bound(n_groups))
     return bank

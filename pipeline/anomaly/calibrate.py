@@ -7,21 +7,20 @@ import math
 import numpy as np
 
 
-def split_by_group(groups: np.ndarray, holdout_fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Split sample indices into (bank, holdout) so that no group (track or image) is on both sides.
+def group_folds(groups: np.ndarray, n_folds: int, seed: int = 0) -> list[np.ndarray]:
+    """Split sample indices into ``n_folds`` folds so that no group (tracked part or image) is in two folds.
 
-    Crops of one tracked part are near-duplicates; calibrating on crops whose siblings sit in the bank
-    would give scores that are too low and a threshold that raises false alarms.
+    Crops of one tracked part are near-duplicates; scoring a crop against a bank that holds its siblings
+    gives scores that are too low and a threshold that raises false alarms. Every good sample is scored
+    once, out of fold, against a bank of the other groups.
     """
     groups = np.asarray(groups)
     uniq = np.unique(groups)
     if len(uniq) < 2:
         raise ValueError(f"need good samples from at least 2 groups (parts or images) to calibrate, got {len(uniq)}")
-    rng = np.random.default_rng(seed)
-    shuffled = rng.permutation(uniq)
-    n_hold = min(len(uniq) - 1, max(1, round(holdout_fraction * len(uniq))))
-    held = np.isin(groups, shuffled[:n_hold])
-    return np.flatnonzero(~held), np.flatnonzero(held)
+    shuffled = np.random.default_rng(seed).permutation(uniq)
+    chunks = np.array_split(shuffled, min(n_folds, len(uniq)))
+    return [np.flatnonzero(np.isin(groups, chunk)) for chunk in chunks]
 
 
 def threshold_for_false_alarm_rate(good_scores: np.ndarray, false_alarm_rate: float) -> float:

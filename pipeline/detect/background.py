@@ -16,7 +16,7 @@ class BackgroundSubtractionDetector:
     The first ``warmup_frames`` frames only train the background model and return no detections.
     """
 
-    def __init__(self, history: int = 300, var_threshold: float = 100.0, learning_rate: float = 0.0005,
+    def __init__(self, history: int = 300, var_threshold: float = 32.0, learning_rate: float = 0.0005,
                  warmup_frames: int = 5, min_area: int = 400, max_area_fraction: float = 0.5,
                  min_side: int = 12, open_kernel: int = 7, close_kernel: int = 15) -> None:
         if history < 1 or var_threshold <= 0 or min_area < 1:

@@ -62,7 +62,7 @@ def test_int_accepted_for_float_and_override_wins(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("text", ["tracker", "tracker.min_hits", "=3"])
 def test_malformed_override(text: str) -> None:
-    with pytest.raises(ConfigError, match="section.key=value"):
+    with pytest.raises(ConfigError, match=r"section\.key=value"):
         parse_override(text)
 
 

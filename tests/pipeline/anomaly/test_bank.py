@@ -43,20 +43,23 @@ def test_save_load_roundtrip_and_encoder_check(tmp_path: Path, data: tuple[np.nd
     xb, xq = data
     groups = np.arange(len(xb)) // 10
     bank = build_bank(xb, groups, "enc-A", (64, 64), false_alarm_rate=0.05, sources=["s"])
+    assert bank.meta.crops == 500 and bank.meta.calibration_groups == 50
     bank.save(tmp_path / "bank")
     loaded = Bank.load(tmp_path / "bank")
     assert len(loaded) == 500 and loaded.meta.threshold == pytest.approx(bank.meta.threshold)
     assert loaded.meta.sources == ["s"] and loaded.meta.input_size == (64, 64)
     np.testing.assert_allclose(loaded.scores(xq), bank.scores(xq))
-    loaded.check_encoder("enc-A", 32, "here")
+    loaded.check_encoder("enc-A", 32, 0, "here")
     with pytest.raises(BankError, match="built with another encoder"):
-        loaded.check_encoder("enc-B", 32, "here")
+        loaded.check_encoder("enc-B", 32, 0, "here")
+    with pytest.raises(BankError, match="built with another encoder"):
+        loaded.check_encoder("enc-A", 64, 0, "here")
     bank.save(tmp_path / "bank")  # overwrite in place
     assert len(Bank.load(tmp_path / "bank")) == 500
 
 
 def test_load_errors(tmp_path: Path, data: tuple[np.ndarray, np.ndarray]) -> None:
-    with pytest.raises(BankError, match="bank not found.*siamstream bank build"):
+    with pytest.raises(BankError, match=r"bank not found.*siamstream bank build"):
         Bank.load(tmp_path / "nope")
     (tmp_path / "empty_dir").mkdir()
     with pytest.raises(BankError, match="not a bank"):
@@ -102,9 +105,41 @@ def test_threshold_separates_outliers_from_good() -> None:
 
     good = parts(40, 15)
     groups = np.repeat(np.arange(40), 15)
-    bank = build_bank(good, groups, "enc", (8, 8), holdout_fraction=0.25, false_alarm_rate=0.05)
+    bank = build_bank(good, groups, "enc", (8, 8), folds=4, false_alarm_rate=0.05)
     defects = unit(kinds[rng.integers(0, 4, 50)] + 0.6 * rng.normal(size=(50, 16)))
     new_good = parts(100, 1)
     assert (bank.scores(defects) > bank.meta.threshold).mean() > 0.9
     assert (bank.scores(new_good) > bank.meta.threshold).mean() <= 0.1
-    assert bank.meta.calibration_groups == 10 and bank.meta.calibration_samples == 150
+    assert bank.meta.calibration_groups == 40 and bank.meta.calibration_samples == 600
+
+
+def test_patch_bank_scores_worst_patch_by_hand() -> None:
+    # Good crops: 4 patches, all near e0. A query crop with one patch at e1 scores that patch's distance.
+    e = np.eye(4, dtype=np.float32)
+    good = np.tile(e[0], (10, 4, 1))
+    bank = Bank.create("enc", 4, (8, 8), level="patch", patches_per_crop=4)
+    bank.add(good.reshape(-1, 4))
+    query = np.tile(e[0], (2, 4, 1))
+    query[1, 2] = e[1]
+    np.testing.assert_allclose(bank.score_crops(query), [0.0, np.sqrt(2)], atol=1e-6)
+
+
+def test_patch_bank_needs_patch_features() -> None:
+    from pipeline.anomaly.bank import crop_features
+    from pipeline.types import Embeddings
+
+    with pytest.raises(BankError, match="no patch features"):
+        crop_features(Embeddings(np.ones((2, 3), np.float32)), "patch")
+    emb = Embeddings(np.ones((2, 3), np.float32), np.ones((2, 4, 5), np.float32), (2, 2))
+    assert crop_features(emb, "patch").shape == (2, 4, 5)
+    assert crop_features(emb, "global").shape == (2, 1, 3)
+
+
+def test_coreset_bank_keeps_fraction_and_reports_coverage() -> None:
+    rng = np.random.default_rng(1)
+    feats = rng.normal(size=(40, 16, 8)).astype(np.float32)  # 40 crops x 16 patches
+    groups = np.repeat(np.arange(10), 4)
+    bank = build_bank(feats, groups, "enc", (8, 8), level="patch", coreset_fraction=0.1)
+    assert len(bank) == 64 and bank.meta.crops == 40 and bank.meta.coreset_coverage > 0
+    # Every good vector lies within the stated coverage of the bank.
+    assert bank.scores(feats.reshape(-1, 8)).max() <= bank.meta.coreset_coverage + 1e-4

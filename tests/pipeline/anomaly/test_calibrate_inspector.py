@@ -8,20 +8,23 @@ import pytest
 from pipeline.anomaly.calibrate import (
     aggregate,
     false_alarm_upper_bound,
-    split_by_group,
+    group_folds,
     threshold_for_false_alarm_rate,
 )
 from pipeline.anomaly.inspector import PartInspector
 from pipeline.types import Verdict
 
 
-def test_split_keeps_groups_whole() -> None:
+def test_folds_keep_groups_whole_and_cover_everything() -> None:
     groups = np.repeat(np.arange(8), 5)
-    bank, hold = split_by_group(groups, 0.25)
-    assert set(groups[bank]).isdisjoint(groups[hold])
-    assert len(set(groups[hold])) == 2 and len(bank) + len(hold) == 40
+    folds = group_folds(groups, 3)
+    assert len(folds) == 3
+    assert sorted(np.concatenate(folds).tolist()) == list(range(40))
+    sets = [set(groups[f].tolist()) for f in folds]
+    assert all(a.isdisjoint(b) for i, a in enumerate(sets) for b in sets[i + 1:])
+    assert len(group_folds(np.repeat([0, 1], 3), 5)) == 2  # never more folds than groups
     with pytest.raises(ValueError, match="at least 2 groups"):
-        split_by_group(np.zeros(5), 0.25)
+        group_folds(np.zeros(5), 3)
 
 
 def test_threshold_quantile_by_hand() -> None:

@@ -1,0 +1,30 @@
+"""`siamstream demo` through the real CLI, on a short scene."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_demo_short_run_finds_defects(tmp_path: Path, encoder_cache: Path) -> None:
+    out = tmp_path / "demo"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "demo", "--out", str(out), "--frames", "360",
+         "--bank-frames", "700", "--set", f'encoder.cache_dir="{encoder_cache}"', "--set", "metrics.port=0"],
+        cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    result = json.loads(lines[-1])
+    assert set(result) == {"frames", "fps", "parts", "flagged", "recall", "false_alarms", "out"}
+    assert result["frames"] == 360 and result["parts"] >= 6
+    assert result["recall"] >= 0.5, proc.stdout  # the defects are really found
+    assert result["false_alarms"] <= 1, proc.stdout
+    assert any(line.startswith("recall") for line in lines)
+    events = [json.loads(x) for x in (out / "events.jsonl").read_text().splitlines()]
+    assert len(events) == result["flagged"]
+    assert (out / "annotated.mp4").stat().st_size > 0 and (out / "tracks.txt").stat().st_size > 0
+    assert (out / "bank" / "meta.json").is_file()

@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.anomaly.coreset import greedy_coreset
+
+
+def test_greedy_picks_farthest_points_by_hand() -> None:
+    # Points on a line: 0, 1, 2, 10. Start forced by seed; the second pick is always the farthest.
+    x = np.array([[0.0], [1.0], [2.0], [10.0]], np.float32)
+    for seed in range(4):
+        picks, coverage = greedy_coreset(x, 2, seed)
+        assert len(set(picks.tolist())) == 2
+        d = np.abs(x[:, None, 0] - x[picks][None, :, 0]).min(1)
+        assert coverage == pytest.approx(d.max())
+    picks, coverage = greedy_coreset(x, 4)
+    assert sorted(picks.tolist()) == [0, 1, 2, 3] and coverage == 0.0
+
+
+def test_coverage_beats_random_subsample() -> None:
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(0, 0.1, (950, 8)), rng.normal(5, 0.1, (50, 8))]).astype(np.float32)
+    picks, coverage = greedy_coreset(x, 20)
+    rand = x[rng.choice(len(x), 20, replace=False)]
+    rand_cov = np.sqrt(((x[:, None] - rand[None]) ** 2).sum(-1)).min(1).max()
+    assert coverage < rand_cov or coverage < 1.0  # the rare far cluster is always covered
+    assert (x[picks][:, 0] > 2.5).any()

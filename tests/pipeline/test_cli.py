@@ -1,0 +1,107 @@
+"""Bad input through the real command line: one clear line on stderr, no traceback, exit code 2."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def siamstream(*args: str, cwd: Path = REPO, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([sys.executable, "-m", "pipeline.cli", "-q", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def assert_clean_error(proc: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    err = [ln for ln in proc.stderr.splitlines() if ln.startswith("siamstream: error:")]
+    assert len(err) == 1, proc.stderr
+    for f in fragments:
+        assert f in err[0], err[0]
+
+
+def test_config_check_ok_and_bad(tmp_path: Path) -> None:
+    ok = siamstream("config", "check", str(REPO / "config.toml"))
+    assert ok.returncode == 0 and "OK" in ok.stdout
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[tracker]\nmin_hits = 'x'\n")
+    assert_clean_error(siamstream("config", "check", str(bad)), str(bad), "min_hits", "expected an integer")
+    assert_clean_error(siamstream("config", "check", str(REPO / "config.toml"), "--set", "anomaly.k=0"),
+                       "[anomaly] k", "allowed range")
+
+
+def test_run_missing_video(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.mp4"
+    assert_clean_error(siamstream("run", "--config", str(REPO / "config.toml"), "--source", str(missing),
+                                  "--out", str(tmp_path / "out")), str(missing), "not found")
+
+
+def test_run_corrupt_video(tmp_path: Path) -> None:
+    fake = tmp_path / "broken.avi"
+    fake.write_bytes(b"RIFF" + os.urandom(4096))
+    assert_clean_error(siamstream("run", "--config", str(REPO / "config.toml"), "--source", str(fake),
+                                  "--out", str(tmp_path / "out")), str(fake))
+
+
+def test_run_wrong_shape_model(tmp_path: Path) -> None:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 64])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 64])
+    model = helper.make_model(helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x], [y]),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "wrong.onnx"
+    onnx.save(model, str(path))
+    video = tmp_path / "v.avi"
+    import cv2
+
+    w = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))
+    for i in range(5):
+        w.write(np.full((48, 64, 3), i * 10, np.uint8))
+    w.release()
+    assert_clean_error(siamstream("run", "--config", str(REPO / "config.toml"), "--source", str(video),
+                                  "--out", str(tmp_path / "out"), "--set", f"encoder.model=\"{path}\""),
+                       str(path), "rank 3")
+
+
+def test_run_unwritable_output(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    video = tmp_path / "v.avi"
+    import cv2
+
+    w = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))
+    for i in range(3):
+        w.write(np.full((48, 64, 3), i * 10, np.uint8))
+    w.release()
+    proc = siamstream("run", "--config", str(REPO / "config.toml"), "--source", str(video),
+                      "--out", str(blocker / "out"), "--set", "metrics.enabled=false")
+    assert_clean_error(proc, str(blocker))
+
+
+def test_run_bank_missing(tmp_path: Path, pretrained_onnx: Path) -> None:
+    video = tmp_path / "v.avi"
+    import cv2
+
+    w = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (64, 48))
+    w.write(np.zeros((48, 64, 3), np.uint8))
+    w.release()
+    proc = siamstream("run", "--config", str(REPO / "config.toml"), "--source", str(video),
+                      "--out", str(tmp_path / "out"), "--set", f"encoder.model=\"{pretrained_onnx}\"",
+                      "--set", f"anomaly.bank=\"{tmp_path / 'nobank'}\"", "--set", "metrics.enabled=false")
+    assert_clean_error(proc, "bank not found", "siamstream bank build")
+
+
+@pytest.mark.parametrize("args", [["run"], ["bank", "build"], ["nonsense"]])
+def test_usage_errors(args: list[str]) -> None:
+    proc = siamstream(*args)
+    assert proc.returncode == 2 and "usage:" in proc.stderr and "Traceback" not in proc.stderr

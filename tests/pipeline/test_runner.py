@@ -1,0 +1,81 @@
+"""The whole pipeline in-process on the synthetic line: real encoder, real FAISS bank, real metrics server."""
+
+from __future__ import annotations
+
+import threading
+import urllib.request
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from pipeline import app
+from pipeline.config import Config, replace
+from pipeline.demo import SceneSource
+from pipeline.metrics import PipelineMetrics, serve
+from pipeline.runner import run
+from pipeline.sinks import EventsJsonlSink, MotTxtSink
+from pipeline.synthetic import ProductionLineScene, SceneConfig
+
+
+@pytest.fixture(scope="module")
+def setup(pretrained_onnx: Path) -> tuple[Config, object, object]:
+    cfg = replace(Config(), "encoder", model=str(pretrained_onnx))
+    encoder = app.build_encoder(cfg.encoder)
+    good = ProductionLineScene(SceneConfig(num_frames=500, defect_rate=0.0, seed=1000))
+    bank = app.bank_from_samples(app.good_samples_from_frames(good, cfg, encoder), cfg, encoder, "good")
+    return cfg, encoder, bank
+
+
+def test_pipeline_counts_metrics_and_writes_one_event_per_flagged_part(setup, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    cfg, encoder, bank = setup
+    registry = CollectorRegistry()
+    metrics = PipelineMetrics(registry, "line1")
+    pipe = app.build_pipeline(cfg, encoder, metrics, bank, tmp_path)
+    scene = ProductionLineScene(SceneConfig(num_frames=240, seed=3))
+    sinks = [EventsJsonlSink(tmp_path / "events.jsonl"), MotTxtSink(tmp_path / "tracks.txt")]
+    batches: list[int] = []
+    summary = run(SceneSource(scene, "s"), pipe, sinks, on_result=lambda r: batches.append(len(r.detections)))
+    get = registry.get_sample_value
+    assert summary.frames == 240 and get("siamstream_frames_processed_total", {"stream": "line1"}) == 240
+    assert get("siamstream_frames_read_total", {"stream": "line1"}) == 240
+    assert get("siamstream_stage_latency_seconds_count", {"stream": "line1", "stage": "encode"}) == 240
+    assert get("siamstream_encoder_batch_size_sum", {"stream": "line1"}) == sum(batches)
+    assert get("siamstream_bank_size", {"stream": "line1"}) == len(bank)
+    flagged = get("siamstream_parts_flagged_total", {"stream": "line1"})
+    events = (tmp_path / "events.jsonl").read_text().splitlines()
+    assert flagged == len(summary.flagged) == len(events)
+    assert summary.tracks >= 4 and summary.inspected >= 3
+    assert get("siamstream_tracks_started_total", {"stream": "line1"}) == summary.tracks
+    assert get("siamstream_active_tracks", {"stream": "line1"}) == 0  # all ended at the end of the stream
+
+
+def test_metrics_endpoint_serves_prometheus_names() -> None:
+    registry = CollectorRegistry()
+    metrics = PipelineMetrics(registry, "s")
+    metrics.frames_processed.inc(3)
+    port = serve(registry, "127.0.0.1", 0)
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    for name in ("siamstream_frames_processed_total{stream=\"s\"} 3.0", "siamstream_frames_dropped_total",
+                 "siamstream_stage_latency_seconds_bucket", "siamstream_active_tracks",
+                 "siamstream_parts_flagged_total", "siamstream_build_info"):
+        assert name in body
+
+
+def test_stop_event_ends_run_and_flushes(setup, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    cfg, encoder, bank = setup
+    registry = CollectorRegistry()
+    pipe = app.build_pipeline(cfg, encoder, PipelineMetrics(registry), bank, tmp_path)
+    stop = threading.Event()
+    mot = MotTxtSink(tmp_path / "tracks.txt")
+    seen: list[int] = []
+
+    def on_result(r) -> None:  # type: ignore[no-untyped-def]
+        seen.append(r.frame.index)
+        if len(seen) == 60:
+            stop.set()
+
+    summary = run(SceneSource(ProductionLineScene(SceneConfig(num_frames=300, seed=4)), "s"), pipe, [mot], stop,
+                  on_result=on_result)
+    assert summary.interrupted and summary.frames == 60
+    assert (tmp_path / "tracks.txt").read_text().count("\n") > 0  # flushed on close
