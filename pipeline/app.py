@@ -6,6 +6,7 @@ The config is read once, by the CLI; everything below takes typed arguments.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,7 +119,8 @@ def _even(indices: list[int], n: int) -> list[int]:
     return [indices[i] for i in np.linspace(0, len(indices) - 1, n).round().astype(int)]
 
 
-def good_samples_from_frames(frames: Iterable[Frame], cfg: Config, encoder: OnnxEncoder) -> GoodSamples:
+def good_samples_from_frames(frames: Iterable[Frame], cfg: Config, encoder: OnnxEncoder,
+                             progress_every_s: float = 5.0) -> GoodSamples:
     """Detect, track and embed good parts in a stream; one group per confirmed track.
 
     Only crops of confirmed tracks that lie fully inside the frame are kept (the crops the anomaly stage
@@ -129,7 +131,11 @@ def good_samples_from_frames(frames: Iterable[Frame], cfg: Config, encoder: Onnx
     tracker = build_tracker(cfg.tracker)
     feats: list[np.ndarray] = []
     groups: list[int] = []
+    last_log = time.perf_counter()
     for frame in frames:
+        if progress_every_s and time.perf_counter() - last_log >= progress_every_s:
+            last_log = time.perf_counter()
+            log.info("bank: frame %d, %d good crops from %d parts so far", frame.index, len(feats), len(set(groups)))
         dets = detector.detect(frame)
         emb = encoder.embed(crop_batch(frame, dets, encoder.input_size, cfg.encoder.crop_padding),
                             with_patches=level == "patch")
