@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 from pipeline.anomaly.bank import BankError
 from pipeline.config import Config, ConfigError, load_config
 from pipeline.encoder import EncoderContractError
+from pipeline.metrics import MetricsError
 from pipeline.sinks import SinkError
 from pipeline.sources import SourceError
 
@@ -22,7 +23,7 @@ log = logging.getLogger("siamstream")
 
 # Errors whose message is complete: reported as one line, no traceback.
 USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, SourceError, SinkError, EncoderContractError,
-                                                BankError)
+                                                BankError, MetricsError)
 
 
 def _config(args: argparse.Namespace) -> Config:

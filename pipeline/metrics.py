@@ -80,9 +80,18 @@ class PipelineMetrics:
         self.build_info.info({"version": _version()})
 
 
+class MetricsError(RuntimeError):
+    """The metrics endpoint cannot be served. ``str()`` names the address and the fix."""
+
+
 def serve(registry: CollectorRegistry, address: str, port: int) -> int:
     """Serve ``/metrics`` on ``address:port`` in a daemon thread; returns the bound port (0 picks one)."""
-    server, _thread = start_http_server(port, addr=address, registry=registry)
+    try:
+        server, _thread = start_http_server(port, addr=address, registry=registry)
+    except OSError as exc:
+        msg = (f"cannot serve metrics on {address}:{port} ({exc.strerror or exc}); choose another port with "
+               f"--set metrics.port=N (0 = any free port) or --set metrics.enabled=false")
+        raise MetricsError(msg) from None
     bound = int(server.server_address[1])
     log.info("metrics on http://%s:%d/metrics", address, bound)
     return bound

@@ -79,3 +79,12 @@ def test_stop_event_ends_run_and_flushes(setup, tmp_path: Path) -> None:  # type
                   on_result=on_result)
     assert summary.interrupted and summary.frames == 60
     assert (tmp_path / "tracks.txt").read_text().count("\n") > 0  # flushed on close
+
+
+def test_busy_metrics_port_is_a_clear_error() -> None:
+    from pipeline.metrics import MetricsError
+
+    registry = CollectorRegistry()
+    port = serve(registry, "127.0.0.1", 0)
+    with pytest.raises(MetricsError, match=f"127.0.0.1:{port}.*metrics.port"):
+        serve(CollectorRegistry(), "127.0.0.1", port)
