@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from encoders.backbones import BackboneError
 from encoders.models import EmbeddingNet, pretrained_lite0, weights_sha256
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,11 @@ def export_onnx(model: EmbeddingNet, path: str | Path, input_size: int, backbone
     import onnx
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BackboneError(f"{path.parent}: cannot create the model folder ({exc.strerror or exc}); set a writable "
+                            f"[encoder] cache_dir or --out") from None
     model = model.eval().cpu()
     example = torch.rand(2, 3, input_size, input_size, generator=torch.Generator().manual_seed(seed))
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp:

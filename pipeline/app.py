@@ -71,7 +71,7 @@ def build_pipeline(cfg: Config, encoder: OnnxEncoder, metrics: PipelineMetrics, 
                                "embedding_dim": str(encoder.embedding_dim)})
     return Pipeline(build_detector(cfg.detector), encoder, build_tracker(cfg.tracker), metrics, bank, inspector,
                     stream=cfg.output.stream_name, crop_padding=cfg.encoder.crop_padding,
-                    edge_margin=cfg.anomaly.edge_margin, evidence_dir=evidence_dir, k=cfg.anomaly.k)
+                    edge_margin=cfg.anomaly.edge_margin, evidence_dir=evidence_dir)
 
 
 def load_bank(path: str, encoder: OnnxEncoder) -> Bank | None:

@@ -12,18 +12,20 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
+from encoders.backbones import BackboneError
+from encoders.export import ExportParityError
 from pipeline.anomaly.bank import BankError
 from pipeline.config import Config, ConfigError, load_config
 from pipeline.encoder import EncoderContractError
 from pipeline.metrics import MetricsError
-from pipeline.sinks import SinkError
+from pipeline.sinks import SinkError, check_writable_dir
 from pipeline.sources import SourceError
 
 log = logging.getLogger("siamstream")
 
 # Errors whose message is complete: reported as one line, no traceback.
 USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, SourceError, SinkError, EncoderContractError,
-                                                BankError, MetricsError)
+                                                BankError, MetricsError, BackboneError, ExportParityError)
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -59,13 +61,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         metrics = PipelineMetrics(registry, cfg.output.stream_name)
         if cfg.metrics.enabled:
             serve(registry, cfg.metrics.address, cfg.metrics.port)
-        sinks = app.build_sinks(cfg.output, out_dir, source.fps or cfg.source.fps_hint)
         pipeline = app.build_pipeline(cfg, encoder, metrics, bank, out_dir)
+        sinks = app.build_sinks(cfg.output, out_dir, source.fps or cfg.source.fps_hint)
     except BaseException:
         source.close()
         raise
     stop = threading.Event()
-    with stop_on_signals(stop):
+    # A live source may be down and retrying: closing it wakes the run so it can flush and exit.
+    with stop_on_signals(stop, on_stop=source.close if source.is_live else None):
         summary = run(source, pipeline, sinks, stop, cfg.output.progress_every_s)
     print(f"source     {uri}")
     print(f"frames     {summary.frames} in {summary.seconds:.1f} s ({summary.fps:.1f} fps), "
@@ -83,6 +86,10 @@ def cmd_bank_build(args: argparse.Namespace) -> int:
     from pipeline.sources import open_source
 
     cfg = _config(args)
+    out = Path(args.out)
+    if out.exists() and not (out / "meta.json").is_file():
+        raise BankError(f"{out}: exists and is not a bank; refusing to replace it, choose another --out")
+    check_writable_dir(out.parent)
     encoder = app.build_encoder(cfg.encoder)
     src = Path(args.source)
     if src.is_dir() and not args.detect:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -145,12 +146,13 @@ def _coerce(value: Any, t: type, where: str) -> Any:
     elif t is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif t is float:
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
         value = float(value) if ok else value
     else:
         ok = isinstance(value, str)
     if not ok:
-        raise ConfigError(f"{where}: expected {_type_name(t)}, got {value!r} ({type(value).__name__})")
+        raise ConfigError(f"{where}: expected {_type_name(t)}{' (finite)' if t is float else ''}, got {value!r} "
+                          f"({type(value).__name__})")
     return value
 
 
@@ -212,7 +214,22 @@ def config_from_dict(raw: dict[str, Any], origin: str = "<config>",
     origin_with_sets = origin + (" (with --set overrides)" if overrides else "")
     sections = {name: _build_section(cls, merged.get(name, {}), origin_with_sets, name)
                 for name, cls in _SECTIONS.items()}
-    return Config(**sections)
+    cfg = Config(**sections)
+    _check_together(cfg, origin_with_sets)
+    return cfg
+
+
+def _check_together(cfg: Config, origin: str) -> None:
+    """Rules that involve more than one key."""
+    if cfg.encoder.patch_stage > cfg.encoder.stage:
+        raise ConfigError(f"{origin}: [encoder] patch_stage = {cfg.encoder.patch_stage} comes after stage = "
+                          f"{cfg.encoder.stage}; allowed: 0 (no patches) .. {cfg.encoder.stage}")
+    if len(cfg.output.video_fourcc) != 4:
+        raise ConfigError(f"{origin}: [output] video_fourcc: got {cfg.output.video_fourcc!r}, allowed: a 4-character "
+                          f"codec code such as 'mp4v' or 'MJPG'")
+    if cfg.bank.level == "patch" and cfg.encoder.patch_stage == 0 and not cfg.encoder.model:
+        raise ConfigError(f"{origin}: [bank] level = 'patch' needs patch features but [encoder] patch_stage = 0; "
+                          f"set patch_stage (e.g. 4) or level = 'global'")
 
 
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:

@@ -67,8 +67,8 @@ def read_contract(session: object, path: str) -> ModelContract:
     """Check an ONNX Runtime session's inputs/outputs against the encoder contract."""
     inputs = session.get_inputs()  # type: ignore[attr-defined]
     outputs = session.get_outputs()  # type: ignore[attr-defined]
-    need = ("siamstream needs one image input (batch, 3, H, W) or (batch, H, W, 3) and one output "
-            "(batch, D); export encoders with `siamstream export` or fix the model's shapes")
+    need = ("siamstream needs one image input (batch, 3, H, W) or (batch, H, W, 3) with fixed H and W, and a first "
+            "output (batch, D); re-export the model with those shapes")
     if len(inputs) != 1:
         raise EncoderContractError(f"{path}: model has {len(inputs)} inputs "
                                    f"({', '.join(i.name for i in inputs)}); {need}")

@@ -49,7 +49,7 @@ class PipelineMetrics:
                                 ("stream", "stage"), buckets=STAGE_BUCKETS, registry=registry)
         self.stage = {name: self._stage.labels(stream, name) for name in STAGES}
         self.frame_latency = Histogram("siamstream_frame_latency_seconds",
-                                       "From frame capture (read) to verdicts written.", s,
+                                       "From a frame leaving the source to its verdicts written to the sinks.", s,
                                        buckets=FRAME_BUCKETS, registry=registry).labels(stream)
         self.encoder_batch = Histogram("siamstream_encoder_batch_size", "Crops per encoder batch (one per frame).",
                                        s, buckets=BATCH_BUCKETS, registry=registry).labels(stream)
@@ -65,10 +65,10 @@ class PipelineMetrics:
                                      registry=registry).labels(stream)
         self.anomaly_score = Histogram("siamstream_anomaly_score", "Per-crop k-NN distance to the good bank.", s,
                                        buckets=SCORE_BUCKETS, registry=registry).labels(stream)
-        self.crops_dropped = Counter("siamstream_crops_dropped_total",
-                                     "Crops not scored (touching the frame edge).", s,
-                                     registry=registry).labels(stream)
-        self.bank_size = Gauge("siamstream_bank_size", "Good samples in the anomaly bank.", s,
+        self.crops_unscored = Counter("siamstream_crops_unscored_total",
+                                      "Crops not scored: they touch the frame edge (part partly out of view).", s,
+                                      registry=registry).labels(stream)
+        self.bank_size = Gauge("siamstream_bank_size", "Vectors in the anomaly bank.", s,
                                registry=registry).labels(stream)
         self.bank_threshold = Gauge("siamstream_bank_threshold", "Calibrated anomaly threshold.", s,
                                     registry=registry).labels(stream)

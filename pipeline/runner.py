@@ -44,8 +44,7 @@ class Pipeline:
 
     def __init__(self, detector: Detector, encoder: Encoder, tracker: Tracker, metrics: PipelineMetrics,
                  bank: Bank | None = None, inspector: PartInspector | None = None, stream: str = "default",
-                 crop_padding: float = 0.1, edge_margin: int = 4, evidence_dir: Path | None = None,
-                 k: int = 1) -> None:
+                 crop_padding: float = 0.1, edge_margin: int = 4, evidence_dir: Path | None = None) -> None:
         if (bank is None) != (inspector is None):
             raise ValueError("bank and inspector go together: give both or neither")
         if bank is not None:
@@ -61,7 +60,8 @@ class Pipeline:
         self.crop_padding = crop_padding
         self.edge_margin = edge_margin
         self.evidence_dir = evidence_dir
-        self.k = k
+        # The threshold was calibrated with the bank's k: scoring with another k would invalidate it.
+        self.k = bank.meta.k if bank is not None else 1
         self.flagged: list[int] = []
         self.inspected = 0
         self.tracks_started = 0
@@ -101,7 +101,7 @@ class Pipeline:
         if self.bank is None or self.inspector is None:
             return observations, []
         scorable = edge_mask(xyxy, frame.width, frame.height, self.edge_margin)
-        self.metrics.crops_dropped.inc(int((~scorable).sum()))
+        self.metrics.crops_unscored.inc(int((~scorable).sum()))
         det_scores = np.full(len(xyxy), np.nan, np.float32)
         if scorable.any():
             det_scores[scorable] = self.bank.score_embeddings(emb.select(scorable), self.k)
@@ -170,8 +170,9 @@ class RunSummary:
 
 
 @contextmanager
-def stop_on_signals(stop: threading.Event) -> Iterator[None]:
-    """SIGINT/SIGTERM set ``stop`` (the run finishes the current frame and flushes) instead of killing."""
+def stop_on_signals(stop: threading.Event, on_stop: Callable[[], None] | None = None) -> Iterator[None]:
+    """SIGINT/SIGTERM set ``stop`` (the run finishes the current frame and flushes) instead of killing;
+    ``on_stop`` (e.g. closing a live source that may be blocked reconnecting) runs too."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -180,6 +181,8 @@ def stop_on_signals(stop: threading.Event) -> Iterator[None]:
     def handler(signum: int, _frame: object) -> None:
         log.warning("received %s: finishing the current frame and flushing outputs", signal.Signals(signum).name)
         stop.set()
+        if on_stop is not None:
+            on_stop()
 
     for sig in previous:
         signal.signal(sig, handler)
@@ -217,7 +220,7 @@ def run(source: FrameSource, pipeline: Pipeline, sinks: list[Sink], stop: thread
                     sink.write(result)
             if on_result is not None:
                 on_result(result)
-            m.frame_latency.observe(time.perf_counter() - t_read)
+            m.frame_latency.observe(time.perf_counter() - t0)
             m.frames_processed.inc()
             summary.frames += 1
             # Source counters are cumulative: export their increments.

@@ -153,8 +153,14 @@ class Bank:
     def save(self, path: str | Path) -> None:
         """Write atomically: a temporary sibling directory renamed over ``path``."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        if path.exists() and not (path / "meta.json").is_file():
+            raise BankError(f"{path}: exists and is not a bank; refusing to replace it, choose another --out")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        except OSError as exc:
+            raise BankError(
+                f"{path}: cannot write the bank here ({exc.strerror or exc}); choose a writable --out") from None
         try:
             faiss.write_index(self.index, str(tmp / "index.faiss"))
             meta = asdict(self.meta)
@@ -241,6 +247,10 @@ def build_bank(features: np.ndarray, groups: np.ndarray, encoder_id: str, input_
     rng = np.random.default_rng(seed)
     n, p, c = x.shape
     oof = np.empty(n, np.float32)
+    if len(np.unique(np.asarray(groups))) < 2:
+        raise BankError("good samples come from only one part or image: the threshold is calibrated by scoring "
+                        "good parts against other good parts, so give at least 2 (many more for a reliable "
+                        "threshold)")
     fold_idx = group_folds(groups, folds, seed)
     for held in fold_idx:
         rest = np.setdiff1d(np.arange(n), held)

@@ -71,6 +71,9 @@ def test_export_writes_metadata_dynamic_batch_and_parity(small_net: EmbeddingNet
 
 def test_export_fails_and_removes_file_when_parity_breaks(small_net: EmbeddingNet, tmp_path: Path) -> None:
     path = tmp_path / "m.onnx"
+    path.write_bytes(b"previous model")
     with pytest.raises(ExportParityError, match="differ by") as err:
-        export_onnx(small_net, path, 64, backbone="t", tolerance=0.0 - 1.0)  # a tolerance nothing can meet
-    assert err.value.max_abs >= 0 and not path.exists()
+        export_onnx(small_net, path, 64, backbone="t", tolerance=-1.0)  # a tolerance nothing can meet
+    assert err.value.tolerance == -1.0
+    assert path.read_bytes() == b"previous model"  # the file in place is not replaced by an unfaithful export
+    assert not list(tmp_path.glob("tmp*"))  # no staging leftovers

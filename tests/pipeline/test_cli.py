@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -105,3 +106,58 @@ def test_run_bank_missing(tmp_path: Path, pretrained_onnx: Path) -> None:
 def test_usage_errors(args: list[str]) -> None:
     proc = siamstream(*args)
     assert proc.returncode == 2 and "usage:" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_bank_build_errors_before_the_work(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert_clean_error(siamstream("bank", "build", "--source", str(tmp_path), "--out", str(blocker / "bank")),
+                       str(blocker))
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("keep")
+    assert_clean_error(siamstream("bank", "build", "--source", str(tmp_path), "--out", str(folder)),
+                       "not a bank")
+    assert (folder / "notes.txt").read_text() == "keep"
+
+
+def test_bank_build_from_one_image_is_a_clear_error(tmp_path: Path, pretrained_onnx: Path) -> None:
+    import cv2
+
+    good = tmp_path / "good"
+    good.mkdir()
+    cv2.imwrite(str(good / "a.png"), np.full((64, 64, 3), 120, np.uint8))
+    proc = siamstream("bank", "build", "--source", str(good), "--out", str(tmp_path / "bank"),
+                      "--set", f'encoder.model="{pretrained_onnx}"')
+    assert_clean_error(proc, "only one part or image")
+
+
+def test_unwritable_encoder_cache_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    proc = siamstream("bank", "build", "--source", str(tmp_path), "--out", str(tmp_path / "bank"),
+                      "--set", f'encoder.cache_dir="{blocker / "cache"}"')
+    assert_clean_error(proc, "cache_dir")
+
+
+def test_sigterm_while_live_source_is_down_exits_and_flushes(tmp_path: Path, pretrained_onnx: Path) -> None:
+    import signal
+    import socket
+    import time
+
+    with socket.socket() as s:  # a loopback port with nothing listening: every connection is refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pipeline.cli", "run", "--config", str(REPO / "config.toml"), "--source",
+         f"rtsp://127.0.0.1:{port}/line", "--out", str(out), "--set", f'encoder.model="{pretrained_onnx}"',
+         "--set", "metrics.enabled=false", "--set", "source.reconnect_initial_s=0.1"],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(3)  # the source is down and retrying with backoff
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 130, stderr
+    assert json.loads(stdout.strip().splitlines()[-1])["frames"] == 0
+    assert (out / "tracks.txt").exists() and (out / "events.jsonl").exists()

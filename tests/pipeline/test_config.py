@@ -36,6 +36,10 @@ def test_shipped_config_documents_every_key() -> None:
         ("[metrics]\nport = 70000\n", ["[metrics] port", "70000"]),
         ("tracker = 3\n", ["[tracker] must be a table"]),
         ("[tracker\n", ["not valid TOML"]),
+        ("[tracker]\nmax_cost = nan\n", ["[tracker] max_cost", "expected a number (finite)", "nan"]),
+        ("[bank]\nfalse_alarm_rate = inf\n", ["[bank] false_alarm_rate", "finite"]),
+        ("[output]\nvideo_fourcc = \"abc\"\n", ["video_fourcc", "'abc'", "4-character"]),
+        ("[encoder]\nstage = 3\npatch_stage = 4\n", ["patch_stage = 4 comes after stage = 3"]),
     ],
 )
 def test_bad_config_names_file_key_value_and_allowed(tmp_path: Path, toml: str, fragments: list[str]) -> None:

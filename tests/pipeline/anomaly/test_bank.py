@@ -143,3 +143,22 @@ def test_coreset_bank_keeps_fraction_and_reports_coverage() -> None:
     assert len(bank) == 64 and bank.meta.crops == 40 and bank.meta.coreset_coverage > 0
     # Every good vector lies within the stated coverage of the bank.
     assert bank.scores(feats.reshape(-1, 8)).max() <= bank.meta.coreset_coverage + 1e-4
+
+
+def test_one_part_cannot_be_calibrated(data: tuple[np.ndarray, np.ndarray]) -> None:
+    with pytest.raises(BankError, match="only one part or image"):
+        build_bank(data[0][:10], np.zeros(10), "enc", (8, 8))
+
+
+def test_save_refuses_to_replace_a_folder_that_is_not_a_bank(tmp_path: Path,
+                                                              data: tuple[np.ndarray, np.ndarray]) -> None:
+    bank = Bank.create("enc", 32, (64, 64))
+    bank.add(data[0])
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "notes.txt").write_text("keep me")
+    with pytest.raises(BankError, match="not a bank; refusing"):
+        bank.save(tmp_path / "docs")
+    assert (tmp_path / "docs" / "notes.txt").read_text() == "keep me"
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(BankError, match="cannot write the bank"):
+        bank.save(tmp_path / "file" / "bank")

@@ -24,5 +24,7 @@ def test_coverage_beats_random_subsample() -> None:
     picks, coverage = greedy_coreset(x, 20)
     rand = x[rng.choice(len(x), 20, replace=False)]
     rand_cov = np.sqrt(((x[:, None] - rand[None]) ** 2).sum(-1)).min(1).max()
-    assert coverage < rand_cov or coverage < 1.0  # the rare far cluster is always covered
+    # k-center reaches the rare far cluster; a random subsample of 20 usually misses it (5% of points).
     assert (x[picks][:, 0] > 2.5).any()
+    assert coverage < 1.0
+    assert coverage <= rand_cov

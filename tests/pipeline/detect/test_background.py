@@ -41,4 +41,12 @@ def test_reset_forgets_background() -> None:
     for i in range(3):
         det.detect(scene(i, rng)[0])
     det.reset()
-    assert det._seen == 0
+    # A fresh background model: the warm-up starts again and the frames already seen are forgotten.
+    rng2 = np.random.default_rng(1)
+    fresh = BackgroundSubtractionDetector(warmup_frames=2, min_area=100)
+    det.warmup_frames = 2
+    for i in range(6):
+        frame = scene(i, rng2)[0]
+        a, b = det.detect(frame), fresh.detect(frame)
+        np.testing.assert_array_equal(a.xyxy, b.xyxy)
+    assert det._seen == 6
