@@ -42,6 +42,9 @@ class PipelineMetrics:
         self.frames_dropped = Counter("siamstream_frames_dropped_total",
                                       "Live frames dropped because the pipeline fell behind.", s,
                                       registry=registry).labels(stream)
+        self.source_nominal_fps = Gauge("siamstream_source_nominal_fps",
+                                        "Frame rate the source declares (0 when unknown).", s,
+                                        registry=registry).labels(stream)
         self.source_reconnects = Counter("siamstream_source_reconnects_total",
                                          "Times a live source was reopened after it stopped delivering.", s,
                                          registry=registry).labels(stream)

@@ -205,6 +205,7 @@ def run(source: FrameSource, pipeline: Pipeline, sinks: list[Sink], stop: thread
     seen_read = seen_drop = seen_reconn = 0
     start = last_log = time.perf_counter()
     total = int(getattr(source, "total_frames", 0) or 0)
+    m.source_nominal_fps.set(source.fps or 0.0)
     try:
         frames = iter(source)
         while not stop.is_set():
