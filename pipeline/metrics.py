@@ -6,10 +6,14 @@ histograms; labels are bounded (``stream``, ``stage``), never track or part ids.
 
 from __future__ import annotations
 
+import json
 import logging
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import metadata
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +41,8 @@ class PipelineMetrics:
         s = ("stream",)
         self.frames_read = Counter("siamstream_frames_read_total", "Frames decoded from the source.", s,
                                    registry=registry).labels(stream)
+        self.last_frame = Gauge("siamstream_last_frame_timestamp_seconds",
+                                "Unix time the last frame finished processing.", s, registry=registry).labels(stream)
         self.frames_processed = Counter("siamstream_frames_processed_total",
                                         "Frames that went through every stage.", s, registry=registry).labels(stream)
         self.frames_dropped = Counter("siamstream_frames_dropped_total",
@@ -71,30 +77,109 @@ class PipelineMetrics:
         self.crops_unscored = Counter("siamstream_crops_unscored_total",
                                       "Crops not scored: they touch the frame edge (part partly out of view).", s,
                                       registry=registry).labels(stream)
-        self.bank_size = Gauge("siamstream_bank_size", "Vectors in the anomaly bank.", s,
-                               registry=registry).labels(stream)
-        self.bank_threshold = Gauge("siamstream_bank_threshold", "Calibrated anomaly threshold.", s,
-                                    registry=registry).labels(stream)
-        self.bank_updated = Gauge("siamstream_bank_updated_timestamp_seconds",
-                                  "Unix time the bank was last changed.", s, registry=registry).labels(stream)
-        self.encoder_info = Info("siamstream_encoder", "The encoder model and its execution provider.", s,
-                                 registry=registry).labels(stream)
+        # Created on first use, so a run without a bank exports no bank series and readiness can tell
+        # "no encoder yet" from "encoder loaded".
+        self._bank_size = Gauge("siamstream_bank_size", "Vectors in the anomaly bank.", s, registry=registry)
+        self._bank_threshold = Gauge("siamstream_bank_threshold", "Calibrated anomaly threshold.", s,
+                                     registry=registry)
+        self._bank_updated = Gauge("siamstream_bank_updated_timestamp_seconds",
+                                   "Unix time the bank was last changed.", s, registry=registry)
+        self._encoder_info = Info("siamstream_encoder", "The encoder model and its execution provider.", s,
+                                  registry=registry)
         self.build_info = Info("siamstream_build", "siamstream version.", registry=registry)
         self.build_info.info({"version": _version()})
+
+    @property
+    def bank_size(self) -> Gauge:
+        return self._bank_size.labels(self.stream)
+
+    @property
+    def bank_threshold(self) -> Gauge:
+        return self._bank_threshold.labels(self.stream)
+
+    @property
+    def bank_updated(self) -> Gauge:
+        return self._bank_updated.labels(self.stream)
+
+    @property
+    def encoder_info(self) -> Info:
+        return self._encoder_info.labels(self.stream)
 
 
 class MetricsError(RuntimeError):
     """The metrics endpoint cannot be served. ``str()`` names the address and the fix."""
 
 
-def serve(registry: CollectorRegistry, address: str, port: int) -> int:
-    """Serve ``/metrics`` on ``address:port`` in a daemon thread; returns the bound port (0 picks one)."""
+def readiness(registry: CollectorRegistry, stale_after_s: float = 10.0, now: float | None = None
+              ) -> tuple[bool, list[str]]:
+    """Whether the pipeline is ready, read from its own metrics, and the reasons when it is not.
+
+    Ready means: an encoder is loaded, every bank in use holds vectors, and every stream processed a frame
+    in the last ``stale_after_s`` seconds.
+    """
+    now = time.time() if now is None else now
+    reasons: list[str] = []
+    streams: set[str] = set()
+    encoders: set[str] = set()
+    for family in registry.collect():
+        for sample in family.samples:
+            stream = sample.labels.get("stream", "")
+            if sample.name == "siamstream_encoder_info":
+                encoders.add(stream)
+            elif sample.name == "siamstream_bank_size" and sample.value <= 0:
+                reasons.append(f"stream {stream}: the anomaly bank is empty")
+            elif sample.name == "siamstream_last_frame_timestamp_seconds":
+                streams.add(stream)
+                if sample.value <= 0:
+                    reasons.append(f"stream {stream}: no frame processed yet")
+                elif now - sample.value > stale_after_s:
+                    reasons.append(f"stream {stream}: no frame for {now - sample.value:.0f} s")
+    for stream in sorted(streams - encoders):
+        reasons.append(f"stream {stream}: encoder not loaded")
+    if not streams:
+        reasons.append("no stream registered")
+    return not reasons, reasons
+
+
+def _handler(registry: CollectorRegistry, stale_after_s: float) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+            elif path == "/healthz":
+                self._send(200, b"ok\n", "text/plain; charset=utf-8")
+            elif path == "/readyz":
+                ready, reasons = readiness(registry, stale_after_s)
+                body = json.dumps({"ready": ready, "reasons": reasons}).encode() + b"\n"
+                self._send(200 if ready else 503, body, "application/json")
+            else:
+                self._send(404, b"not found: try /metrics, /healthz or /readyz\n", "text/plain; charset=utf-8")
+
+        def _send(self, code: int, body: bytes, content_type: str) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:  # scrapes are not log lines
+            pass
+
+    return Handler
+
+
+def serve(registry: CollectorRegistry, address: str, port: int, stale_after_s: float = 10.0) -> int:
+    """Serve ``/metrics``, ``/healthz`` (process alive) and ``/readyz`` (see :func:`readiness`) on
+    ``address:port`` in a daemon thread; returns the bound port (0 picks one)."""
     try:
-        server, _thread = start_http_server(port, addr=address, registry=registry)
+        server = ThreadingHTTPServer((address, port), _handler(registry, stale_after_s))
     except OSError as exc:
         msg = (f"cannot serve metrics on {address}:{port} ({exc.strerror or exc}); choose another port with "
                f"--set metrics.port=N (0 = any free port) or --set metrics.enabled=false")
         raise MetricsError(msg) from None
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
     bound = int(server.server_address[1])
-    log.info("metrics on http://%s:%d/metrics", address, bound)
+    log.info("metrics on http://%s:%d/metrics (health: /healthz, /readyz)", address, bound)
     return bound

@@ -223,6 +223,7 @@ def run(source: FrameSource, pipeline: Pipeline, sinks: list[Sink], stop: thread
                 on_result(result)
             m.frame_latency.observe(time.perf_counter() - t0)
             m.frames_processed.inc()
+            m.last_frame.set(time.time())
             summary.frames += 1
             # Source counters are cumulative: export their increments.
             m.frames_read.inc(source.frames_read - seen_read)
