@@ -1,1 +1,1 @@
-"""Siamese encoders: backbones, twin model, ONNX export with a parity guarantee."""
+"""Siamese encoders: backbones, twin model, training, ONNX export with a parity guarantee."""

@@ -21,6 +21,7 @@ import torch
 
 from encoders.backbones import BackboneError
 from encoders.models import EmbeddingNet, pretrained_lite0, weights_sha256
+from encoders.train import backbone_name, load_run
 
 log = logging.getLogger(__name__)
 
@@ -141,3 +142,24 @@ def ensure_pretrained_onnx(cache_dir: str | Path, stage: int = 5, pooling: str =
     export_onnx(model, path, input_size, backbone=f"efficientnet-lite0:imagenet:stage{stage}",
                 extra_metadata={"siamstream.stage": str(stage)})
     return path
+
+
+def export_run(run_dir: str | Path, out: str | Path, tolerance: float = PARITY_TOLERANCE) -> ExportReport:
+    """Export the trained network of a finished ``siamstream train`` run to ONNX, with the parity check.
+
+    Besides the metadata every export has (input size, normalisation, embedding dimension, backbone, weights
+    hash), the model records the training loss, the input channels the network was trained on and the whole
+    training config as JSON.
+
+    Raises:
+        TrainError: ``run_dir`` is not a finished run.
+        ExportParityError: ONNX Runtime and PyTorch differ by more than ``tolerance``; nothing is written.
+    """
+    model, cfg = load_run(Path(run_dir))
+    extra = {
+        "siamstream.loss": cfg.loss,
+        "siamstream.grayscale": str(cfg.grayscale).lower(),
+        "siamstream.train_config": json.dumps(cfg.as_dict(), sort_keys=True),
+    }
+    return export_onnx(model, out, cfg.input_size, backbone=backbone_name(cfg), extra_metadata=extra,
+                       tolerance=tolerance)

@@ -8,15 +8,16 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from pipeline.anomaly.bank import Bank, BankError, build_bank, crop_features
 from pipeline.anomaly.inspector import PartInspector
-from pipeline.config import Config, DetectorConfig, EncoderConfig, OutputConfig, TrackerConfig
+from pipeline.config import Config, DetectorConfig, EncoderConfig, OutputConfig, TrackerConfig, TrainingConfig
 from pipeline.crops import crop_batch
 from pipeline.detect.background import BackgroundSubtractionDetector
 from pipeline.encoder import OnnxEncoder
@@ -25,6 +26,9 @@ from pipeline.runner import Pipeline, edge_mask
 from pipeline.sinks import AnnotatedVideoSink, EventsJsonlSink, MotTxtSink, Sink, check_writable_dir
 from pipeline.tracking.tracker import Tracker
 from pipeline.types import CropBatch, Frame, TrackState
+
+if TYPE_CHECKING:
+    from encoders.train import TrainConfig
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +43,13 @@ def build_encoder(cfg: EncoderConfig) -> OnnxEncoder:
 
         path = str(ensure_pretrained_onnx(cfg.cache_dir, cfg.stage, cfg.pooling, cfg.input_size, cfg.patch_stage))
     return OnnxEncoder(path, device=cfg.device, threads=cfg.threads, max_batch=cfg.max_batch)
+
+
+def train_config(cfg: TrainingConfig) -> TrainConfig:
+    """``[train]`` -> :class:`encoders.train.TrainConfig` (the same keys)."""
+    from encoders.train import TrainConfig
+
+    return TrainConfig(**asdict(cfg))
 
 
 def build_detector(cfg: DetectorConfig) -> BackgroundSubtractionDetector:

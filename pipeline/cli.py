@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from encoders.backbones import BackboneError
 from encoders.export import ExportParityError
+from encoders.train import TrainError
 from pipeline.anomaly.bank import BankError
 from pipeline.config import Config, ConfigError, load_config
 from pipeline.encoder import EncoderContractError
@@ -25,7 +26,8 @@ log = logging.getLogger("siamstream")
 
 # Errors whose message is complete: reported as one line, no traceback.
 USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, SourceError, SinkError, EncoderContractError,
-                                                BankError, MetricsError, BackboneError, ExportParityError)
+                                                BankError, MetricsError, BackboneError, ExportParityError,
+                                                TrainError)
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -128,6 +130,36 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from encoders.train import train
+    from pipeline import app
+
+    cfg = _config(args)
+    result = train(Path(args.data), Path(args.out), app.train_config(cfg.train), resume=args.resume)
+    last = result.history[-1]
+    print(f"run        {result.out_dir}: {result.epochs} epochs of {cfg.train.batches_per_epoch} batches "
+          f"({cfg.train.p} classes x {cfg.train.k} images), {cfg.train.backbone}, {cfg.train.loss} loss")
+    print(f"loss       {result.final_loss:.4f} in the last epoch ({last.images_per_s:.0f} images/s)")
+    print(f"time       {result.train_seconds:.1f} s of training")
+    print(f"model      {result.model_path}; export it with: siamstream export {result.out_dir} --out model.onnx")
+    _print_json({"epochs": result.epochs, "final_loss": round(result.final_loss, 6),
+                 "train_seconds": round(result.train_seconds, 3), "out": str(result.out_dir)})
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from encoders.export import export_run
+
+    out = Path(args.out) if args.out else Path(args.run_dir) / "model.onnx"
+    report = export_run(Path(args.run_dir), out)
+    print(f"model      {report.path}: D={report.embedding_dim}, {report.input_size} px input, "
+          f"{report.metadata['siamstream.backbone']}")
+    print(f"parity     ONNX Runtime vs PyTorch max abs {report.parity_max_abs:.2e}")
+    _print_json({"out": str(report.path), "parity_max_abs": report.parity_max_abs,
+                 "embedding_dim": report.embedding_dim, "input_size": report.input_size})
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="siamstream", description="Watch video streams with Siamese networks: "
                                 "track objects, flag defective parts, export Prometheus metrics.")
@@ -163,6 +195,18 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--detect", action="store_true",
                        help="for an image folder: detect and track parts in it as a sequence")
     build.set_defaults(func=cmd_bank_build)
+
+    train = sub.add_parser("train", help="train a Siamese encoder on a folder (or .zip) of class folders")
+    common(train)
+    train.add_argument("--data", required=True, help="folder of class folders, or a .zip of one ([train] depth)")
+    train.add_argument("--out", required=True, help="run directory: checkpoint, logs, final weights")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    train.set_defaults(func=cmd_train)
+
+    export = sub.add_parser("export", help="export a trained run to ONNX (with a parity check)")
+    export.add_argument("run_dir", help="run directory written by siamstream train")
+    export.add_argument("--out", help="ONNX file to write (default RUN_DIR/model.onnx)")
+    export.set_defaults(func=cmd_export)
 
     config = sub.add_parser("config", help="configuration tools")
     config_sub = config.add_subparsers(dest="config_command", required=True)

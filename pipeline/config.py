@@ -119,6 +119,38 @@ class MetricsConfig:
     port: int = _f(9108, 0, 65535)
 
 
+# encoders.losses.LABEL_LOSSES, repeated so reading a config does not import torch (a test keeps them equal).
+TRAIN_LOSSES: tuple[str, ...] = ("triplet_batch_hard", "triplet_soft", "triplet_semi_hard", "supcon")
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """``[train]``: the keys of :class:`encoders.train.TrainConfig`, one for one."""
+
+    backbone: str = _f("small-cnn", choices=("small-cnn", "efficientnet-lite0"))
+    input_size: int = _f(64, 8, 1024)
+    grayscale: bool = _f(True)
+    embedding_dim: int = _f(128, 0, 4096)
+    pooling: str = _f("gem", choices=("avg", "gem"))
+    loss: str = _f("triplet_batch_hard", choices=TRAIN_LOSSES)
+    margin: float = _f(0.2, 0.0, 10.0)
+    temperature: float = _f(0.1, 0.001, 10.0)
+    lr: float = _f(0.001, 1e-7, 1.0)
+    weight_decay: float = _f(0.0001, 0.0, 1.0)
+    warmup_fraction: float = _f(0.05, 0.0, 0.5)
+    epochs: int = _f(20, 1, 100_000)
+    batches_per_epoch: int = _f(100, 1, 10_000_000)
+    p: int = _f(16, 2, 4096)
+    k: int = _f(4, 2, 1024)
+    augment: bool = _f(True)
+    seed: int = _f(0, 0, 2**32 - 1)
+    device: str = _f("auto", choices=("auto", "cpu", "cuda"))
+    amp: bool = _f(True)
+    num_threads: int = _f(0, 0, 256)
+    depth: int = _f(1, 1, 16)
+    progress_every_s: float = _f(5.0, 0.0, 3600.0)
+
+
 @dataclass(frozen=True)
 class Config:
     source: SourceConfig = field(default_factory=SourceConfig)
@@ -129,6 +161,7 @@ class Config:
     bank: BankConfig = field(default_factory=BankConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    train: TrainingConfig = field(default_factory=TrainingConfig)
 
 
 _SECTIONS: dict[str, type] = {f.name: f.type if isinstance(f.type, type) else get_type_hints(Config)[f.name]

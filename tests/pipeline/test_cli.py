@@ -102,7 +102,7 @@ def test_run_bank_missing(tmp_path: Path, pretrained_onnx: Path) -> None:
     assert_clean_error(proc, "bank not found", "siamstream bank build")
 
 
-@pytest.mark.parametrize("args", [["run"], ["bank", "build"], ["nonsense"]])
+@pytest.mark.parametrize("args", [["run"], ["bank", "build"], ["train"], ["export"], ["nonsense"]])
 def test_usage_errors(args: list[str]) -> None:
     proc = siamstream(*args)
     assert proc.returncode == 2 and "usage:" in proc.stderr and "Traceback" not in proc.stderr
@@ -161,3 +161,56 @@ def test_sigterm_while_live_source_is_down_exits_and_flushes(tmp_path: Path, pre
     assert proc.returncode == 130, stderr
     assert json.loads(stdout.strip().splitlines()[-1])["frames"] == 0
     assert (out / "tracks.txt").exists() and (out / "events.jsonl").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# train and export
+
+TINY_TRAIN = ("--set", "train.input_size=28", "--set", "train.embedding_dim=16", "--set", "train.epochs=2",
+              "--set", "train.batches_per_epoch=3", "--set", "train.p=4", "--set", "train.k=3",
+              "--set", 'train.device="cpu"')
+
+
+def test_train_then_export_end_to_end(tmp_path: Path, shapes_dataset: Path) -> None:
+    from pipeline.encoder import OnnxEncoder
+    from pipeline.types import CropBatch
+
+    run = tmp_path / "run"
+    proc = siamstream("train", "--data", str(shapes_dataset), "--out", str(run), *TINY_TRAIN)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["epochs"] == 2 and summary["out"] == str(run) and summary["train_seconds"] > 0
+    assert np.isfinite(summary["final_loss"])
+    assert (run / "model.pt").is_file() and len((run / "log.csv").read_text().splitlines()) == 3
+
+    onnx_path = tmp_path / "trained.onnx"
+    proc = siamstream("export", str(run), "--out", str(onnx_path))
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["out"] == str(onnx_path) and report["parity_max_abs"] <= 1e-4
+    assert report["embedding_dim"] == 16 and report["input_size"] == 28
+
+    encoder = OnnxEncoder(onnx_path, device="cpu")
+    assert encoder.input_size == (28, 28) and encoder.embedding_dim == 16
+    crops = CropBatch(np.zeros((2, 28, 28, 3), np.uint8), np.array([[0, 0, 28, 28]] * 2, np.float32))
+    assert encoder.embed(crops).vectors.shape == (2, 16)
+
+    # The same run, resumed with another learning rate, is refused before any work.
+    assert_clean_error(siamstream("train", "--data", str(shapes_dataset), "--out", str(run), "--resume",
+                                  *TINY_TRAIN, "--set", "train.lr=0.01"), "cannot resume", "lr: 0.001 -> 0.01")
+
+
+def test_train_errors_are_one_line(tmp_path: Path) -> None:
+    import cv2
+
+    missing = tmp_path / "nope"
+    assert_clean_error(siamstream("train", "--data", str(missing), "--out", str(tmp_path / "a")), str(missing),
+                       "not found")
+    data = tmp_path / "data"
+    for name, n in (("a", 2), ("b", 1)):
+        (data / name).mkdir(parents=True)
+        for i in range(n):
+            cv2.imwrite(str(data / name / f"{i}.png"), np.zeros((8, 8), np.uint8))
+    assert_clean_error(siamstream("train", "--data", str(data), "--out", str(tmp_path / "b"), "--set", "train.p=2"),
+                       "class 'b'", "1 image(s)")
+    assert_clean_error(siamstream("export", str(tmp_path / "b")), "no train_config.json")
