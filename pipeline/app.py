@@ -24,6 +24,7 @@ from pipeline.encoder import OnnxEncoder
 from pipeline.metrics import PipelineMetrics
 from pipeline.runner import Pipeline, edge_mask
 from pipeline.sinks import AnnotatedVideoSink, EventsJsonlSink, MotTxtSink, Sink, check_writable_dir
+from pipeline.sources import IMAGE_EXTENSIONS
 from pipeline.tracking.tracker import Tracker
 from pipeline.types import CropBatch, Frame, TrackState
 
@@ -32,7 +33,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".pgm", ".ppm", ".webp")
 
 
 def build_encoder(cfg: EncoderConfig) -> OnnxEncoder:

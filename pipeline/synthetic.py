@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from pipeline.tracking.matching import iou_matrix
 from pipeline.types import FloatArray, Frame
 
 BoolArray = npt.NDArray[np.bool_]
@@ -540,15 +541,6 @@ def _fraction_inside(col_cumsum: npt.NDArray[np.int64], left: npt.NDArray[np.int
     return _f32((col_cumsum[hi] - col_cumsum[lo]) / max(int(col_cumsum[-1]), 1))
 
 
-def _iou(a: FloatArray, b: FloatArray) -> float:
-    iw = min(a[2], b[2]) - max(a[0], b[0])
-    ih = min(a[3], b[3]) - max(a[1], b[1])
-    if iw <= 0 or ih <= 0:
-        return 0.0
-    inter = float(iw * ih)
-    return inter / float((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
-
-
 class ProductionLineScene:
     """A deterministic synthetic conveyor-belt video with per-part ground truth.
 
@@ -756,7 +748,7 @@ class ProductionLineScene:
         box = _f32(xyxy).reshape(4)
         best, best_iou = None, min_iou
         for part_id, true_box in self.boxes_at(frame_index):
-            iou = _iou(box, true_box)
+            iou = float(iou_matrix(box[None], true_box[None])[0, 0])
             if iou > 0.0 and iou >= best_iou:
                 best, best_iou = part_id, iou
         return best

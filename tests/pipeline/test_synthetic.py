@@ -14,6 +14,7 @@ from pipeline.synthetic import (
     SceneConfig,
     render_part,
 )
+from pipeline.tracking.matching import iou_matrix
 from pipeline.types import Frame
 
 BELT = (58.0, 60.0, 63.0)
@@ -25,12 +26,7 @@ def scene() -> ProductionLineScene:
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    iw = min(a[2], b[2]) - max(a[0], b[0])
-    ih = min(a[3], b[3]) - max(a[1], b[1])
-    if iw <= 0 or ih <= 0:
-        return 0.0
-    inter = float(iw * ih)
-    return inter / float((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+    return float(iou_matrix(a[None], b[None])[0, 0])
 
 
 def _on_belt(sprite: PartSprite) -> np.ndarray:
