@@ -157,6 +157,39 @@ class ImageFolderClasses:
         return np.stack([self.load(int(i)) for i in indices])
 
 
+def merge_class_folders(datasets: Sequence[ImageFolderClasses]) -> ImageFolderClasses:
+    """One data set from several with the same ``grayscale``, ``size`` and ``depth``.
+
+    Classes are matched by name: a class present in two of them (Omniglot's two small background sets share
+    the Greek and Latin alphabets) is one class, and an image whose path below the class folder is already
+    there is taken once, so overlapping sets add no duplicates.
+    """
+    if not datasets:
+        raise ValueError("no data sets to merge")
+    first = datasets[0]
+    for d in datasets[1:]:
+        if (d.grayscale, d.size, d.depth) != (first.grayscale, first.size, first.depth):
+            raise ValueError(f"cannot merge {d.root} with {first.root}: grayscale/size/depth differ")
+    members: dict[str, dict[str, Path]] = {}
+    for d in datasets:
+        for path, label in zip(d.paths, d.labels, strict=True):
+            name = d.classes[int(label)]
+            key = path.relative_to(d.root / name).as_posix()
+            members.setdefault(name, {}).setdefault(key, path)
+    merged = object.__new__(ImageFolderClasses)
+    merged.root = first.root
+    merged.grayscale, merged.size, merged.depth = first.grayscale, first.size, first.depth
+    merged.classes = sorted(members)
+    merged.paths = []
+    labels: list[int] = []
+    for i, name in enumerate(merged.classes):
+        files = members[name]
+        merged.paths.extend(files[k] for k in sorted(files))
+        labels.extend([i] * len(files))
+    merged.labels = np.asarray(labels, dtype=np.int64)
+    return merged
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Index samplers
 
@@ -295,6 +328,13 @@ class AugmentConfig:
         for name, ok, expected in checks:
             if not ok:
                 raise ValueError(f"AugmentConfig.{name} must be {expected}, got {getattr(self, name)!r}")
+
+    @classmethod
+    def glyph(cls) -> AugmentConfig:
+        """For drawn characters on white (Omniglot): geometry only, the outside filled with white; no colour
+        jitter or blur, which would only change the ink."""
+        return cls(rotation_deg=10.0, scale=(0.85, 1.15), translate=0.08, shear_deg=10.0, brightness=0.0,
+                   contrast=0.0, saturation=0.0, hue=0.0, blur_p=0.0, hflip=False, border="constant", fill=255)
 
     @classmethod
     def identity(cls) -> AugmentConfig:

@@ -25,7 +25,7 @@ import os
 import random
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,15 @@ import torch
 from torch import Tensor
 
 from encoders.backbones import SMALL_CNN_MEAN, SMALL_CNN_STD, EfficientNetLiteTrunk, SmallConvNet
-from encoders.data import Augment, ImageFolderClasses, PKBatchSampler, from_zip, to_tensor
+from encoders.data import (
+    Augment,
+    AugmentConfig,
+    ImageFolderClasses,
+    PKBatchSampler,
+    from_zip,
+    merge_class_folders,
+    to_tensor,
+)
 from encoders.losses import LABEL_LOSSES, make_loss
 from encoders.models import EmbeddingNet
 
@@ -43,6 +51,7 @@ log = logging.getLogger(__name__)
 
 BACKBONES: tuple[str, ...] = ("small-cnn", "efficientnet-lite0")
 POOLINGS: tuple[str, ...] = ("avg", "gem")
+AUGMENT_PRESETS: tuple[str, ...] = ("photo", "glyph")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
 # The EfficientNet-Lite0 trunk is cut after this stage, as the pipeline's built-in encoder is.
 EFFICIENTNET_STAGE = 5
@@ -85,6 +94,11 @@ class TrainConfig:
         warmup_fraction: share of all steps spent on a linear warm-up to ``lr``.
         epochs, batches_per_epoch: run length; a batch is ``p`` classes x ``k`` images.
         augment: random affine, colour jitter and blur on every training image.
+        augment_preset: ``"photo"`` (affine, colour, blur; reflected borders) or ``"glyph"`` (affine only, white
+            outside: drawn characters).
+        rotate_classes: each class also appears turned by 90, 180 and 270 degrees, as three new classes
+            (four times the classes, as is usual for Omniglot).
+        invert: the small CNN sees ``1 - x``: dark ink on white becomes bright strokes on a zero background.
         seed: seeds torch, numpy, Python's ``random`` and every sampler.
         device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
         amp: mixed precision (float16 autocast with loss scaling); used on CUDA only.
@@ -109,6 +123,9 @@ class TrainConfig:
     p: int = 16
     k: int = 4
     augment: bool = True
+    augment_preset: str = "photo"
+    rotate_classes: bool = False
+    invert: bool = False
     seed: int = 0
     device: str = "auto"
     amp: bool = True
@@ -118,7 +135,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         for name, choices in (("backbone", BACKBONES), ("pooling", POOLINGS), ("loss", LABEL_LOSSES),
-                              ("device", DEVICES)):
+                              ("device", DEVICES), ("augment_preset", AUGMENT_PRESETS)):
             if getattr(self, name) not in choices:
                 raise ValueError(f"TrainConfig.{name} must be one of {', '.join(map(repr, choices))}; "
                                  f"got {getattr(self, name)!r}")
@@ -198,8 +215,10 @@ def build_model(cfg: TrainConfig, pretrained: bool = True) -> EmbeddingNet:
     the EfficientNet trunk (for :func:`load_run`, which loads trained weights over it)."""
     if cfg.backbone == "small-cnn":
         net = SmallConvNet(in_channels=1 if cfg.grayscale else 3)
+        # (x - 0.5) / -0.5 == ((1 - x) - 0.5) / 0.5: inversion costs nothing and lives in the exported graph.
+        std = tuple(-v for v in SMALL_CNN_STD) if cfg.invert else SMALL_CNN_STD
         return EmbeddingNet(net, net.out_channels, pooling=cfg.pooling, embedding_dim=cfg.embedding_dim,
-                            mean=SMALL_CNN_MEAN, std=SMALL_CNN_STD)
+                            mean=SMALL_CNN_MEAN, std=std)
     trunk = EfficientNetLiteTrunk("efficientnet-lite0", stage=EFFICIENTNET_STAGE, pretrained=pretrained)
     return EmbeddingNet(trunk, trunk.out_channels, pooling=cfg.pooling, embedding_dim=cfg.embedding_dim)
 
@@ -274,23 +293,34 @@ def _write_logs(out_dir: Path, history: list[EpochRecord]) -> None:
     _atomic_write_bytes(out_dir / LOG_JSONL, "".join(json.dumps(r) + "\n" for r in rows).encode())
 
 
-def _prepare_data(data: Path, out_dir: Path, cfg: TrainConfig) -> ImageFolderClasses:
-    data = Path(data)
+def _read_one(data: Path, extract_to: Path, cfg: TrainConfig) -> ImageFolderClasses:
     try:
-        root = from_zip(data, out_dir / "data") if data.is_file() and data.suffix.lower() == ".zip" else data
+        root = from_zip(data, extract_to) if data.is_file() and data.suffix.lower() == ".zip" else data
         if not root.is_dir():
             raise TrainError(f"{data}: not a folder or a .zip archive of class folders")
-        dataset = ImageFolderClasses(root, grayscale=cfg.grayscale, size=cfg.input_size, depth=cfg.depth)
+        return ImageFolderClasses(root, grayscale=cfg.grayscale, size=cfg.input_size, depth=cfg.depth)
     except (ValueError, OSError) as exc:
         if isinstance(exc, TrainError):
             raise
         hint = "" if cfg.depth == 1 else f" (classes are read {cfg.depth} folder levels below the root: [train] depth)"
         raise TrainError(f"{data}: {exc}{hint}") from None
-    n_classes = len(dataset.classes)
+
+
+def _prepare_data(data: Sequence[Path], out_dir: Path, cfg: TrainConfig) -> ImageFolderClasses:
+    """One data set from one or more folders / zips; classes of the same name are merged (see
+    :func:`~encoders.data.merge_class_folders`)."""
+    parts = [_read_one(Path(d), out_dir / "data" / (f"{i}" if len(data) > 1 else ""), cfg)
+             for i, d in enumerate(data)]
+    dataset = parts[0] if len(parts) == 1 else merge_class_folders(parts)
+    n_classes = len(dataset.classes) * _rotations(cfg)
     if cfg.p > n_classes:
-        raise TrainError(f"{data}: [train] p = {cfg.p} classes per batch but the data has {n_classes} classes; "
-                         f"allowed: p <= {n_classes}")
+        raise TrainError(f"{', '.join(map(str, data))}: [train] p = {cfg.p} classes per batch but the data has "
+                         f"{n_classes} classes; allowed: p <= {n_classes}")
     return dataset
+
+
+def _rotations(cfg: TrainConfig) -> int:
+    return 4 if cfg.rotate_classes else 1
 
 
 class _Images:
@@ -355,13 +385,13 @@ def _load_checkpoint(path: Path) -> dict[str, Any]:
     return ckpt
 
 
-def train(data_dir: Path, out_dir: Path, cfg: TrainConfig, resume: bool = False,
+def train(data_dir: Path | Sequence[Path], out_dir: Path, cfg: TrainConfig, resume: bool = False,
           until_epoch: int | None = None) -> TrainResult:
     """Train an embedding network on ``data_dir`` and write the run to ``out_dir``.
 
     Args:
         data_dir: a folder of class folders (``cfg.depth`` levels deep) or a ``.zip`` of one (extracted into
-            ``out_dir/data``). Every class needs at least 2 images.
+            ``out_dir/data``), or several of them (merged). Every class needs at least 2 images.
         out_dir: the run directory (created). Without ``resume`` it must not hold a run already.
         cfg: the run's configuration.
         resume: continue from ``out_dir/checkpoint.pt``. The saved config must equal ``cfg`` except for
@@ -377,8 +407,12 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig, resume: bool = False,
             resume, a loss that is not finite.
     """
     out_dir = Path(out_dir)
-    if not Path(data_dir).exists():
-        raise TrainError(f"{data_dir}: training data not found; pass a folder of class folders or a .zip of one")
+    sources = [Path(data_dir)] if isinstance(data_dir, (str, Path)) else [Path(d) for d in data_dir]
+    if not sources:
+        raise TrainError("no training data given; pass a folder of class folders or a .zip of one")
+    for d in sources:
+        if not d.exists():
+            raise TrainError(f"{d}: training data not found; pass a folder of class folders or a .zip of one")
     ckpt_path = out_dir / CHECKPOINT
     if resume and not ckpt_path.is_file():
         raise TrainError(f"{out_dir}: no {CHECKPOINT} to resume from; train without --resume first")
@@ -397,7 +431,7 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig, resume: bool = False,
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     use_amp = cfg.amp and device.type == "cuda"
-    dataset = _prepare_data(data_dir, out_dir, cfg)
+    dataset = _prepare_data(sources, out_dir, cfg)
     images = _Images(dataset)
 
     _seed_everything(cfg.seed)
@@ -406,7 +440,8 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig, resume: bool = False,
     scheduler = _scheduler(optimizer, cfg)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     loss_fn = make_loss(cfg.loss, cfg.margin, cfg.temperature)
-    augment = Augment() if cfg.augment else None
+    augment_cfg = AugmentConfig.glyph() if cfg.augment_preset == "glyph" else AugmentConfig()
+    augment = Augment(augment_cfg) if cfg.augment else None
     history: list[EpochRecord] = []
     start_epoch = 0
     if ckpt is not None:
@@ -430,8 +465,9 @@ def train(data_dir: Path, out_dir: Path, cfg: TrainConfig, resume: bool = False,
         log.info("resuming %s after epoch %d of %d", out_dir, start_epoch, cfg.epochs)
     last_epoch = cfg.epochs if until_epoch is None else min(until_epoch, cfg.epochs)
     _atomic_write_bytes(out_dir / CONFIG, (json.dumps(cfg.as_dict(), indent=2) + "\n").encode())
-    log.info("training %s on %s: %d images of %d classes, %d px, %s, %s loss, device %s%s", cfg.backbone,
-             data_dir, len(dataset), len(dataset.classes), cfg.input_size,
+    log.info("training %s on %s: %d images of %d classes%s, %d px, %s, %s loss, device %s%s", cfg.backbone,
+             ", ".join(map(str, sources)), len(dataset), len(dataset.classes),
+             " (x4 by rotation)" if cfg.rotate_classes else "", cfg.input_size,
              "grey" if cfg.grayscale else "RGB", cfg.loss, device, " (mixed precision)" if use_amp else "")
 
     step = start_epoch * cfg.batches_per_epoch
@@ -474,7 +510,10 @@ def _train_epoch(epoch: int, cfg: TrainConfig, dataset: ImageFolderClasses, imag
     """One epoch of ``cfg.batches_per_epoch`` P x K batches; the sampler and augmentation draw from
     generators seeded by ``(cfg.seed, epoch)``."""
     epoch_seed = _epoch_seed(cfg.seed, epoch)
-    sampler = PKBatchSampler(dataset.labels, cfg.p, cfg.k, cfg.batches_per_epoch, seed=epoch_seed)
+    turns = _rotations(cfg)
+    # Sample j is image j // turns turned by 90 degrees x (j % turns), of class label * turns + j % turns.
+    labels_all = (dataset.labels[:, None] * turns + np.arange(turns)[None, :]).ravel()
+    sampler = PKBatchSampler(labels_all, cfg.p, cfg.k, cfg.batches_per_epoch, seed=epoch_seed)
     rng = np.random.default_rng(epoch_seed + 1)
     model.train()
     started = last_report = time.perf_counter()
@@ -482,9 +521,14 @@ def _train_epoch(epoch: int, cfg: TrainConfig, dataset: ImageFolderClasses, imag
     seen = 0
     lr = float("nan")
     for i, batch in enumerate(sampler, start=1):
-        pixels = np.stack([augment(images[j], rng) if augment is not None else images[j] for j in batch])
-        x = to_tensor(pixels)
-        labels = torch.from_numpy(dataset.labels[batch])
+        pixels = []
+        for j in batch:
+            img = images[j // turns]
+            if j % turns:
+                img = np.ascontiguousarray(np.rot90(img, j % turns))
+            pixels.append(augment(img, rng) if augment is not None else img)
+        x = to_tensor(np.stack(pixels))
+        labels = torch.from_numpy(labels_all[batch])
         if device.type == "cuda":
             x = x.pin_memory().to(device, non_blocking=True)
             labels = labels.pin_memory().to(device, non_blocking=True)

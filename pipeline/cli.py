@@ -13,9 +13,11 @@ from pathlib import Path
 from prometheus_client import CollectorRegistry
 
 from encoders.backbones import BackboneError
+from encoders.evaluate import EvaluationError
 from encoders.export import ExportParityError
 from encoders.train import TrainError
 from pipeline.anomaly.bank import BankError
+from pipeline.benchmarks.data import BenchDataError
 from pipeline.config import Config, ConfigError, load_config
 from pipeline.encoder import EncoderContractError
 from pipeline.metrics import MetricsError
@@ -27,7 +29,7 @@ log = logging.getLogger("siamstream")
 # Errors whose message is complete: reported as one line, no traceback.
 USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, SourceError, SinkError, EncoderContractError,
                                                 BankError, MetricsError, BackboneError, ExportParityError,
-                                                TrainError)
+                                                TrainError, EvaluationError, BenchDataError)
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -135,7 +137,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from pipeline import app
 
     cfg = _config(args)
-    result = train(Path(args.data), Path(args.out), app.train_config(cfg.train), resume=args.resume)
+    result = train([Path(d) for d in args.data], Path(args.out), app.train_config(cfg.train), resume=args.resume)
     last = result.history[-1]
     print(f"run        {result.out_dir}: {result.epochs} epochs of {cfg.train.batches_per_epoch} batches "
           f"({cfg.train.p} classes x {cfg.train.k} images), {cfg.train.backbone}, {cfg.train.loss} loss")
@@ -158,6 +160,60 @@ def cmd_export(args: argparse.Namespace) -> int:
     _print_json({"out": str(report.path), "parity_max_abs": report.parity_max_abs,
                  "embedding_dim": report.embedding_dim, "input_size": report.input_size})
     return 0
+
+
+def cmd_eval_oneshot(args: argparse.Namespace) -> int:
+    from pipeline.benchmarks.report import json_line, table
+    from pipeline.evaluation.encoder_eval import oneshot
+
+    cache = Path(args.cache or Path(_config(args).encoder.cache_dir).expanduser() / "oneshot-runs")
+    result = oneshot(Path(args.model), Path(args.runs), cache, threads=args.threads)
+    lo, hi = result.interval()
+    print(table(["run", "correct", "trials", "accuracy"],
+                [[n, c, t, c / t] for n, c, t in zip(result.runs, result.correct, result.trials, strict=True)]))
+    print(f"overall    {result.accuracy:.4f} ({sum(result.correct)}/{sum(result.trials)}; 95% interval "
+          f"{lo:.3f}-{hi:.3f}), nearest support image per query")
+    print(json_line({"accuracy": round(result.accuracy, 4), "runs": len(result.runs),
+                     "trials": sum(result.trials), "accuracy_ci95": [round(lo, 4), round(hi, 4)]}))
+    return 0
+
+
+def cmd_eval_verify(args: argparse.Namespace) -> int:
+    from pipeline.benchmarks.report import json_line
+    from pipeline.evaluation.encoder_eval import verify
+
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        check_writable_dir(out)
+    report = verify(Path(args.model), Path(args.data), out, threads=args.threads)
+    r = report.result
+    print(f"pairs      {r.genuine_pairs} genuine, {r.impostor_pairs} impostor ({report.identities} identities, "
+          f"{report.images} images)")
+    print(f"ROC AUC    {r.auc:.4f}")
+    print(f"EER        {r.eer:.4f} at cosine distance threshold {r.threshold:.4f} (same identity when <=)")
+    if report.roc_png:
+        print(f"ROC plot   {report.roc_png}")
+    print(json_line({"auc": round(r.auc, 4), "eer": round(r.eer, 4), "threshold": round(r.threshold, 4),
+                     "genuine_pairs": r.genuine_pairs, "impostor_pairs": r.impostor_pairs}))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    if args.bench == "encoder":
+        from pipeline.benchmarks import encoder
+
+        return encoder.main(batch=args.batch, threads=args.threads or 2, repeats=args.repeats)
+    if args.bench == "oneshot":
+        from pipeline.benchmarks import oneshot as bench_oneshot
+
+        return bench_oneshot.main(epochs=args.epochs, work_dir=Path(args.out) if args.out else None,
+                                  threads=args.threads)
+    if args.bench == "verify":
+        from pipeline.benchmarks import verify as bench_verify
+
+        return bench_verify.main(folds=args.folds, epochs=args.epochs, out_dir=Path(args.out) if args.out else None,
+                                 threads=args.threads)
+    raise AssertionError(args.bench)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -198,7 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = sub.add_parser("train", help="train a Siamese encoder on a folder (or .zip) of class folders")
     common(train)
-    train.add_argument("--data", required=True, help="folder of class folders, or a .zip of one ([train] depth)")
+    train.add_argument("--data", required=True, action="append",
+                       help="folder of class folders, or a .zip of one ([train] depth); repeat to merge several")
     train.add_argument("--out", required=True, help="run directory: checkpoint, logs, final weights")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     train.set_defaults(func=cmd_train)
@@ -207,6 +264,38 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("run_dir", help="run directory written by siamstream train")
     export.add_argument("--out", help="ONNX file to write (default RUN_DIR/model.onnx)")
     export.set_defaults(func=cmd_export)
+
+    ev = sub.add_parser("eval", help="evaluate an exported encoder")
+    ev_sub = ev.add_subparsers(dest="eval_command", required=True)
+    one = ev_sub.add_parser("oneshot", help="N-way one-shot accuracy on Lake's runs (Omniglot all_runs.zip)")
+    common(one)
+    one.add_argument("--model", required=True, help="ONNX encoder (siamstream export)")
+    one.add_argument("--runs", required=True, help="all_runs.zip or its extracted folder (runXX/class_labels.txt)")
+    one.add_argument("--cache", help="where to extract an archive (default: [encoder] cache_dir/oneshot-runs)")
+    one.add_argument("--threads", type=int, default=0, help="ONNX Runtime CPU threads (0: its default)")
+    one.set_defaults(func=cmd_eval_oneshot)
+    ver = ev_sub.add_parser("verify", help="verification ROC / EER on held-out identities (a folder per identity)")
+    ver.add_argument("--model", required=True, help="ONNX encoder (siamstream export)")
+    ver.add_argument("--data", required=True, help="folder of identity folders, e.g. att_faces/testing")
+    ver.add_argument("--out", help="folder for roc.png")
+    ver.add_argument("--threads", type=int, default=0, help="ONNX Runtime CPU threads (0: its default)")
+    ver.set_defaults(func=cmd_eval_verify)
+
+    bench = sub.add_parser("bench", help="benchmarks: a table, then one JSON line of figures")
+    bench_sub = bench.add_subparsers(dest="bench", required=True)
+    b_enc = bench_sub.add_parser("encoder", help="ONNX Runtime vs PyTorch eager: parity and crops per second")
+    b_enc.add_argument("--batch", type=int, default=32)
+    b_enc.add_argument("--threads", type=int, default=2, help="CPU threads for both engines (default 2)")
+    b_enc.add_argument("--repeats", type=int, default=20)
+    b_one = bench_sub.add_parser("oneshot", help="train on Omniglot background sets, 20-way one-shot on all_runs")
+    b_ver = bench_sub.add_parser("verify", help="AT&T faces verification, cross-validated over subjects")
+    b_ver.add_argument("--folds", type=int, default=5)
+    for b in (b_one, b_ver):
+        b.add_argument("--epochs", type=int, help="override the recipe's epochs (shorter runs for a quick look)")
+        b.add_argument("--out", help="keep the run, model and plots here (default: a temporary folder)")
+        b.add_argument("--threads", type=int, default=0, help="torch / ONNX Runtime CPU threads (0: default)")
+    for b in (b_enc, b_one, b_ver):
+        b.set_defaults(func=cmd_bench)
 
     config = sub.add_parser("config", help="configuration tools")
     config_sub = config.add_subparsers(dest="config_command", required=True)

@@ -371,3 +371,35 @@ def test_defects_and_triplets_on_real_tire_images() -> None:
         assert (mask > 0).any() and changed_outside_mask(images[0], out, mask) == 0
     sampler = OneClassTripletSampler(images, Augment(), triplets_per_epoch=6, seed=0, p_other=0.3)
     assert all(n.shape == (96, 96, 3) for _, _, n in sampler)
+
+
+def test_merge_class_folders_unites_classes_by_name(tmp_path: Path) -> None:
+    from encoders.data import ImageFolderClasses, merge_class_folders
+
+    for root, classes in (("a", {"x": 3, "y": 2}), ("b", {"x": 4, "z": 2})):
+        for name, n in classes.items():
+            (tmp_path / root / name).mkdir(parents=True)
+            for i in range(n):
+                cv2.imwrite(str(tmp_path / root / name / f"{i}.png"), np.full((4, 4), 10 * i, np.uint8))
+    a = ImageFolderClasses(tmp_path / "a", grayscale=True, size=4)
+    b = ImageFolderClasses(tmp_path / "b", grayscale=True, size=4)
+    merged = merge_class_folders([a, b])
+    assert merged.classes == ["x", "y", "z"]
+    # x: files 0..2 from a, file 3 only in b (0..2 of b repeat a's names and are taken once)
+    assert np.bincount(merged.labels).tolist() == [4, 2, 2]
+    x_files = [p for p, lab in zip(merged.paths, merged.labels, strict=True) if lab == 0]
+    assert [p.parent.parent.name for p in x_files] == ["a", "a", "a", "b"]
+    assert merged.load_batch([0, 3]).shape == (2, 4, 4, 1)
+    with pytest.raises(ValueError, match="cannot merge"):
+        merge_class_folders([a, ImageFolderClasses(tmp_path / "b", grayscale=False, size=4)])
+
+
+def test_glyph_augmentation_fills_with_white_and_keeps_ink() -> None:
+    from encoders.data import Augment, AugmentConfig
+
+    img = np.full((32, 32, 1), 255, np.uint8)
+    cv2.line(img, (8, 16), (24, 16), 0, 2)
+    out = Augment(AugmentConfig.glyph())(img, np.random.default_rng(3))
+    assert out.shape == img.shape and out.dtype == np.uint8
+    assert out[0, 0, 0] == 255 and out[-1, -1, 0] == 255  # the outside is paper, not a reflection
+    assert out.min() < 60  # the stroke is still there, as dark as before (no brightness jitter)

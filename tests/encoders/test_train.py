@@ -307,3 +307,39 @@ def test_small_cnn_trains_on_omniglot_zip(shared_data: Callable[..., Path], tmp_
     assert (tmp_path / "run" / "data" / "images_background_small1").is_dir()  # extracted inside the run
     model, _ = load_run(tmp_path / "run")
     assert model.embedding_dim == cfg.embedding_dim
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Rotations as classes, several sources, inversion
+
+
+def test_rotated_classes_quadruple_the_classes_a_batch_can_draw(shapes_dataset: Path, tmp_path: Path) -> None:
+    many = dataclasses.replace(TINY, p=12, epochs=1)  # the shapes set has 6 classes
+    with pytest.raises(TrainError, match="p = 12 classes per batch but the data has 6 classes"):
+        train(shapes_dataset, tmp_path / "plain", many)
+    result = train(shapes_dataset, tmp_path / "turned", dataclasses.replace(many, rotate_classes=True))
+    assert result.epochs == 1 and math.isfinite(result.final_loss)
+
+
+def test_two_sources_are_merged_without_duplicates(shapes_dataset: Path, tmp_path: Path) -> None:
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(shapes_dataset / "circle", other / "circle")  # the same class, the same files
+    shutil.copytree(shapes_dataset / "ring", other / "disc")  # a new class
+    result = train([shapes_dataset, other], tmp_path / "run", dataclasses.replace(TINY, p=7, epochs=1))
+    assert result.epochs == 1
+    with pytest.raises(TrainError, match="p = 8 classes per batch but the data has 7 classes"):
+        train([shapes_dataset, other], tmp_path / "run2", dataclasses.replace(TINY, p=8, epochs=1))
+
+
+def test_inverted_model_sees_one_minus_the_image() -> None:
+    plain = build_model(dataclasses.replace(TINY, invert=False))
+    inverted = build_model(dataclasses.replace(TINY, invert=True))
+    state = {k: v for k, v in plain.state_dict().items() if k != "std"}
+    inverted.load_state_dict(state, strict=False)
+    plain.eval()
+    inverted.eval()
+    x = torch.rand(3, 3, 28, 28, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(inverted(x), plain(1.0 - x), atol=1e-5, rtol=1e-5)

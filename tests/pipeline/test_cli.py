@@ -214,3 +214,66 @@ def test_train_errors_are_one_line(tmp_path: Path) -> None:
     assert_clean_error(siamstream("train", "--data", str(data), "--out", str(tmp_path / "b"), "--set", "train.p=2"),
                        "class 'b'", "1 image(s)")
     assert_clean_error(siamstream("export", str(tmp_path / "b")), "no train_config.json")
+
+
+def _shape_runs(shapes_dataset: Path, root: Path) -> Path:
+    """Two 6-way one-shot runs in Lake's layout from the shapes data set: support image 0 of each shape,
+    queries image 1 (run01) and image 2 (run02)."""
+    import shutil
+
+    classes = sorted(d.name for d in shapes_dataset.iterdir() if d.is_dir())
+    for r, q in ((1, 1), (2, 2)):
+        run = root / f"run{r:02d}"
+        (run / "training").mkdir(parents=True)
+        (run / "test").mkdir()
+        lines = []
+        for c, name in enumerate(classes):
+            shutil.copy(shapes_dataset / name / "0.png", run / "training" / f"class{c + 1:02d}.png")
+            shutil.copy(shapes_dataset / name / f"{q}.png", run / "test" / f"item{c + 1:02d}.png")
+            lines.append(f"run{r:02d}/test/item{c + 1:02d}.png run{r:02d}/training/class{c + 1:02d}.png")
+        (run / "class_labels.txt").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def test_eval_oneshot_and_verify_with_a_trained_model(tmp_path: Path, shapes_dataset: Path) -> None:
+    run = tmp_path / "run"
+    assert siamstream("train", "--data", str(shapes_dataset), "--out", str(run), *TINY_TRAIN).returncode == 0
+    model = tmp_path / "m.onnx"
+    assert siamstream("export", str(run), "--out", str(model)).returncode == 0
+
+    proc = siamstream("eval", "oneshot", "--model", str(model), "--runs", str(_shape_runs(shapes_dataset,
+                                                                                          tmp_path / "runs")))
+    assert proc.returncode == 0, proc.stderr
+    figures = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert figures["runs"] == 2 and figures["trials"] == 12
+    assert 0.0 <= figures["accuracy_ci95"][0] <= figures["accuracy"] <= figures["accuracy_ci95"][1] <= 1.0
+    assert "run01" in proc.stdout and "run02" in proc.stdout
+
+    proc = siamstream("eval", "verify", "--model", str(model), "--data", str(shapes_dataset), "--out",
+                      str(tmp_path / "verify"))
+    assert proc.returncode == 0, proc.stderr
+    figures = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert figures["genuine_pairs"] == 6 * 15 and figures["impostor_pairs"] == 36 * 35 // 2 - 90
+    assert 0.0 <= figures["eer"] <= 1.0 and 0.0 <= figures["auc"] <= 1.0
+    assert (tmp_path / "verify" / "roc.png").stat().st_size > 1000
+
+
+def test_eval_errors_are_one_line(tmp_path: Path, shapes_dataset: Path, pretrained_onnx: Path) -> None:
+    assert_clean_error(siamstream("eval", "oneshot", "--model", str(pretrained_onnx), "--runs",
+                                  str(tmp_path / "none")), "not found")
+    assert_clean_error(siamstream("eval", "verify", "--model", str(tmp_path / "none.onnx"), "--data",
+                                  str(shapes_dataset)), "encoder model not found")
+    one = tmp_path / "one"
+    (one / "solo").mkdir(parents=True)
+    for i in range(2):
+        (one / "solo" / f"{i}.png").write_bytes((shapes_dataset / "circle" / f"{i}.png").read_bytes())
+    assert_clean_error(siamstream("eval", "verify", "--model", str(pretrained_onnx), "--data", str(one)),
+                       "genuine and impostor")
+
+
+def test_bench_without_data_is_a_clear_error(tmp_path: Path) -> None:
+    env_data = tmp_path / "nowhere"
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "-q", "bench", "oneshot"], cwd=tmp_path,
+                          env={**os.environ, "SIAMSTREAM_DATA": str(env_data)}, capture_output=True, text=True,
+                          timeout=120)
+    assert_clean_error(proc, "benchmark data not found", "SIAMSTREAM_DATA")

@@ -1,0 +1,1 @@
+"""Evaluation on real benchmark data: encoders (one-shot, verification) and trackers (MOTChallenge)."""
