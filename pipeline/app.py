@@ -60,9 +60,8 @@ def build_detector(cfg: DetectorConfig) -> BackgroundSubtractionDetector:
 
 
 def build_tracker(cfg: TrackerConfig) -> Tracker:
-    return Tracker(appearance_weight=cfg.appearance_weight, max_cost=cfg.max_cost,
-                   max_cosine_distance=cfg.max_cosine_distance, min_iou=cfg.min_iou, min_hits=cfg.min_hits,
-                   max_lost_seconds=cfg.max_lost_seconds, gallery_momentum=cfg.gallery_momentum)
+    """``[tracker]`` -> :class:`Tracker` (the same keys)."""
+    return Tracker(**asdict(cfg))
 
 
 def build_pipeline(cfg: Config, encoder: OnnxEncoder, metrics: PipelineMetrics, bank: Bank | None,
@@ -150,7 +149,7 @@ def good_samples_from_frames(frames: Iterable[Frame], cfg: Config, encoder: Onnx
         dets = detector.detect(frame)
         emb = encoder.embed(crop_batch(frame, dets, encoder.input_size, cfg.encoder.crop_padding),
                             with_patches=level == "patch")
-        out = tracker.update(dets, emb, frame.timestamp)
+        out = tracker.update(dets, emb, frame.timestamp, frame_image=frame.image)
         inside = edge_mask(dets.xyxy, frame.width, frame.height, cfg.anomaly.edge_margin)
         rows = crop_features(emb, level)
         for obs in out.observations:

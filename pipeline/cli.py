@@ -19,7 +19,10 @@ from encoders.train import TrainError
 from pipeline.anomaly.bank import BankError
 from pipeline.benchmarks.data import BenchDataError
 from pipeline.config import Config, ConfigError, load_config
+from pipeline.detect.motchallenge import MotFileError
 from pipeline.encoder import EncoderContractError
+from pipeline.evaluation.mot_metrics import MotEvaluationError
+from pipeline.evaluation.motchallenge import MotSequenceError
 from pipeline.metrics import MetricsError
 from pipeline.sinks import SinkError, check_writable_dir
 from pipeline.sources import SourceError
@@ -29,7 +32,8 @@ log = logging.getLogger("siamstream")
 # Errors whose message is complete: reported as one line, no traceback.
 USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, SourceError, SinkError, EncoderContractError,
                                                 BankError, MetricsError, BackboneError, ExportParityError,
-                                                TrainError, EvaluationError, BenchDataError)
+                                                TrainError, EvaluationError, BenchDataError, MotFileError,
+                                                MotSequenceError, MotEvaluationError)
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -198,6 +202,55 @@ def cmd_eval_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval_mot(args: argparse.Namespace) -> int:
+    from pipeline import app
+    from pipeline.benchmarks.report import json_line, table
+    from pipeline.detect.motchallenge import MotDetectionFile
+    from pipeline.evaluation.mot_metrics import evaluate, write_mot_txt
+    from pipeline.evaluation.mot_plots import save_timeline_png
+    from pipeline.evaluation.mot_run import track_sequence
+    from pipeline.evaluation.motchallenge import load_sequence
+    from pipeline.sinks import AnnotatedVideoSink
+    from pipeline.types import FrameResult
+
+    cfg = _config(args)
+    seq = load_sequence(Path(args.seq))
+    out = Path(args.out) if args.out else Path(cfg.output.dir) / "mot" / seq.name
+    check_writable_dir(out)
+    det = MotDetectionFile(seq.det_path, min_score=args.min_score)
+    encoder = app.build_encoder(cfg.encoder)
+    video = AnnotatedVideoSink(out / "annotated.mp4", fps=seq.frame_rate)
+
+    def on_frame(result: FrameResult) -> None:
+        if result.frame.index < args.video_frames:
+            video.write(result)
+
+    log.info("tracking %s: %d frames, %d detections", seq.name, seq.length, len(det))
+    try:
+        run = track_sequence(seq, det, encoder, app.build_tracker(cfg.tracker), cfg.encoder.crop_padding, on_frame)
+    finally:
+        video.close()
+    tracks_txt = write_mot_txt(out / f"{seq.name}.txt", run.rows)
+    save_timeline_png(run.rows, out / "timeline.png", title=f"{seq.name}: siamstream track ids")
+    print(f"tracks     {tracks_txt} ({len(run.rows)} boxes, {len(set(run.rows[:, 1].astype(int)))} ids), "
+          f"{out / 'timeline.png'}, {out / 'annotated.mp4'} (first {min(args.video_frames, run.frames)} frames)")
+    print(f"speed      tracker {run.tracker_fps:.0f} frames/s; with the encoder {run.fps_with_embedder:.1f} frames/s")
+    if seq.gt_path is None:
+        print(f"{seq.name} has no gt/gt.txt: nothing to score")
+        print(json_line({}))
+        return 0
+    s = evaluate(None, run.rows, seq)
+    print(table(["metric", "TrackEval", "motmetrics"], [
+        ["HOTA", s.hota, float("nan")], ["DetA", s.deta, float("nan")], ["AssA", s.assa, float("nan")],
+        ["MOTA", s.mota, s.motmetrics.mota], ["IDF1", s.idf1, s.motmetrics.idf1],
+        ["IDSW", float(s.idsw), float(s.motmetrics.idsw)], ["FP", float(s.fp), float(s.motmetrics.fp)],
+        ["FN", float(s.fn), float(s.motmetrics.fn)],
+    ]))
+    print(json_line({"HOTA": round(s.hota, 2), "MOTA": round(s.mota, 2), "IDF1": round(s.idf1, 2),
+                     "IDSW": int(s.idsw)}))
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     if args.bench == "encoder":
         from pipeline.benchmarks import encoder
@@ -213,6 +266,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         return bench_verify.main(folds=args.folds, epochs=args.epochs, out_dir=Path(args.out) if args.out else None,
                                  threads=args.threads)
+    if args.bench == "mot":
+        from pipeline.benchmarks import mot
+
+        return mot.main(_config(args))
     raise AssertionError(args.bench)
 
 
@@ -281,6 +338,15 @@ def build_parser() -> argparse.ArgumentParser:
     ver.add_argument("--threads", type=int, default=0, help="ONNX Runtime CPU threads (0: its default)")
     ver.set_defaults(func=cmd_eval_verify)
 
+    mot = ev_sub.add_parser("mot", help="track a MOTChallenge sequence with its det.txt; HOTA, MOTA, IDF1, IDSW")
+    common(mot)
+    mot.add_argument("--seq", required=True, help="sequence folder: seqinfo.ini, det/det.txt, gt/gt.txt, img1/ "
+                                                  "or one video file")
+    mot.add_argument("--out", help="output folder (default: [output] dir/mot/SEQUENCE)")
+    mot.add_argument("--min-score", type=float, default=0.0, help="ignore detections below this score")
+    mot.add_argument("--video-frames", type=int, default=300, help="frames in the annotated video (default 300)")
+    mot.set_defaults(func=cmd_eval_mot)
+
     bench = sub.add_parser("bench", help="benchmarks: a table, then one JSON line of figures")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
     b_enc = bench_sub.add_parser("encoder", help="ONNX Runtime vs PyTorch eager: parity and crops per second")
@@ -294,7 +360,10 @@ def build_parser() -> argparse.ArgumentParser:
         b.add_argument("--epochs", type=int, help="override the recipe's epochs (shorter runs for a quick look)")
         b.add_argument("--out", help="keep the run, model and plots here (default: a temporary folder)")
         b.add_argument("--threads", type=int, default=0, help="torch / ONNX Runtime CPU threads (0: default)")
-    for b in (b_enc, b_one, b_ver):
+    b_mot = bench_sub.add_parser("mot", help="MOT15 PETS09-S2L1 and TUD-Campus: siamstream vs ByteTrack, "
+                                             "DeepSORT and IoU-only on the same detections")
+    common(b_mot)
+    for b in (b_enc, b_one, b_ver, b_mot):
         b.set_defaults(func=cmd_bench)
 
     config = sub.add_parser("config", help="configuration tools")

@@ -71,13 +71,32 @@ class EncoderConfig:
 
 @dataclass(frozen=True)
 class TrackerConfig:
+    """``[tracker]``: the arguments of :class:`pipeline.tracking.tracker.Tracker`, one for one."""
+
     appearance_weight: float = _f(0.5, 0.0, 1.0)
     max_cost: float = _f(0.7, 0.0, 2.0)
     max_cosine_distance: float = _f(0.35, 0.0, 2.0)
     min_iou: float = _f(0.05, 0.0, 1.0)
     min_hits: int = _f(3, 1, 1000)
-    max_lost_seconds: float = _f(1.0, 0.0, 3600.0)
+    max_lost_seconds: float = _f(2.0, 0.0, 3600.0)
     gallery_momentum: float = _f(0.8, 0.0, 1.0)
+    high_score: float = _f(0.5, 0.0, 1.0)
+    low_score: float = _f(0.1, 0.0, 1.0)
+    new_track_score: float = _f(0.5, 0.0, 1.0)
+    low_min_iou: float = _f(0.5, 0.0, 1.0)
+    appearance: str = _f("ema", choices=("ema", "gallery"))
+    gallery_size: int = _f(30, 1, 10_000)
+    fusion: str = _f("weighted", choices=("weighted", "min"))
+    max_mahalanobis: float = _f(9.4877, 0.0, 1e6)
+    reid_max_cosine_distance: float = _f(0.2, 0.0, 2.0)
+    reid_margin: float = _f(0.1, 0.0, 2.0)
+    reid_max_speed: float = _f(2.0, 0.0, 1000.0)
+    kalman_fps: float = _f(30.0, 0.1, 1000.0)
+    std_weight_position: float = _f(0.05, 1e-6, 10.0)
+    std_weight_velocity: float = _f(0.00625, 1e-6, 10.0)
+    nsa: bool = _f(False)
+    cmc: str = _f("none", choices=("none", "sparse", "ecc"))
+    cmc_downscale: float = _f(2.0, 1.0, 32.0)
 
 
 @dataclass(frozen=True)
@@ -263,6 +282,9 @@ def _check_together(cfg: Config, origin: str) -> None:
     if len(cfg.output.video_fourcc) != 4:
         raise ConfigError(f"{origin}: [output] video_fourcc: got {cfg.output.video_fourcc!r}, allowed: a 4-character "
                           f"codec code such as 'mp4v' or 'MJPG'")
+    if cfg.tracker.low_score > cfg.tracker.high_score:
+        raise ConfigError(f"{origin}: [tracker] low_score = {cfg.tracker.low_score} is above high_score = "
+                          f"{cfg.tracker.high_score}; allowed: low_score <= high_score")
     if cfg.bank.level == "patch" and cfg.encoder.patch_stage == 0 and not cfg.encoder.model:
         raise ConfigError(f"{origin}: [bank] level = 'patch' needs patch features but [encoder] patch_stage = 0; "
                           f"set patch_stage (e.g. 4) or level = 'global'")

@@ -85,7 +85,7 @@ class Pipeline:
             emb = self.encoder.embed(crops, with_patches=self.bank is not None)  # all crops as one batch
         self.metrics.encoder_batch.observe(len(crops))
         with self._timed("track"):
-            out = self.tracker.update(dets, emb, frame.timestamp)
+            out = self.tracker.update(dets, emb, frame.timestamp, frame_image=frame.image)
         self.tracks_started += len(out.started)
         self.metrics.tracks_started.inc(len(out.started))
         self.metrics.tracks_ended.inc(len(out.ended))

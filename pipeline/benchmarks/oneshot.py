@@ -24,11 +24,11 @@ log = logging.getLogger(__name__)
 
 # The recipe: Koch-style 4-block CNN from scratch, grey 32 px, strokes bright on zero, each character also at
 # 90/180/270 degrees as new classes, geometric augmentation only, batch-hard triplets over 32 x 4 batches,
-# AdamW with warm-up and cosine annealing. 40 x 100 batches fit in the 30-minute budget on 2 CPU cores.
+# AdamW with warm-up and cosine annealing. 50 x 100 batches fit in the 30-minute budget on 2 CPU cores.
 RECIPE = TrainConfig(
     backbone="small-cnn", input_size=32, grayscale=True, embedding_dim=128, pooling="gem",
     loss="triplet_batch_hard", margin=0.2, lr=1e-3, weight_decay=1e-4, warmup_fraction=0.03,
-    epochs=40, batches_per_epoch=100, p=32, k=4, augment=True, augment_preset="glyph", rotate_classes=True,
+    epochs=50, batches_per_epoch=100, p=32, k=4, augment=True, augment_preset="glyph", rotate_classes=True,
     invert=True, seed=0, device="auto", amp=True, num_threads=0, depth=2, progress_every_s=30.0,
 )
 

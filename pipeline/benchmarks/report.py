@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 
 def _cell(value: object) -> str:
@@ -29,7 +29,7 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     return "\n".join(s.rstrip() for s in out)
 
 
-def json_line(figures: dict[str, object]) -> str:
+def json_line(figures: Mapping[str, object]) -> str:
     """The machine-readable last line; non-finite floats become null (JSON has no NaN)."""
 
     def clean(v: object) -> object:

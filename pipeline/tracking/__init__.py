@@ -1,1 +1,1 @@
-"""Multi-object tracking: pure matching maths (matching.py) and the stateful tracker (tracker.py)."""
+"""Multi-object tracking: pure maths (kalman.py, matching.py, motion.py) and the stateful tracker (tracker.py)."""

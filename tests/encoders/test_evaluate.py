@@ -28,23 +28,6 @@ def _unit(v: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------------- verification
 
 
-def _embeddings_with_distances(genuine: list[float], impostor: list[float]) -> tuple[np.ndarray, np.ndarray]:
-    """Pairs of 2-D unit vectors laid out so that only the wanted pairs matter: each pair lives in its own
-    orthogonal block, far from everything else (distance 1 to all other vectors)."""
-    pairs = [(d, True) for d in genuine] + [(d, False) for d in impostor]
-    dim = 2 * len(pairs)
-    vecs, labels = [], []
-    for n, (d, same) in enumerate(pairs):
-        angle = np.arccos(1.0 - d)  # cosine distance d between the two vectors
-        a = np.zeros(dim)
-        b = np.zeros(dim)
-        a[2 * n] = 1.0
-        b[2 * n], b[2 * n + 1] = np.cos(angle), np.sin(angle)
-        vecs += [a, b]
-        labels += [2 * n, 2 * n] if same else [2 * n, 2 * n + 1]
-    return _unit(np.array(vecs)), np.array(labels)
-
-
 def test_pair_distances_are_cosine_distances_of_all_unordered_pairs() -> None:
     emb = _unit(np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]]))
     dist, genuine = pair_distances(emb, np.array([0, 0, 1]))
@@ -52,22 +35,19 @@ def test_pair_distances_are_cosine_distances_of_all_unordered_pairs() -> None:
     assert genuine.tolist() == [True, False, False]
 
 
-def test_equal_error_rate_by_hand() -> None:
-    # genuine distances 0.1, 0.2, 0.3; impostor 0.25, 0.4, 0.5 (every other pair is at distance 1, impostor).
-    # Threshold 0.25 accepts genuine 0.1, 0.2 (FRR 1/3) and impostor 0.25 (FAR 1/3 of the 3 close impostors,
-    # but the far impostor pairs are impostors too): count them in.
-    emb, labels = _embeddings_with_distances([0.1, 0.2, 0.3], [0.25, 0.4, 0.5])
-    result = evaluate_verification(emb, labels)
-    dist, genuine = pair_distances(emb, labels)
-    n_imp = int((~genuine).sum())
-    assert result.genuine_pairs == 3 and result.impostor_pairs == n_imp
-    # The ROC crosses FAR = FRR between threshold 0.2 (FAR 0, FRR 1/3) and 0.25 (FAR 1/n_imp, FRR 1/3) ...
-    # ... and 0.3 (FAR 1/n_imp, FRR 0): FRR - FAR goes 1/3 -> 1/3 - 1/n -> -1/n, so EER lies on that last segment.
-    frr_a, far_a = 1 / 3, 1 / n_imp
-    frr_b, far_b = 0.0, 1 / n_imp
-    assert far_a <= result.eer <= frr_a
-    assert far_b <= result.eer
-    assert 0.25 <= result.threshold <= 0.3 + 1e-6
+def test_verification_by_hand() -> None:
+    # Two identities on the unit circle: A at 0 and 70 degrees, B at 90 and 100 degrees.
+    # Genuine distances (1 - cos): A-A 1 - cos 70 = 0.658, B-B 1 - cos 10 = 0.0152.
+    # Impostor: 70-90 0.0603, 70-100 0.134, 0-90 1.0, 0-100 1.174.
+    angles = np.radians([0.0, 70.0, 90.0, 100.0])
+    emb = np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    result = evaluate_verification(emb, np.array([0, 0, 1, 1]))
+    assert (result.genuine_pairs, result.impostor_pairs) == (2, 4)
+    # AUC = P(genuine closer than impostor): 0.0152 beats all 4, 0.658 beats 2 -> 6 / 8
+    assert result.auc == pytest.approx(0.75)
+    # Accepting d <= 0.134 lets in 2 of 4 impostors (FAR 0.5) and rejects 1 of 2 genuine pairs (FRR 0.5).
+    assert result.eer == pytest.approx(0.5)
+    assert result.threshold == pytest.approx(1 - np.cos(np.radians(30.0)))
 
 
 def test_equal_error_rate_interpolates_between_roc_points() -> None:
@@ -188,12 +168,12 @@ def test_bad_runs_are_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(EvaluationError, match="not found"):
         load_oneshot_runs(tmp_path / "missing")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(EvaluationError, match="class_labels.txt"):
+    with pytest.raises(EvaluationError, match=r"class_labels\.txt"):
         load_oneshot_runs(tmp_path / "empty")
     _write_runs(tmp_path / "bad", n_runs=1)
     labels = tmp_path / "bad" / "run01" / "class_labels.txt"
     labels.write_text("run01/test/item01.png run01/training/class09.png\n")
-    with pytest.raises(EvaluationError, match="class09.png is not an image"):
+    with pytest.raises(EvaluationError, match=r"class09\.png is not an image"):
         load_oneshot_runs(tmp_path / "bad")
     (tmp_path / "junk.zip").write_bytes(b"not a zip")
     with pytest.raises(EvaluationError, match="not a readable zip"):

@@ -3,7 +3,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.tracking.matching import GATED, cosine_distance_matrix, fused_cost, iou_matrix, linear_assignment
+from pipeline.tracking.matching import (
+    GATED,
+    appearance_cost,
+    cosine_distance_matrix,
+    distinctive,
+    fuse_min,
+    fuse_weighted,
+    fused_cost,
+    gallery_cosine_distance,
+    gate_classes,
+    iou_cost,
+    iou_matrix,
+    linear_assignment,
+)
 
 
 @pytest.mark.parametrize(
@@ -55,3 +68,78 @@ def test_linear_assignment_drops_pairs_over_max_cost() -> None:
     matches, ur, uc = linear_assignment(cost, max_cost=0.7)
     assert matches.tolist() == [[0, 0]]
     assert ur.tolist() == [1] and uc.tolist() == [1]
+
+
+def test_iou_cost_is_one_minus_iou() -> None:
+    cost = iou_cost(np.array([[0, 0, 10, 10]]), np.array([[5, 0, 15, 10], [20, 20, 30, 30]]))
+    np.testing.assert_allclose(cost, [[1 - 50 / 150, 1.0]], atol=1e-6)
+
+
+def test_gallery_distance_is_the_nearest_stored_feature() -> None:
+    galleries = [np.array([[1.0, 0.0], [0.0, 1.0]]), np.array([[-1.0, 0.0]])]
+    feats = np.array([[0.0, 1.0], [1.0, 0.0], [-1.0, 0.0]])
+    d = gallery_cosine_distance(galleries, feats)
+    np.testing.assert_allclose(d, [[0, 0, 1], [1, 2, 0]], atol=1e-6)
+    assert gallery_cosine_distance([], feats).shape == (0, 3)
+    with pytest.raises(ValueError, match="at least one feature"):
+        gallery_cosine_distance([np.zeros((0, 2))], feats)
+
+
+def test_appearance_cost_modes() -> None:
+    galleries = [np.array([[1.0, 0.0], [0.0, 1.0]])]
+    ema = np.array([[1.0, 1.0]]) / np.sqrt(2)
+    feats = np.array([[0.0, 1.0]])
+    assert appearance_cost(galleries, ema, feats, "gallery")[0, 0] == pytest.approx(0.0, abs=1e-6)
+    assert appearance_cost(galleries, ema, feats, "ema")[0, 0] == pytest.approx(1 - np.sqrt(0.5), abs=1e-6)
+    with pytest.raises(ValueError, match="one of ema, gallery"):
+        appearance_cost(galleries, ema, feats, "mean")
+
+
+def test_gate_classes_never_pairs_different_classes() -> None:
+    cost = np.full((2, 3), 0.1, np.float32)
+    gated = gate_classes(cost, np.array([0, 1]), np.array([0, 1, -1]))
+    assert (gated == GATED).tolist() == [[False, True, True], [True, False, True]]
+
+
+@pytest.mark.parametrize(
+    ("app", "iou_dist", "known", "expected"),
+    [
+        (0.1, 0.4, True, 0.5 * 0.1 + 0.5 * 0.4),
+        (0.5, 0.4, True, GATED),  # looks different
+        (0.1, 0.99, True, GATED),  # too far apart
+        (0.5, 0.4, False, 0.4),  # no embedding: motion alone, appearance gate off
+    ],
+)
+def test_fuse_weighted(app: float, iou_dist: float, known: bool, expected: float) -> None:
+    cost = fuse_weighted(np.array([[app]]), np.array([[iou_dist]]), 0.5, max_cosine_distance=0.3,
+                         max_iou_distance=0.9, has_appearance=np.array([known]))
+    assert cost[0, 0] == pytest.approx(expected)
+
+
+def test_fuse_weighted_per_track_overlap_gate() -> None:
+    cost = fuse_weighted(np.array([[0.1], [0.1]]), np.array([[1.0], [1.0]]), 0.5, 0.3,
+                         max_iou_distance=np.array([[0.9], [1.0]]))
+    assert cost[0, 0] == GATED and cost[1, 0] == pytest.approx(0.55)
+
+
+def test_fuse_min_like_bot_sort() -> None:
+    app = np.array([[0.1, 0.1, 0.6]], np.float32)
+    iou_dist = np.array([[0.3, 0.7, 0.3]], np.float32)
+    cost = fuse_min(app, iou_dist, max_cosine_distance=0.25, max_iou_distance=0.5)
+    # near and alike: min(0.3, 0.1 / 2); alike but not near: IoU alone; near but unlike: IoU alone
+    np.testing.assert_allclose(cost, [[0.05, 0.7, 0.3]], atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("cost", "margin", "expected"),
+    [
+        ([[0.1, 0.5], [0.6, 0.15]], 0.1, [[True, False], [False, True]]),
+        ([[0.1, 0.15], [0.6, 0.6]], 0.1, [[False, False], [False, False]]),  # row 0 cannot choose
+        ([[0.1], [0.15]], 0.1, [[False], [False]]),  # column 0 cannot choose
+        ([[0.1, 0.3]], 0.1, [[True, False]]),  # one track: only the detections compete
+        ([[0.05, 0.06], [0.07, 0.05]], 0.0, [[True, False], [False, True]]),
+    ],
+)
+def test_distinctive_is_a_two_way_ratio_test(cost: list[list[float]], margin: float,
+                                             expected: list[list[bool]]) -> None:
+    assert distinctive(np.array(cost), margin).tolist() == expected

