@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 RECIPE = TrainConfig(
     backbone="efficientnet-lite0", input_size=112, grayscale=False, embedding_dim=128, pooling="gem",
     loss="triplet_batch_hard", margin=0.2, lr=3e-4, weight_decay=1e-4, warmup_fraction=0.05,
-    epochs=8, batches_per_epoch=20, p=16, k=4, augment=True, augment_preset="photo", seed=0, device="auto",
+    epochs=5, batches_per_epoch=20, p=16, k=4, augment=True, augment_preset="photo", seed=0, device="auto",
     amp=True, num_threads=0, depth=1, progress_every_s=30.0,
 )
 

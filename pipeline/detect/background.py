@@ -50,13 +50,15 @@ class BackgroundSubtractionDetector:
             return Detections.empty()
         n, _, stats, _ = cv2.connectedComponentsWithStats(mask, connectivity=8)
         max_area = self.max_area_fraction * frame.height * frame.width
-        boxes, conf = [], []
+        boxes = []
         for x, y, w, h, area in stats[1:n]:
             if area < self.min_area or w * h > max_area or min(w, h) < self.min_side:
                 continue
             boxes.append((x, y, x + w, y + h))
-            conf.append(area / float(w * h))
         if not boxes:
             return Detections.empty()
-        return Detections(np.asarray(boxes, np.float32), np.asarray(conf, np.float32),
+        # Background subtraction has no detection score: every blob that passes the filters is a detection,
+        # with confidence 1. (Its fill ratio is no score: a washer, a bracket or a part with a hole fills
+        # little of its box, and the tracker's score thresholds would drop exactly those.)
+        return Detections(np.asarray(boxes, np.float32), np.ones(len(boxes), np.float32),
                           np.full(len(boxes), -1, np.int64))
