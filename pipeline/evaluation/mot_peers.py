@@ -67,10 +67,10 @@ class PeerUnavailableError(ImportError):
 
 @dataclass(frozen=True)
 class PeerRun:
-    """One peer's output on one sequence.
+    """One tracker's output on one sequence (a peer's, or siamstream's from :mod:`pipeline.evaluation.mot_run`).
 
     Attributes:
-        name: the peer (``"iou"``, ``"bytetrack"``, ``"deepsort"``).
+        name: the tracker (``"siamstream"``, ``"iou"``, ``"bytetrack"``, ``"deepsort"``).
         rows: ``(N, 7)`` float64 MOT rows ``frame, id, x, y, w, h, conf``; frames 1-based, boxes ``tlwh``.
         frames: frames processed.
         tracker_seconds: wall time inside the tracker's update calls only.

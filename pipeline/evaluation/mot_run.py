@@ -12,15 +12,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
-import numpy.typing as npt
 
 from pipeline.config import SourceConfig
 from pipeline.crops import crop_batch
 from pipeline.detect.motchallenge import MotDetectionFile
 from pipeline.encoder import Encoder
+from pipeline.evaluation.mot_peers import PeerRun
 from pipeline.evaluation.motchallenge import MotSequence
 from pipeline.sources import open_source
 from pipeline.tracking.tracker import Tracker
@@ -29,26 +28,9 @@ from pipeline.types import Embeddings, FrameResult, TrackState
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class TrackedSequence:
-    rows: npt.NDArray[np.float64]  # (N, 7): frame, id, x, y, w, h, conf (1-based frames, tlwh)
-    frames: int
-    tracker_seconds: float
-    embed_seconds: float
-
-    @property
-    def tracker_fps(self) -> float:
-        return self.frames / self.tracker_seconds if self.tracker_seconds > 0 else float("inf")
-
-    @property
-    def fps_with_embedder(self) -> float:
-        total = self.tracker_seconds + self.embed_seconds
-        return self.frames / total if total > 0 else float("inf")
-
-
 def track_sequence(seq: MotSequence, detections: MotDetectionFile, encoder: Encoder, tracker: Tracker,
                    crop_padding: float = 0.1, on_frame: Callable[[FrameResult], None] | None = None,
-                   use_frame_image: bool = True) -> TrackedSequence:
+                   use_frame_image: bool = True) -> PeerRun:
     """Track ``seq`` with ``tracker`` (reset first); ``on_frame`` sees each frame's result (e.g. a video sink)."""
     tracker.reset()
     detections.reset()
@@ -86,4 +68,4 @@ def track_sequence(seq: MotSequence, detections: MotDetectionFile, encoder: Enco
     if frames < seq.length:
         log.warning("%s: decoded %d of the %d frames seqinfo.ini announces", seq.name, frames, seq.length)
     arr = np.asarray(rows, np.float64).reshape(-1, 7)
-    return TrackedSequence(arr, frames, tracker_s, embed_s)
+    return PeerRun("siamstream", arr, frames, tracker_s, embed_s)
