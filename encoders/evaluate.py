@@ -86,6 +86,9 @@ def load_oneshot_runs(source: Path, extract_to: Path | None = None) -> list[OneS
             except zipfile.BadZipFile:
                 raise EvaluationError(f"{source}: not a readable zip archive; check the file "
                                       f"(sha256sum -c SHA256SUMS in the data folder)") from None
+            except OSError as exc:
+                raise EvaluationError(f"{source}: cannot extract into {root.parent} ({exc.strerror or exc}); "
+                                      f"pass a writable --cache folder") from None
     else:
         root = source
     labels = sorted(root.glob("run*/class_labels.txt"))

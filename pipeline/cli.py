@@ -322,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", help="ONNX file to write (default RUN_DIR/model.onnx)")
     export.set_defaults(func=cmd_export)
 
-    ev = sub.add_parser("eval", help="evaluate an exported encoder")
+    ev = sub.add_parser("eval", help="evaluate an exported encoder (one-shot, verification) or the tracker (MOT)")
     ev_sub = ev.add_subparsers(dest="eval_command", required=True)
     one = ev_sub.add_parser("oneshot", help="N-way one-shot accuracy on Lake's runs (Omniglot all_runs.zip)")
     common(one)

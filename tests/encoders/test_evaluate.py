@@ -165,6 +165,8 @@ def test_load_runs_from_zip_extracts_once(tmp_path: Path) -> None:
 
 
 def test_bad_runs_are_clear_errors(tmp_path: Path) -> None:
+    import shutil
+
     with pytest.raises(EvaluationError, match="not found"):
         load_oneshot_runs(tmp_path / "missing")
     (tmp_path / "empty").mkdir()
@@ -178,6 +180,11 @@ def test_bad_runs_are_clear_errors(tmp_path: Path) -> None:
     (tmp_path / "junk.zip").write_bytes(b"not a zip")
     with pytest.raises(EvaluationError, match="not a readable zip"):
         load_oneshot_runs(tmp_path / "junk.zip", tmp_path / "cache")
+    _write_runs(tmp_path / "src", n_runs=1)
+    archive = Path(shutil.make_archive(str(tmp_path / "runs"), "zip", tmp_path / "src"))
+    (tmp_path / "file").write_text("a file where a folder should be")
+    with pytest.raises(EvaluationError, match="cannot extract"):
+        load_oneshot_runs(archive, tmp_path / "file" / "cache")
 
 
 def test_background_runs_are_within_one_alphabet_across_drawers(tmp_path: Path) -> None:
