@@ -43,15 +43,19 @@ class ExportReport:
     path: Path
     parity_max_abs: float
     embedding_dim: int
-    input_size: int
+    input_size: int | tuple[int, int]
     metadata: dict[str, str]
 
 
-def model_metadata(model: EmbeddingNet, input_size: int, backbone: str, extra: dict[str, str] | None = None
-                   ) -> dict[str, str]:
+def _hw(input_size: int | tuple[int, int]) -> tuple[int, int]:
+    return (input_size, input_size) if isinstance(input_size, int) else (int(input_size[0]), int(input_size[1]))
+
+
+def model_metadata(model: EmbeddingNet, input_size: int | tuple[int, int], backbone: str,
+                   extra: dict[str, str] | None = None) -> dict[str, str]:
     meta = {
         "siamstream.format": "1",
-        "siamstream.input_size": str(input_size),
+        "siamstream.input_size": str(input_size) if isinstance(input_size, int) else "x".join(map(str, input_size)),
         "siamstream.input_layout": "NCHW",
         "siamstream.input_range": "0..1 RGB (uint8 / 255)",
         "siamstream.normalization": json.dumps({"mean": list(model.norm_mean), "std": list(model.norm_std)}),
@@ -60,6 +64,7 @@ def model_metadata(model: EmbeddingNet, input_size: int, backbone: str, extra: d
         "siamstream.pooling": model.pooling,
         "siamstream.weights_sha256": weights_sha256(model),
         "siamstream.patch_stage": str(model.patch_stage),
+        "siamstream.patch_detail_stage": str(getattr(model, "patch_detail_stage", 0)),
     }
     meta.update(extra or {})
     return meta
@@ -75,7 +80,7 @@ def _ort_session(path: Path, threads: int = 0):  # type: ignore[no-untyped-def]
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def export_onnx(model: EmbeddingNet, path: str | Path, input_size: int, backbone: str,
+def export_onnx(model: EmbeddingNet, path: str | Path, input_size: int | tuple[int, int], backbone: str,
                 extra_metadata: dict[str, str] | None = None, tolerance: float = PARITY_TOLERANCE,
                 parity_batch: int = 4, seed: int = 0) -> ExportReport:
     """Export ``model`` to ``path`` and check ONNX Runtime parity on a seeded batch.
@@ -92,7 +97,8 @@ def export_onnx(model: EmbeddingNet, path: str | Path, input_size: int, backbone
         raise BackboneError(f"{path.parent}: cannot create the model folder ({exc.strerror or exc}); set a writable "
                             f"[encoder] cache_dir or --out") from None
     model = model.eval().cpu()
-    example = torch.rand(2, 3, input_size, input_size, generator=torch.Generator().manual_seed(seed))
+    h, w = _hw(input_size)
+    example = torch.rand(2, 3, h, w, generator=torch.Generator().manual_seed(seed))
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
         raw = Path(tmp) / "raw.onnx"
         outputs = ["embedding", "patches"] if model.patch_stage else ["embedding"]
@@ -111,7 +117,7 @@ def export_onnx(model: EmbeddingNet, path: str | Path, input_size: int, backbone
         staged = Path(tmp) / "model.onnx"
         onnx.save(proto, str(staged))
 
-        batch = torch.rand(parity_batch, 3, input_size, input_size, generator=torch.Generator().manual_seed(seed + 1))
+        batch = torch.rand(parity_batch, 3, h, w, generator=torch.Generator().manual_seed(seed + 1))
         with torch.no_grad():
             ref = model(batch)
         refs = [t.numpy() for t in (ref if isinstance(ref, tuple) else (ref,))]
@@ -120,25 +126,32 @@ def export_onnx(model: EmbeddingNet, path: str | Path, input_size: int, backbone
         if max_abs > tolerance:
             raise ExportParityError(max_abs, tolerance, path)
         staged.replace(path)  # atomic: a reader never sees a half-written model
-    log.info("exported %s (D=%d, %dpx) parity max abs %.2e", path, model.embedding_dim, input_size, max_abs)
+    log.info("exported %s (D=%d, %dx%d px) parity max abs %.2e", path, model.embedding_dim, h, w, max_abs)
     return ExportReport(path, max_abs, model.embedding_dim, input_size, meta)
 
 
-def default_model_path(cache_dir: str | Path, stage: int, pooling: str, input_size: int,
-                       patch_stage: int = 0) -> Path:
-    name = f"efficientnet-lite0_s{stage}_{pooling}_{input_size}" + (f"_p{patch_stage}" if patch_stage else "")
+def default_model_path(cache_dir: str | Path, stage: int, pooling: str, input_size: int | tuple[int, int],
+                       patch_stage: int = 0, patch_detail_stage: int = 0) -> Path:
+    size = input_size if isinstance(input_size, int) else "x".join(map(str, input_size))
+    name = (f"efficientnet-lite0_s{stage}_{pooling}_{size}" + (f"_p{patch_stage}" if patch_stage else "")
+            + (f"d{patch_detail_stage}" if patch_detail_stage else ""))
     return Path(cache_dir).expanduser() / f"{name}.onnx"
 
 
 def ensure_pretrained_onnx(cache_dir: str | Path, stage: int = 5, pooling: str = "gem",
-                           input_size: int = 128, patch_stage: int = 4) -> Path:
-    """The built-in encoder: ImageNet EfficientNet-Lite0 (offline weights) exported once into the cache."""
-    path = default_model_path(cache_dir, stage, pooling, input_size, patch_stage)
+                           input_size: int | tuple[int, int] = 128, patch_stage: int = 4,
+                           patch_detail_stage: int = 0) -> Path:
+    """The built-in encoder: ImageNet EfficientNet-Lite0 (offline weights) exported once into the cache.
+
+    ``input_size`` is a side in pixels or ``(height, width)`` (whole images at their own aspect ratio)."""
+    path = default_model_path(cache_dir, stage, pooling, input_size, patch_stage, patch_detail_stage)
     if path.is_file():
         return path
-    log.info("building the default encoder (EfficientNet-Lite0, stage %d, %s pooling, patches from stage %d, "
-             "%d px) -> %s", stage, pooling, patch_stage, input_size, path)
-    model = pretrained_lite0(stage=stage, pooling=pooling, patch_stage=patch_stage)
+    log.info("building the default encoder (EfficientNet-Lite0, stage %d, %s pooling, patches from stage %d%s, "
+             "%s px) -> %s", stage, pooling, patch_stage,
+             f" + {patch_detail_stage}" if patch_detail_stage else "", input_size, path)
+    model = pretrained_lite0(stage=stage, pooling=pooling, patch_stage=patch_stage,
+                             patch_detail_stage=patch_detail_stage)
     export_onnx(model, path, input_size, backbone=f"efficientnet-lite0:imagenet:stage{stage}",
                 extra_metadata={"siamstream.stage": str(stage)})
     return path

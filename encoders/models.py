@@ -19,16 +19,21 @@ class EmbeddingNet(nn.Module):
     ``embedding_dim=0`` keeps the pooled backbone features (D = backbone channels).
     With ``patch_stage`` > 0 (EfficientNet trunks only) a second output ``(N, C, h, w)`` holds that stage's
     features averaged over each 3x3 neighbourhood (PatchCore's local aggregation): one descriptor per patch
-    for patch-level anomaly scoring.
+    for patch-level anomaly scoring. With ``patch_detail_stage`` (an earlier stage, finer grid) the two stages
+    are concatenated on the finer grid, the deeper one upsampled bilinearly (PatchCore's layer2 + layer3):
+    small defects show in the fine features, their context in the deep ones.
     """
 
     def __init__(self, backbone: nn.Module, out_channels: int, pooling: str = "gem", embedding_dim: int = 0,
                  mean: tuple[float, ...] = LITE_MEAN, std: tuple[float, ...] = LITE_STD,
-                 patch_stage: int = 0) -> None:
+                 patch_stage: int = 0, patch_detail_stage: int = 0) -> None:
         super().__init__()
         if patch_stage and not isinstance(backbone, EfficientNetLiteTrunk):
             raise ValueError("patch_stage needs an EfficientNetLiteTrunk backbone")
+        if patch_detail_stage and not 0 < patch_detail_stage < patch_stage:
+            raise ValueError(f"patch_detail_stage ({patch_detail_stage}) must come before patch_stage ({patch_stage})")
         self.patch_stage = patch_stage
+        self.patch_detail_stage = patch_detail_stage
         self.backbone = backbone
         self.pool = make_pooling(pooling)
         self.pooling = pooling
@@ -42,14 +47,21 @@ class EmbeddingNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         x = (x - self.get_buffer("mean")) / self.get_buffer("std")
         if isinstance(self.backbone, EfficientNetLiteTrunk) and self.patch_stage:
-            feats, taps = self.backbone.forward_stages(x, (self.patch_stage,))
+            stages = (self.patch_detail_stage, self.patch_stage) if self.patch_detail_stage else (self.patch_stage,)
+            feats, taps = self.backbone.forward_stages(x, stages)
         else:
             feats, taps = self.backbone(x), {}
         z = F.normalize(self.head(self.pool(feats)), p=2.0, dim=1, eps=1e-12)
         if not self.patch_stage:
             return z
-        return z, F.avg_pool2d(taps[self.patch_stage], kernel_size=3, stride=1, padding=1,
-                               count_include_pad=False)
+        local = F.avg_pool2d(taps[self.patch_stage], kernel_size=3, stride=1, padding=1, count_include_pad=False)
+        if not self.patch_detail_stage:
+            return z, local
+        detail = F.avg_pool2d(taps[self.patch_detail_stage], kernel_size=3, stride=1, padding=1,
+                              count_include_pad=False)
+        up = F.interpolate(local, size=(int(detail.shape[2]), int(detail.shape[3])), mode="bilinear",
+                           align_corners=False)
+        return z, torch.cat([detail, up], dim=1)
 
 
 class SiameseNet(nn.Module):
@@ -68,13 +80,13 @@ class SiameseNet(nn.Module):
 
 
 def pretrained_lite0(stage: int = 5, pooling: str = "gem", embedding_dim: int = 0,
-                     patch_stage: int = 0) -> EmbeddingNet:
+                     patch_stage: int = 0, patch_detail_stage: int = 0) -> EmbeddingNet:
     """ImageNet-pretrained EfficientNet-Lite0 truncated after ``stage``, as an embedding network."""
     if patch_stage > stage:
         raise ValueError(f"patch_stage {patch_stage} must not be after stage {stage}")
     trunk = EfficientNetLiteTrunk("efficientnet-lite0", stage=stage, pretrained=True)
     return EmbeddingNet(trunk, trunk.out_channels, pooling=pooling, embedding_dim=embedding_dim,
-                        patch_stage=patch_stage)
+                        patch_stage=patch_stage, patch_detail_stage=patch_detail_stage)
 
 
 def weights_sha256(model: nn.Module) -> str:

@@ -6,7 +6,9 @@ The config is read once, by the CLI; everything below takes typed arguments.
 from __future__ import annotations
 
 import logging
+import re
 import time
+import uuid
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -17,9 +19,19 @@ import numpy as np
 
 from pipeline.anomaly.bank import Bank, BankError, build_bank, crop_features
 from pipeline.anomaly.inspector import PartInspector
-from pipeline.config import Config, DetectorConfig, EncoderConfig, OutputConfig, TrackerConfig, TrainingConfig
+from pipeline.config import (
+    AlertsConfig,
+    Config,
+    DetectorConfig,
+    EncoderConfig,
+    OutputConfig,
+    TrackerConfig,
+    TrainingConfig,
+)
 from pipeline.crops import crop_batch
+from pipeline.detect import Detector
 from pipeline.detect.background import BackgroundSubtractionDetector
+from pipeline.detect.onnx_detector import OnnxDetector
 from pipeline.encoder import OnnxEncoder
 from pipeline.metrics import PipelineMetrics
 from pipeline.runner import Pipeline, edge_mask
@@ -35,13 +47,15 @@ log = logging.getLogger(__name__)
 
 
 
-def build_encoder(cfg: EncoderConfig) -> OnnxEncoder:
-    """The configured ONNX model, or the built-in pretrained EfficientNet-Lite0 exported once into the cache."""
+def build_encoder(cfg: EncoderConfig, size: tuple[int, int] | None = None) -> OnnxEncoder:
+    """The configured ONNX model, or the built-in pretrained EfficientNet-Lite0 exported once into the cache
+    (at ``size`` ``(height, width)`` when given, for whole images, else ``input_size`` square crops)."""
     path = cfg.model
     if not path:
         from encoders.export import ensure_pretrained_onnx
 
-        path = str(ensure_pretrained_onnx(cfg.cache_dir, cfg.stage, cfg.pooling, cfg.input_size, cfg.patch_stage))
+        path = str(ensure_pretrained_onnx(cfg.cache_dir, cfg.stage, cfg.pooling, size or cfg.input_size,
+                                          cfg.patch_stage, cfg.patch_detail_stage))
     return OnnxEncoder(path, device=cfg.device, threads=cfg.threads, max_batch=cfg.max_batch)
 
 
@@ -52,7 +66,12 @@ def train_config(cfg: TrainingConfig) -> TrainConfig:
     return TrainConfig(**asdict(cfg))
 
 
-def build_detector(cfg: DetectorConfig) -> BackgroundSubtractionDetector:
+def build_detector(cfg: DetectorConfig) -> Detector:
+    """``[detector]`` -> the detector ``kind`` names: your ONNX model, or background subtraction."""
+    if cfg.kind == "onnx":
+        return OnnxDetector(cfg.model, input_size=cfg.input_size, conf_threshold=cfg.conf_threshold,
+                            iou_threshold=cfg.iou_threshold, classes=cfg.classes, max_detections=cfg.max_detections,
+                            layout=cfg.layout, device=cfg.device, threads=cfg.threads)
     return BackgroundSubtractionDetector(
         history=cfg.history, var_threshold=cfg.var_threshold, learning_rate=cfg.learning_rate,
         warmup_frames=cfg.warmup_frames, min_area=cfg.min_area, max_area_fraction=cfg.max_area_fraction,
@@ -92,7 +111,9 @@ def load_bank(path: str, encoder: OnnxEncoder) -> Bank | None:
     return bank
 
 
-def build_sinks(cfg: OutputConfig, out_dir: Path, fps: float) -> list[Sink]:
+def build_sinks(cfg: OutputConfig, out_dir: Path, fps: float, alerts: AlertsConfig | None = None,
+                metrics: PipelineMetrics | None = None) -> list[Sink]:
+    """The file sinks ``[output]`` turns on, then the alert sinks of ``alerts`` (see :func:`build_alert_sinks`)."""
     check_writable_dir(out_dir)
     sinks: list[Sink] = []
     if cfg.video:
@@ -102,6 +123,50 @@ def build_sinks(cfg: OutputConfig, out_dir: Path, fps: float) -> list[Sink]:
         sinks.append(EventsJsonlSink(out_dir / "events.jsonl"))
     if cfg.mot:
         sinks.append(MotTxtSink(out_dir / "tracks.txt"))
+    if alerts is not None:
+        try:
+            sinks.extend(build_alert_sinks(alerts, cfg.stream_name, out_dir, metrics))
+        except BaseException:
+            for sink in sinks:
+                sink.close()
+            raise
+    return sinks
+
+
+def build_alert_sinks(cfg: AlertsConfig, stream: str, out_dir: Path,
+                      metrics: PipelineMetrics | None = None) -> list[Sink]:
+    """``[alerts]`` -> a :class:`~pipeline.alerts.webhook.WebhookSink` when ``webhook_url`` is set and an
+    :class:`~pipeline.alerts.mqtt.MqttSink` when ``mqtt_host`` is set, both with one run id (so one flagged part
+    has the same ``alert_id`` on both) and each with its own spool, ``SPOOL_DIR/<stream>/<sink>``."""
+    if not cfg.webhook_url and not cfg.mqtt_host:
+        return []
+    # Imported here: only runs with alerts load paho-mqtt.
+    from pipeline.alerts.mqtt import MqttSink
+    from pipeline.alerts.webhook import WebhookSink
+
+    root = Path(cfg.spool_dir).expanduser() if cfg.spool_dir else out_dir / "alert-spool"
+    spool_root = root / (re.sub(r"[^A-Za-z0-9._-]", "_", stream) or "default")
+    common = dict(stream=stream, run_id=uuid.uuid4().hex, max_queue=cfg.max_queue,
+                  spool_max_alerts=cfg.spool_max_alerts, spool_max_bytes=int(cfg.spool_max_mb * 2**20),
+                  backoff_initial_s=cfg.backoff_initial_s, backoff_max_s=cfg.backoff_max_s,
+                  close_timeout_s=cfg.close_timeout_s, jpeg_quality=cfg.jpeg_quality)
+    sinks: list[Sink] = []
+    try:
+        if cfg.webhook_url:
+            sinks.append(WebhookSink(cfg.webhook_url, spool_root / "webhook", timeout_s=cfg.webhook_timeout_s,
+                                     metrics=metrics.alert_sink("webhook") if metrics else None, **common))
+        if cfg.mqtt_host:
+            sinks.append(MqttSink(cfg.mqtt_host, spool_root / "mqtt", port=cfg.mqtt_port, topic=cfg.mqtt_topic,
+                                  client_id=cfg.mqtt_client_id, keepalive_s=cfg.mqtt_keepalive_s,
+                                  max_inflight=cfg.mqtt_max_inflight,
+                                  metrics=metrics.alert_sink("mqtt") if metrics else None, **common))
+    except BaseException:
+        for sink in sinks:
+            sink.close()
+        raise
+    log.info("alerts: %s; spool %s", ", ".join(
+        ([f"webhook {cfg.webhook_url}"] if cfg.webhook_url else [])
+        + ([f"mqtt {cfg.mqtt_host}:{cfg.mqtt_port} topic {cfg.mqtt_topic}"] if cfg.mqtt_host else [])), spool_root)
     return sinks
 
 
@@ -189,5 +254,5 @@ def bank_from_samples(samples: GoodSamples, cfg: Config, encoder: OnnxEncoder, s
     return build_bank(samples.features, samples.groups, encoder.encoder_id, encoder.input_size,
                       level=cfg.bank.level, index_type=cfg.bank.index, k=cfg.anomaly.k, folds=cfg.bank.folds,
                       false_alarm_rate=cfg.bank.false_alarm_rate, max_vectors=cfg.bank.max_vectors,
-                      coreset_fraction=cfg.bank.coreset_fraction,
-                      sources=[source])
+                      coreset_fraction=cfg.bank.coreset_fraction, nlist=cfg.bank.nlist, nprobe=cfg.bank.nprobe,
+                      pq_m=cfg.bank.pq_m, sources=[source])

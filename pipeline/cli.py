@@ -9,6 +9,7 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
 
@@ -20,12 +21,18 @@ from pipeline.anomaly.bank import BankError
 from pipeline.benchmarks.data import BenchDataError
 from pipeline.config import Config, ConfigError, load_config
 from pipeline.detect.motchallenge import MotFileError
+from pipeline.detect.onnx_detector import DetectorContractError
 from pipeline.encoder import EncoderContractError
+from pipeline.evaluation.anomaly_eval import ManifestError
 from pipeline.evaluation.mot_metrics import MotEvaluationError
 from pipeline.evaluation.motchallenge import MotSequenceError
 from pipeline.metrics import MetricsError
 from pipeline.sinks import SinkError, check_writable_dir
 from pipeline.sources import SourceError
+
+if TYPE_CHECKING:
+    from pipeline.app import GoodSamples
+    from pipeline.encoder import OnnxEncoder
 
 log = logging.getLogger("siamstream")
 
@@ -33,7 +40,8 @@ log = logging.getLogger("siamstream")
 USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, SourceError, SinkError, EncoderContractError,
                                                 BankError, MetricsError, BackboneError, ExportParityError,
                                                 TrainError, EvaluationError, BenchDataError, MotFileError,
-                                                MotSequenceError, MotEvaluationError)
+                                                MotSequenceError, MotEvaluationError, DetectorContractError,
+                                                ManifestError)
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -52,7 +60,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from pipeline import app
-    from pipeline.metrics import PipelineMetrics, serve
+    from pipeline.metrics import PipelineMetrics, serve, write_snapshot
     from pipeline.runner import run, stop_on_signals
     from pipeline.sources import open_source
 
@@ -61,6 +69,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not uri:
         raise ConfigError("no source: pass --source FILE|DIR|CAMERA_INDEX|URL or set [source] uri")
     out_dir = Path(args.out or cfg.output.dir)
+    check_writable_dir(out_dir)  # before the source and the encoder: an unusable --out fails at once
     source = open_source(uri, cfg.source)
     try:
         encoder = app.build_encoder(cfg.encoder)
@@ -70,14 +79,25 @@ def cmd_run(args: argparse.Namespace) -> int:
         if cfg.metrics.enabled:
             serve(registry, cfg.metrics.address, cfg.metrics.port)
         pipeline = app.build_pipeline(cfg, encoder, metrics, bank, out_dir)
-        sinks = app.build_sinks(cfg.output, out_dir, source.fps or cfg.source.fps_hint)
+        sinks = app.build_sinks(cfg.output, out_dir, source.fps or cfg.source.fps_hint, cfg.alerts, metrics)
     except BaseException:
         source.close()
         raise
     stop = threading.Event()
+    reloader = None
+    if bank is not None and cfg.anomaly.reload_interval_s > 0:
+        from pipeline.anomaly.reload import BankReloader
+
+        reloader = BankReloader(cfg.anomaly.bank, cfg.anomaly.reload_interval_s, pipeline.swap_bank,
+                                on_error=lambda _m: metrics.bank_reload_errors.inc()).start()
     # A live source may be down and retrying: closing it wakes the run so it can flush and exit.
-    with stop_on_signals(stop, on_stop=source.close if source.is_live else None):
-        summary = run(source, pipeline, sinks, stop, cfg.output.progress_every_s)
+    try:
+        with stop_on_signals(stop, on_stop=source.close if source.is_live else None):
+            summary = run(source, pipeline, sinks, stop, cfg.output.progress_every_s)
+    finally:
+        if reloader is not None:
+            reloader.stop()
+    write_snapshot(registry, str(out_dir / "metrics.prom"))
     print(f"source     {uri}")
     print(f"frames     {summary.frames} in {summary.seconds:.1f} s ({summary.fps:.1f} fps), "
           f"dropped {summary.dropped}, reconnects {summary.reconnects}")
@@ -89,9 +109,81 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 130 if summary.interrupted else 0
 
 
-def cmd_bank_build(args: argparse.Namespace) -> int:
+def _good_samples(source_uri: str, detect: bool, cfg: Config, encoder: OnnxEncoder) -> GoodSamples:
+    """Good samples from a folder of part images, or detected and tracked in a video / image sequence."""
     from pipeline import app
     from pipeline.sources import open_source
+
+    src = Path(source_uri)
+    if src.is_dir() and not detect:
+        samples = app.good_samples_from_images(src, encoder, cfg.bank.level)
+    else:
+        source = open_source(source_uri, cfg.source)
+        try:
+            samples = app.good_samples_from_frames(source, cfg, encoder)
+        finally:
+            source.close()
+    if len(samples.features) == 0:
+        raise BankError(f"{source_uri}: no good parts were found; check the detector settings ([detector] "
+                        f"min_area, var_threshold) or pass a folder of part images")
+    return samples
+
+
+def cmd_bank_add(args: argparse.Namespace) -> int:
+    from pipeline import app
+    from pipeline.anomaly.bank import Bank, append_samples
+    from pipeline.config import replace
+
+    cfg = _config(args)
+    bank = Bank.load(args.bank)
+    cfg = replace(cfg, "bank", level=bank.meta.level)
+    square = bank.meta.input_size[0] == bank.meta.input_size[1] == cfg.encoder.input_size
+    encoder = app.build_encoder(cfg.encoder, size=None if cfg.encoder.model or square else bank.meta.input_size)
+    bank.check_encoder(encoder.encoder_id, encoder.embedding_dim, encoder.patch_dim, str(args.bank))
+    before = len(bank)
+    samples = _good_samples(args.source, args.detect, cfg, encoder)
+    added = append_samples(bank, samples.features, str(args.source))
+    bank.save(args.bank)  # atomic: a running pipeline reloads it whole
+    print(f"bank       {args.bank}: {before} + {added} vectors from {len(samples.features)} good crops of "
+          f"{samples.parts} parts/images = {len(bank)}")
+    print(f"threshold  {bank.meta.threshold:.4f} (kept: added good samples can only lower good parts' scores)")
+    _print_json({"bank": str(args.bank), "added": added, "vectors": len(bank), "crops": bank.meta.crops,
+                 "threshold": round(bank.meta.threshold, 6)})
+    return 0
+
+
+def cmd_bank_info(args: argparse.Namespace) -> int:
+    import time
+
+    from pipeline.anomaly.bank import Bank
+
+    bank = Bank.load(args.bank)
+    m = bank.meta
+    when = lambda t: time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))  # noqa: E731
+    rows = [
+        ("vectors", f"{len(bank)} ({m.level} features of dimension {m.embedding_dim}; {m.crops} good crops)"),
+        ("index", m.index_type + (f" (nlist {m.nlist}, nprobe {m.nprobe}" + (f", pq_m {m.pq_m}" if m.pq_m else "")
+                                  + ")" if m.index_type.startswith("ivf") else "")),
+        ("coreset", f"{m.coreset_fraction:.1%} of the good vectors kept; every one within {m.coreset_coverage:.4f}"),
+        ("threshold", f"{m.threshold:.4f} for a false-alarm rate of {m.false_alarm_rate:g} "
+                      f"({m.calibration_samples} samples of {m.calibration_groups} parts; 95% upper bound "
+                      f"{m.false_alarm_upper_95:.3f})"),
+        ("k", str(m.k)),
+        ("encoder", f"{m.encoder_id[:16]}, input {m.input_size[0]}x{m.input_size[1]}"),
+        ("sources", ", ".join(m.sources) or "-"),
+        ("created", when(m.created)),
+        ("updated", when(m.updated)),
+    ]
+    for key, value in rows:
+        print(f"{key:<10} {value}")
+    _print_json({"bank": str(args.bank), "vectors": len(bank), "level": m.level, "dim": m.embedding_dim,
+                 "index": m.index_type, "threshold": round(m.threshold, 6), "crops": m.crops,
+                 "encoder_id": m.encoder_id, "updated": m.updated})
+    return 0
+
+
+def cmd_bank_build(args: argparse.Namespace) -> int:
+    from pipeline import app
 
     cfg = _config(args)
     out = Path(args.out)
@@ -99,18 +191,7 @@ def cmd_bank_build(args: argparse.Namespace) -> int:
         raise BankError(f"{out}: exists and is not a bank; refusing to replace it, choose another --out")
     check_writable_dir(out.parent)
     encoder = app.build_encoder(cfg.encoder)
-    src = Path(args.source)
-    if src.is_dir() and not args.detect:
-        samples = app.good_samples_from_images(src, encoder, cfg.bank.level)
-    else:
-        source = open_source(args.source, cfg.source)
-        try:
-            samples = app.good_samples_from_frames(source, cfg, encoder)
-        finally:
-            source.close()
-    if len(samples.features) == 0:
-        raise BankError(f"{args.source}: no good parts were found to build a bank from; check the detector "
-                        f"settings ([detector] min_area, var_threshold) or pass a folder of part images")
+    samples = _good_samples(args.source, args.detect, cfg, encoder)
     bank = app.bank_from_samples(samples, cfg, encoder, str(args.source))
     bank.save(args.out)
     m = bank.meta
@@ -202,6 +283,27 @@ def cmd_eval_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval_anomaly(args: argparse.Namespace) -> int:
+    from pipeline.benchmarks.report import json_line
+    from pipeline.evaluation.anomaly_report import parse_size, report_lines, run_evaluation
+
+    cfg = _config(args)
+    try:
+        size = parse_size(args.size) if args.size else None
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        check_writable_dir(out)
+    ev, _bank = run_evaluation(cfg, Path(args.manifest), out, size=size, model=args.model)
+    for line in report_lines(ev):
+        print(line)
+    if out is not None:
+        print(f"outputs    {out}: scores.csv, histograms.png, maps.png, bank/")
+    print(json_line(ev.figures()))
+    return 0
+
+
 def cmd_eval_mot(args: argparse.Namespace) -> int:
     from pipeline import app
     from pipeline.benchmarks.report import json_line, table
@@ -266,6 +368,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         return bench_verify.main(folds=args.folds, epochs=args.epochs, out_dir=Path(args.out) if args.out else None,
                                  threads=args.threads)
+    if args.bench == "anomaly":
+        from pipeline.benchmarks import anomaly as bench_anomaly
+
+        return bench_anomaly.main(_config(args), baselines=not args.no_baselines)
     if args.bench == "mot":
         from pipeline.benchmarks import mot
 
@@ -308,6 +414,16 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--detect", action="store_true",
                        help="for an image folder: detect and track parts in it as a sequence")
     build.set_defaults(func=cmd_bank_build)
+    add = bank_sub.add_parser("add", help="append good samples to a bank in place (a running pipeline reloads it)")
+    common(add)
+    add.add_argument("bank", help="bank directory to extend")
+    add.add_argument("--source", required=True, help="folder of good part images, or a video of good parts")
+    add.add_argument("--detect", action="store_true",
+                     help="for an image folder: detect and track parts in it as a sequence")
+    add.set_defaults(func=cmd_bank_add)
+    info = bank_sub.add_parser("info", help="what a bank holds: size, index, threshold, encoder, sources, age")
+    info.add_argument("bank", help="bank directory")
+    info.set_defaults(func=cmd_bank_info)
 
     train = sub.add_parser("train", help="train a Siamese encoder on a folder (or .zip) of class folders")
     common(train)
@@ -338,6 +454,17 @@ def build_parser() -> argparse.ArgumentParser:
     ver.add_argument("--threads", type=int, default=0, help="ONNX Runtime CPU threads (0: its default)")
     ver.set_defaults(func=cmd_eval_verify)
 
+    anom = ev_sub.add_parser("anomaly", help="anomaly stage on a labelled image manifest: bank from train, threshold "
+                             "from validation, image/pixel AUROC, pixel AP, AUPRO, recall and false alarms on test")
+    common(anom)
+    anom.add_argument("--manifest", required=True, help="CSV: split,is_anomaly,image[,mask][,label] (paths relative "
+                      "to it), e.g. ../shared/data/mvtec3d_tire/manifest.csv")
+    anom.add_argument("--out", help="folder for scores.csv, histograms.png, maps.png and the bank")
+    anom.add_argument("--model", help="ONNX encoder with a 'patches' output (default: [encoder] model, else the "
+                      "built-in one)")
+    anom.add_argument("--size", help="built-in encoder input HEIGHTxWIDTH (default: the test images' own size)")
+    anom.set_defaults(func=cmd_eval_anomaly)
+
     mot = ev_sub.add_parser("mot", help="track a MOTChallenge sequence with its det.txt; HOTA, MOTA, IDF1, IDSW")
     common(mot)
     mot.add_argument("--seq", required=True, help="sequence folder: seqinfo.ini, det/det.txt, gt/gt.txt, img1/ "
@@ -363,7 +490,12 @@ def build_parser() -> argparse.ArgumentParser:
     b_mot = bench_sub.add_parser("mot", help="MOT15 PETS09-S2L1 and TUD-Campus: siamstream vs ByteTrack, "
                                              "DeepSORT and IoU-only on the same detections")
     common(b_mot)
-    for b in (b_enc, b_one, b_ver, b_mot):
+    b_anom = bench_sub.add_parser("anomaly", help="MVTec 3D-AD tire: siamstream's anomaly recipe vs a PatchCore-style "
+                                                  "baseline; image/pixel AUROC, pixel AP, recall at a calibrated "
+                                                  "threshold")
+    common(b_anom)
+    b_anom.add_argument("--no-baselines", action="store_true", help="only siamstream's recipe")
+    for b in (b_enc, b_one, b_ver, b_mot, b_anom):
         b.set_defaults(func=cmd_bench)
 
     config = sub.add_parser("config", help="configuration tools")

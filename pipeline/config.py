@@ -13,7 +13,7 @@ import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, get_args, get_origin, get_type_hints
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -41,9 +41,15 @@ class SourceConfig:
     fps_hint: float = _f(0.0, 0.0, 1000.0)
 
 
+# pipeline.detect.onnx_detector.LAYOUTS, repeated so reading a config does not import OpenCV (a test keeps them equal).
+DETECTOR_LAYOUTS: tuple[str, ...] = ("auto", "yolov5", "yolov8", "end2end")
+
+
 @dataclass(frozen=True)
 class DetectorConfig:
-    kind: str = _f("background", choices=("background",))
+    """``[detector]``: ``kind`` picks the detector; the keys after ``close_kernel`` are the ONNX detector's."""
+
+    kind: str = _f("background", choices=("background", "onnx"))
     history: int = _f(300, 1, 100_000)
     var_threshold: float = _f(32.0, 1.0, 1000.0)
     learning_rate: float = _f(0.0005, -1.0, 1.0)
@@ -53,6 +59,15 @@ class DetectorConfig:
     min_side: int = _f(12, 1, None)
     open_kernel: int = _f(7, 1, 51)
     close_kernel: int = _f(15, 1, 101)
+    model: str = _f("")
+    input_size: int = _f(640, 32, 4096)
+    conf_threshold: float = _f(0.25, 0.0, 1.0)
+    iou_threshold: float = _f(0.45, 0.0, 1.0)
+    classes: tuple[int, ...] = _f((), 0, None)
+    max_detections: int = _f(300, 1, 100_000)
+    layout: str = _f("auto", choices=DETECTOR_LAYOUTS)
+    device: str = _f("auto", choices=("auto", "cpu", "cuda"))
+    threads: int = _f(0, 0, 256)
 
 
 @dataclass(frozen=True)
@@ -65,6 +80,7 @@ class EncoderConfig:
     stage: int = _f(5, 1, 7)
     pooling: str = _f("gem", choices=("avg", "gem"))
     patch_stage: int = _f(4, 0, 7)
+    patch_detail_stage: int = _f(0, 0, 6)
     crop_padding: float = _f(0.1, 0.0, 2.0)
     max_batch: int = _f(64, 1, 4096)
 
@@ -106,13 +122,18 @@ class AnomalyConfig:
     min_frames: int = _f(3, 1, 10_000)
     aggregate: str = _f("median", choices=("median", "mean", "max"))
     edge_margin: int = _f(4, 0, 10_000)
+    map_sigma: float = _f(4.0, 0.0, 100.0)
+    reload_interval_s: float = _f(5.0, 0.0, 86_400.0)
     evidence: bool = _f(True)
 
 
 @dataclass(frozen=True)
 class BankConfig:
     level: str = _f("patch", choices=("patch", "global"))
-    index: str = _f("flat", choices=("flat", "hnsw"))
+    index: str = _f("flat", choices=("flat", "hnsw", "ivf-flat", "ivf-pq"))
+    nlist: int = _f(0, 0, 1 << 20)
+    nprobe: int = _f(8, 1, 1 << 20)
+    pq_m: int = _f(0, 0, 4096)
     folds: int = _f(5, 2, 100)
     false_alarm_rate: float = _f(0.01, 0.0001, 0.5)
     max_vectors: int = _f(50_000, 10, None)
@@ -136,6 +157,28 @@ class MetricsConfig:
     enabled: bool = _f(True)
     address: str = _f("127.0.0.1")
     port: int = _f(9108, 0, 65535)
+
+
+@dataclass(frozen=True)
+class AlertsConfig:
+    """``[alerts]``: push each flagged part to a webhook and/or an MQTT broker (:mod:`pipeline.alerts`)."""
+
+    webhook_url: str = _f("")
+    webhook_timeout_s: float = _f(5.0, 0.1, 300.0)
+    mqtt_host: str = _f("")
+    mqtt_port: int = _f(1883, 1, 65535)
+    mqtt_topic: str = _f("siamstream/alerts")
+    mqtt_client_id: str = _f("")
+    mqtt_keepalive_s: int = _f(30, 5, 3600)
+    mqtt_max_inflight: int = _f(20, 1, 65535)
+    spool_dir: str = _f("")
+    spool_max_alerts: int = _f(10_000, 1, 10_000_000)
+    spool_max_mb: float = _f(256.0, 0.01, 1_000_000.0)
+    max_queue: int = _f(1000, 1, 1_000_000)
+    backoff_initial_s: float = _f(0.5, 0.01, 600.0)
+    backoff_max_s: float = _f(30.0, 0.01, 3600.0)
+    close_timeout_s: float = _f(10.0, 0.0, 3600.0)
+    jpeg_quality: int = _f(90, 1, 100)
 
 
 # encoders.losses.LABEL_LOSSES, repeated so reading a config does not import torch (a test keeps them equal).
@@ -183,6 +226,7 @@ class Config:
     bank: BankConfig = field(default_factory=BankConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
     train: TrainingConfig = field(default_factory=TrainingConfig)
 
 
@@ -195,7 +239,12 @@ def _type_name(t: type) -> str:
 
 
 def _coerce(value: Any, t: type, where: str) -> Any:
-    """Check ``value`` against scalar type ``t``; ints are accepted for floats, never bools."""
+    """Check ``value`` against scalar type ``t``, or each item against ``T`` for ``tuple[T, ...]`` (a TOML list);
+    ints are accepted for floats, never bools."""
+    if get_origin(t) is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, e.g. [0, 2], got {value!r} ({type(value).__name__})")
+        return tuple(_coerce(item, get_args(t)[0], where) for item in value)
     if t is bool:
         ok = isinstance(value, bool)
     elif t is int:
@@ -230,9 +279,10 @@ def _build_section(cls: type, raw: dict[str, Any], origin: str, section: str) ->
         lo, hi, choices = f.metadata.get("min"), f.metadata.get("max"), f.metadata.get("choices")
         if choices is not None and value not in choices:
             raise ConfigError(f"{where}: got {value!r}, allowed: {', '.join(map(repr, choices))}")
-        if (lo is not None and value < lo) or (hi is not None and value > hi):
-            rng = f"{lo if lo is not None else '-inf'} .. {hi if hi is not None else 'inf'}"
-            raise ConfigError(f"{where}: got {value!r}, allowed range {rng}")
+        for item in value if isinstance(value, tuple) else (value,):  # a list's range applies to each item
+            if (lo is not None and item < lo) or (hi is not None and item > hi):
+                rng = f"{lo if lo is not None else '-inf'} .. {hi if hi is not None else 'inf'}"
+                raise ConfigError(f"{where}: got {item!r}, allowed range {rng}")
         values[key] = value
     return cls(**values)
 
@@ -274,14 +324,36 @@ def config_from_dict(raw: dict[str, Any], origin: str = "<config>",
     return cfg
 
 
+def _check_alerts(cfg: AlertsConfig, origin: str) -> None:
+    url = cfg.webhook_url
+    if url and (not url.startswith(("http://", "https://")) or len(url.split("://", 1)[1].split("/", 1)[0]) == 0):
+        raise ConfigError(f"{origin}: [alerts] webhook_url: got {url!r}, allowed: an http:// or https:// URL with a "
+                          f"host (e.g. 'http://127.0.0.1:5001/alerts') or '' (off)")
+    topic = cfg.mqtt_topic
+    if not topic or "+" in topic or "#" in topic:
+        raise ConfigError(f"{origin}: [alerts] mqtt_topic: got {topic!r}, allowed: a non-empty topic without the "
+                          f"wildcards + and # (e.g. 'siamstream/alerts')")
+    if cfg.backoff_max_s < cfg.backoff_initial_s:
+        raise ConfigError(f"{origin}: [alerts] backoff_max_s = {cfg.backoff_max_s} is below backoff_initial_s = "
+                          f"{cfg.backoff_initial_s}; allowed: backoff_initial_s <= backoff_max_s")
+
+
 def _check_together(cfg: Config, origin: str) -> None:
     """Rules that involve more than one key."""
+    _check_alerts(cfg.alerts, origin)
     if cfg.encoder.patch_stage > cfg.encoder.stage:
         raise ConfigError(f"{origin}: [encoder] patch_stage = {cfg.encoder.patch_stage} comes after stage = "
                           f"{cfg.encoder.stage}; allowed: 0 (no patches) .. {cfg.encoder.stage}")
+    if cfg.encoder.patch_detail_stage and not cfg.encoder.patch_detail_stage < cfg.encoder.patch_stage:
+        raise ConfigError(f"{origin}: [encoder] patch_detail_stage = {cfg.encoder.patch_detail_stage} must come before "
+                          f"patch_stage = {cfg.encoder.patch_stage}; allowed: 0 (none) .. "
+                          f"{max(cfg.encoder.patch_stage - 1, 0)}")
     if len(cfg.output.video_fourcc) != 4:
         raise ConfigError(f"{origin}: [output] video_fourcc: got {cfg.output.video_fourcc!r}, allowed: a 4-character "
                           f"codec code such as 'mp4v' or 'MJPG'")
+    if cfg.detector.kind == "onnx" and not cfg.detector.model:
+        raise ConfigError(f"{origin}: [detector] kind = 'onnx' needs model, the path of an ONNX detection model; "
+                          f"set [detector] model or use kind = 'background'")
     if cfg.tracker.low_score > cfg.tracker.high_score:
         raise ConfigError(f"{origin}: [tracker] low_score = {cfg.tracker.low_score} is above high_score = "
                           f"{cfg.tracker.high_score}; allowed: low_score <= high_score")

@@ -118,6 +118,34 @@ def cuda_usable() -> tuple[bool, str]:
     return True, ""
 
 
+def select_providers(device: str, stage: str = "encoder") -> list[str]:
+    """ONNX Runtime execution providers for ``device``, shared by every stage that runs an ONNX model.
+
+    Args:
+        device: "auto" (CUDA when usable, else CPU), "cpu" or "cuda".
+        stage: the config section that asked (``"encoder"``, ``"detector"``), for the log line and errors.
+
+    Returns:
+        ``["CUDAExecutionProvider", "CPUExecutionProvider"]`` when CUDA is usable and wanted, else
+        ``["CPUExecutionProvider"]``. With "auto" on a machine without CUDA, logs one line saying why.
+
+    Raises:
+        EncoderContractError: ``device = "cuda"`` and CUDA is not usable.
+    """
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
+    if device == "cpu":
+        return ["CPUExecutionProvider"]
+    ok, why = cuda_usable()
+    if ok:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    if device == "cuda":
+        raise EncoderContractError(f"[{stage}] device = 'cuda' but CUDA is not usable ({why}); "
+                                   f"use device = 'auto' or 'cpu'")
+    log.info("%s on CPU: CUDA not usable (%s)", stage, why)
+    return ["CPUExecutionProvider"]
+
+
 def file_sha256(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -149,16 +177,7 @@ class OnnxEncoder:
         opts.log_severity_level = 3  # warnings from graph optimisers are not the user's business
         if threads:
             opts.intra_op_num_threads = threads
-        providers = ["CPUExecutionProvider"]
-        if device in ("auto", "cuda"):
-            ok, why = cuda_usable()
-            if ok:
-                providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
-            elif device == "cuda":
-                raise EncoderContractError(f"[encoder] device = 'cuda' but CUDA is not usable ({why}); "
-                                           f"use device = 'auto' or 'cpu'")
-            else:
-                log.info("encoder on CPU: CUDA not usable (%s)", why)
+        providers = select_providers(device, "encoder")
         try:
             self.session = ort.InferenceSession(str(self.path), opts, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types for unreadable models

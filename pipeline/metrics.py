@@ -13,15 +13,29 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import metadata
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    generate_latest,
+    write_to_textfile,
+)
 
 log = logging.getLogger(__name__)
 
 STAGES = ("read", "detect", "crop", "encode", "track", "anomaly", "sink")
 # Per-frame stage latencies: from 0.25 ms to 2.5 s.
 STAGE_BUCKETS = (0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
-FRAME_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
-SCORE_BUCKETS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.6, 0.8, 1.0, 1.5, 2.0)
+FRAME_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# Raw k-NN distances: their scale depends on the encoder and the bank level (squared L2 of patch features
+# is in the tens, cosine distances below 2), so the buckets span 1-2-5 steps over six decades.
+SCORE_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0,
+                 200.0, 500.0, 1000.0)
+# Scores divided by the bank's threshold: 1 is the threshold, whatever the encoder.
+SCORE_RATIO_BUCKETS = (0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 3.0, 5.0)
 BATCH_BUCKETS = (0, 1, 2, 4, 8, 16, 32, 64, 128)
 
 
@@ -54,11 +68,15 @@ class PipelineMetrics:
         self.source_reconnects = Counter("siamstream_source_reconnects_total",
                                          "Times a live source was reopened after it stopped delivering.", s,
                                          registry=registry).labels(stream)
+        self.source_queue_depth = Gauge("siamstream_source_queue_depth",
+                                        "Frames a live source has read and queued, not yet processed (read when "
+                                        "scraped; 0 for files).", s, registry=registry).labels(stream)
         self._stage = Histogram("siamstream_stage_latency_seconds", "Time spent in each stage per frame.",
                                 ("stream", "stage"), buckets=STAGE_BUCKETS, registry=registry)
         self.stage = {name: self._stage.labels(stream, name) for name in STAGES}
         self.frame_latency = Histogram("siamstream_frame_latency_seconds",
-                                       "From a frame leaving the source to its verdicts written to the sinks.", s,
+                                       "From a frame's capture (live sources, queueing included) or its "
+                                       "decoding (files) to its verdicts written to the sinks.", s,
                                        buckets=FRAME_BUCKETS, registry=registry).labels(stream)
         self.encoder_batch = Histogram("siamstream_encoder_batch_size", "Crops per encoder batch (one per frame).",
                                        s, buckets=BATCH_BUCKETS, registry=registry).labels(stream)
@@ -74,9 +92,19 @@ class PipelineMetrics:
                                      registry=registry).labels(stream)
         self.anomaly_score = Histogram("siamstream_anomaly_score", "Per-crop k-NN distance to the good bank.", s,
                                        buckets=SCORE_BUCKETS, registry=registry).labels(stream)
+        self.anomaly_score_ratio = Histogram("siamstream_anomaly_score_ratio",
+                                             "Per-crop anomaly score divided by the bank's threshold (above 1: "
+                                             "the crop looks defective).", s, buckets=SCORE_RATIO_BUCKETS,
+                                             registry=registry).labels(stream)
         self.crops_unscored = Counter("siamstream_crops_unscored_total",
                                       "Crops not scored: they touch the frame edge (part partly out of view).", s,
                                       registry=registry).labels(stream)
+        self.bank_reloads = Counter("siamstream_bank_reloads_total",
+                                    "Times a changed bank was loaded and swapped in without a restart.", s,
+                                    registry=registry).labels(stream)
+        self.bank_reload_errors = Counter("siamstream_bank_reload_errors_total",
+                                          "Changed banks that could not be loaded (the previous bank stays in use).",
+                                          s, registry=registry).labels(stream)
         # Created on first use, so a run without a bank exports no bank series and readiness can tell
         # "no encoder yet" from "encoder loaded".
         self._bank_size = Gauge("siamstream_bank_size", "Vectors in the anomaly bank.", s, registry=registry)
@@ -88,6 +116,19 @@ class PipelineMetrics:
                                   registry=registry)
         self.build_info = Info("siamstream_build", "siamstream version.", registry=registry)
         self.build_info.info({"version": _version()})
+        # Alert sinks (pipeline.alerts): series appear for the sinks in use; `sink` is "webhook" or "mqtt".
+        a = ("stream", "sink")
+        self._alerts_sent = Counter("siamstream_alerts_sent_total",
+                                    "Alerts the receiver acknowledged (webhook 2xx, MQTT PUBACK).", a,
+                                    registry=registry)
+        self._alert_failures = Counter("siamstream_alert_delivery_failures_total",
+                                       "Failed delivery attempts (each alert is kept and retried).", a,
+                                       registry=registry)
+        self._alerts_spooled = Gauge("siamstream_alerts_spooled", "Alerts on disk waiting for delivery.", a,
+                                     registry=registry)
+        self._alerts_dropped = Counter("siamstream_alerts_dropped_total",
+                                       "Alerts given up: spool full (oldest dropped) or a spool file unreadable.",
+                                       a, registry=registry)
 
     @property
     def bank_size(self) -> Gauge:
@@ -104,6 +145,23 @@ class PipelineMetrics:
     @property
     def encoder_info(self) -> Info:
         return self._encoder_info.labels(self.stream)
+
+    def alert_sink(self, sink: str) -> AlertSinkMetrics:
+        """The series of one alert sink (``sink`` is ``"webhook"`` or ``"mqtt"``: bounded)."""
+        return AlertSinkMetrics(self._alerts_sent.labels(self.stream, sink),
+                                self._alert_failures.labels(self.stream, sink),
+                                self._alerts_spooled.labels(self.stream, sink),
+                                self._alerts_dropped.labels(self.stream, sink))
+
+
+class AlertSinkMetrics:
+    """One alert sink's series: delivered, failed attempts, waiting on disk, given up."""
+
+    def __init__(self, sent: Counter, failures: Counter, spooled: Gauge, dropped: Counter) -> None:
+        self.sent = sent
+        self.failures = failures
+        self.spooled = spooled
+        self.dropped = dropped
 
 
 class MetricsError(RuntimeError):
@@ -183,3 +241,17 @@ def serve(registry: CollectorRegistry, address: str, port: int, stale_after_s: f
     bound = int(server.server_address[1])
     log.info("metrics on http://%s:%d/metrics (health: /healthz, /readyz)", address, bound)
     return bound
+
+
+def write_snapshot(registry: CollectorRegistry, path: str) -> None:
+    """Write the registry's current values to ``path`` in the Prometheus text format.
+
+    The file is written beside ``path`` and renamed over it, so a reader (e.g. node_exporter's textfile
+    collector, which wants a ``.prom`` name) never sees half of it. A run's final values end up here even
+    when no scrape came after its last frame.
+    """
+    try:
+        write_to_textfile(path, registry)
+    except OSError as exc:
+        raise MetricsError(f"{path}: cannot write the final metrics ({exc.strerror or exc}); free space on "
+                           f"that disk or choose another output directory") from None

@@ -66,9 +66,38 @@ class Pipeline:
         self.inspected = 0
         self.tracks_started = 0
         if bank is not None:
-            metrics.bank_size.set(len(bank))
-            metrics.bank_threshold.set(bank.meta.threshold)
-            metrics.bank_updated.set(bank.meta.updated)
+            self._export_bank(bank)
+        self._pending_bank: Bank | None = None
+        self._swap_lock = threading.Lock()
+
+    def _export_bank(self, bank: Bank) -> None:
+        self.metrics.bank_size.set(len(bank))
+        self.metrics.bank_threshold.set(bank.meta.threshold)
+        self.metrics.bank_updated.set(bank.meta.updated)
+
+    def swap_bank(self, bank: Bank) -> None:
+        """Hand over a new bank (from any thread); it takes effect between two frames, so no frame is scored
+        partly against the old bank and partly against the new one. Parts keep their scores so far; the new
+        threshold applies to their verdicts from the next frame on."""
+        if self.bank is None or self.inspector is None:
+            raise ValueError("this pipeline runs without an anomaly stage; start it with a bank to swap banks")
+        bank.check_encoder(self.encoder.encoder_id, self.encoder.embedding_dim, self.encoder.patch_dim,
+                           "bank reload")
+        with self._swap_lock:
+            self._pending_bank = bank
+
+    def _apply_pending_bank(self) -> None:
+        with self._swap_lock:
+            bank, self._pending_bank = self._pending_bank, None
+        if bank is None or self.inspector is None:
+            return
+        self.bank = bank
+        self.k = bank.meta.k
+        self.inspector.threshold = bank.meta.threshold
+        self._export_bank(bank)
+        self.metrics.bank_reloads.inc()
+        log.info("bank swapped in: %d vectors, threshold %.4f (updated %s)", len(bank), bank.meta.threshold,
+                 time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(bank.meta.updated)))
 
     @contextmanager
     def _timed(self, stage: str) -> Iterator[None]:
@@ -77,6 +106,8 @@ class Pipeline:
         self.metrics.stage[stage].observe(time.perf_counter() - t)
 
     def process(self, frame: Frame) -> FrameResult:
+        if self._pending_bank is not None:
+            self._apply_pending_bank()
         with self._timed("detect"):
             dets = self.detector.detect(frame)
         with self._timed("crop"):
@@ -115,6 +146,8 @@ class Pipeline:
                 continue
             if not math.isnan(score):
                 self.metrics.anomaly_score.observe(score)
+                if self.inspector.threshold > 0:
+                    self.metrics.anomaly_score_ratio.observe(score / self.inspector.threshold)
                 upd = self.inspector.observe(obs.track_id, score)
             else:
                 upd = self.inspector.current(obs.track_id)
@@ -202,10 +235,21 @@ def run(source: FrameSource, pipeline: Pipeline, sinks: list[Sink], stop: thread
     stop = stop or threading.Event()
     m = pipeline.metrics
     summary = RunSummary()
-    seen_read = seen_drop = seen_reconn = 0
+    seen = {"read": 0, "dropped": 0, "reconnects": 0}
+
+    def export_source_counters() -> None:
+        # Source counters are cumulative: export their increments.
+        m.frames_read.inc(source.frames_read - seen["read"])
+        m.frames_dropped.inc(source.dropped - seen["dropped"])
+        m.source_reconnects.inc(source.reconnects - seen["reconnects"])
+        seen.update(read=source.frames_read, dropped=source.dropped, reconnects=source.reconnects)
+
     start = last_log = time.perf_counter()
     total = int(getattr(source, "total_frames", 0) or 0)
     m.source_nominal_fps.set(source.fps or 0.0)
+    # Read at scrape time, so it shows the queue while the run waits on the source. Only live sources queue.
+    m.source_queue_depth.set_function(lambda: float(getattr(source, "pending", 0)))
+    completed = False
     try:
         frames = iter(source)
         while not stop.is_set():
@@ -221,15 +265,15 @@ def run(source: FrameSource, pipeline: Pipeline, sinks: list[Sink], stop: thread
                     sink.write(result)
             if on_result is not None:
                 on_result(result)
-            m.frame_latency.observe(time.perf_counter() - t0)
+            # A live frame's timestamp is its wall-clock capture time: its latency includes the time it
+            # waited in the source's queue. File frames carry media time, so theirs starts at decoding.
+            wall = time.time()
+            latency = wall - frame.timestamp if source.is_live else time.perf_counter() - t0
+            m.frame_latency.observe(max(latency, 0.0))
             m.frames_processed.inc()
-            m.last_frame.set(time.time())
+            m.last_frame.set(wall)
             summary.frames += 1
-            # Source counters are cumulative: export their increments.
-            m.frames_read.inc(source.frames_read - seen_read)
-            m.frames_dropped.inc(source.dropped - seen_drop)
-            m.source_reconnects.inc(source.reconnects - seen_reconn)
-            seen_read, seen_drop, seen_reconn = source.frames_read, source.dropped, source.reconnects
+            export_source_counters()
             now = time.perf_counter()
             if progress_every_s and now - last_log >= progress_every_s:
                 last_log = now
@@ -238,6 +282,7 @@ def run(source: FrameSource, pipeline: Pipeline, sinks: list[Sink], stop: thread
                          summary.frames / (now - start), pipeline.tracks_started, len(pipeline.flagged),
                          source.dropped)
         summary.interrupted = stop.is_set()
+        completed = True
     finally:
         summary.seconds = time.perf_counter() - start
         try:
@@ -250,7 +295,12 @@ def run(source: FrameSource, pipeline: Pipeline, sinks: list[Sink], stop: thread
                 except Exception as exc:  # close every sink even if one fails, then report
                     errors.append(exc)
             source.close()
-            if errors:
+            # Frames read (or dropped) after the last processed one: read == processed + dropped + queued.
+            export_source_counters()
+            # The error that stopped the run (or else the first close error) is the one raised.
+            for err in errors if not completed else errors[1:]:
+                log.warning("closing outputs failed as well: %s", err)
+            if errors and completed:
                 raise errors[0]
     summary.dropped = source.dropped
     summary.reconnects = source.reconnects

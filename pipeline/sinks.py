@@ -9,8 +9,8 @@ Three file sinks, all behind the same two-method :class:`Sink` interface:
   format (1-based frames, ``tlwh`` boxes) for offline tracking evaluation.
 
 :class:`SinkGroup` fans one result out to several sinks and closes them all. Output problems (a directory
-that cannot be created or written, a video codec that will not open) raise :class:`SinkError`, whose message
-names the path, the problem and the fix.
+that cannot be created or written, a video codec that will not open, a disk that fills up mid-run) raise
+:class:`SinkError`, whose message names the path, the problem and the fix.
 """
 
 from __future__ import annotations
@@ -127,6 +127,12 @@ def check_writable_dir(path: Path) -> None:
 
 def _os_reason(exc: OSError) -> str:
     return exc.strerror or exc.__class__.__name__
+
+
+def _write_error(path: Path, exc: OSError) -> SinkError:
+    """An output that stopped accepting writes mid-run (disk full, file system gone read-only)."""
+    return SinkError(path, f"cannot write ({_os_reason(exc)})",
+                     "free space on that disk or choose another output directory")
 
 
 def _open_text(path: Path, what: str) -> IO[str]:
@@ -250,12 +256,25 @@ def draw_annotations(image: np.ndarray, result: FrameResult) -> UInt8Array:
 # Sinks
 
 
+def video_space_needed(width: int, height: int, frames_written: int) -> int:
+    """Bytes of free disk an :class:`AnnotatedVideoSink` wants before writing one more frame.
+
+    Two uncompressed frames (an encoded frame is smaller), the container's index (MP4 keeps about 16 bytes
+    per frame and writes it on close) and 1 MiB of slack for the other outputs on the same disk.
+    """
+    return 2 * width * height * 3 + 16 * (frames_written + 1) + (1 << 20)
+
+
 class AnnotatedVideoSink:
     """Writes every frame, annotated by :func:`draw_annotations`, to a video file.
 
     The ``cv2.VideoWriter`` opens on the first frame, sized from that frame; a sink that never receives a
     frame creates no file. Later frames of a different size are resized to the first frame's size (a
     warning is logged once).
+
+    OpenCV reports no write errors, so before each frame the sink checks the free space on the video's
+    disk. It stops with :class:`SinkError` while there is still room for the container's index
+    (:func:`video_space_needed`), so the video written so far stays playable once the sink is closed.
 
     Args:
         path: output video file; its directory is created if needed.
@@ -265,8 +284,8 @@ class AnnotatedVideoSink:
 
     Raises:
         ValueError: ``fps`` is not a positive finite number or ``fourcc`` is not 4 characters.
-        SinkError: the directory cannot be created or written (at construction), or the video writer
-            does not open (at the first :meth:`write`).
+        SinkError: the directory cannot be created or written (at construction), the video writer
+            does not open (at the first :meth:`write`), or the disk is nearly full (at any :meth:`write`).
     """
 
     def __init__(self, path: Path, fps: float, fourcc: str = "mp4v") -> None:
@@ -301,6 +320,8 @@ class AnnotatedVideoSink:
             raise _closed_error(self, self.path)
         image: np.ndarray = draw_annotations(result.frame.image, result)
         height, width = image.shape[:2]
+        video_w, video_h = self._size or (width, height)
+        self._check_space(video_space_needed(video_w, video_h, self.frames_written))
         if self._writer is None:
             self._writer = self._open(width, height)
             self._size = (width, height)
@@ -313,6 +334,17 @@ class AnnotatedVideoSink:
             image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
         self._writer.write(image)
         self.frames_written += 1
+
+    def _check_space(self, needed: int) -> None:
+        try:
+            stat = os.statvfs(self.path.parent)
+        except OSError:  # no free-space figure (e.g. an unusual file system): rely on the writer
+            return
+        free = stat.f_bavail * stat.f_frsize
+        if free < needed:
+            raise SinkError(self.path, f"disk nearly full ({free // 1024} KiB free, {needed // 1024} KiB needed "
+                            f"to go on writing the video)",
+                            "free space on that disk or choose another output directory")
 
     def close(self) -> None:
         """Finish the video file. Idempotent."""
@@ -349,9 +381,12 @@ class EventsJsonlSink:
         if not result.events:
             return
         lines = "".join(json.dumps(event.to_json()) + "\n" for event in result.events)
-        self._file.write(lines)
-        self._file.flush()
-        os.fsync(self._file.fileno())
+        try:
+            self._file.write(lines)
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        except OSError as exc:
+            raise _write_error(self.path, exc) from exc
         self.events_written += len(result.events)
 
     def close(self) -> None:
@@ -359,7 +394,10 @@ class EventsJsonlSink:
         if self._file is None:
             return
         file, self._file = self._file, None
-        file.close()
+        try:
+            file.close()
+        except OSError as exc:
+            raise _write_error(self.path, exc) from exc
 
 
 class MotTxtSink:
@@ -403,18 +441,24 @@ class MotTxtSink:
         if self._file is None:
             raise _closed_error(self, self.path)
         lines = self.format_lines(result)
-        if lines:
-            self._file.write("\n".join(lines) + "\n")
-        self._frames += 1
-        if self._frames % MOT_FLUSH_EVERY == 0:
-            self._file.flush()
+        try:
+            if lines:
+                self._file.write("\n".join(lines) + "\n")
+            self._frames += 1
+            if self._frames % MOT_FLUSH_EVERY == 0:
+                self._file.flush()
+        except OSError as exc:
+            raise _write_error(self.path, exc) from exc
 
     def close(self) -> None:
         """Flush and close the file. Idempotent."""
         if self._file is None:
             return
         file, self._file = self._file, None
-        file.close()
+        try:
+            file.close()
+        except OSError as exc:
+            raise _write_error(self.path, exc) from exc
 
 
 class SinkGroup:

@@ -6,6 +6,11 @@ Two levels:
 - ``patch``: PatchCore-style local features, P per crop; a crop's score is the largest k-NN distance of any
   of its patches, so a small scratch or hole is not averaged away.
 
+Index types: ``flat`` (exact), ``hnsw`` (graph, approximate, no training), ``ivf-flat`` (inverted lists
+over k-means cells, exact distances within the ``nprobe`` cells searched) and ``ivf-pq`` (inverted lists with
+product-quantised codes: about ``dim / m`` times less memory, approximate distances) for large banks. The IVF
+quantisers are trained on the first vectors added; later additions (``siamstream bank add``) reuse them.
+
 Stored as a directory: ``index.faiss`` and ``meta.json``, written to a temporary sibling and renamed,
 so a reader never sees half a bank. Scores are L2 distances.
 """
@@ -24,11 +29,14 @@ import faiss
 import numpy as np
 
 from pipeline.anomaly.calibrate import false_alarm_upper_bound, group_folds, threshold_for_false_alarm_rate
-from pipeline.anomaly.coreset import greedy_coreset
+from pipeline.anomaly.coreset import chunked_greedy_coreset
 from pipeline.types import Embeddings
 
 BANK_FORMAT = 1
-INDEX_TYPES = ("flat", "hnsw")
+INDEX_TYPES = ("flat", "hnsw", "ivf-flat", "ivf-pq")
+HNSW_M = 32
+HNSW_EF_SEARCH = 64
+PQ_BITS = 8
 LEVELS = ("global", "patch")
 
 
@@ -58,15 +66,61 @@ class BankMeta:
     sources: list[str] = field(default_factory=list)
     created: float = 0.0
     updated: float = 0.0
+    nlist: int = 0  # IVF cells; 0 = chosen from the first vectors added (about 4 sqrt(N))
+    nprobe: int = 8  # IVF cells searched per query
+    pq_m: int = 0  # IVF-PQ sub-quantisers (must divide the dimension); 0 = dim / 4 rounded to a divisor
     format: int = BANK_FORMAT
 
 
-def _new_index(dim: int, index_type: str) -> faiss.Index:
+def auto_nlist(n: int) -> int:
+    """IVF cells for ``n`` training vectors: about ``4 sqrt(n)``, with at least 39 vectors per cell (FAISS's
+    rule of thumb for k-means) and at least one cell."""
+    return int(max(1, min(round(4 * np.sqrt(n)), n // 39)))
+
+
+def auto_pq_m(dim: int) -> int:
+    """Sub-quantisers for IVF-PQ: the largest divisor of ``dim`` that leaves at least 4 dimensions each."""
+    return max(m for m in range(1, dim + 1) if dim % m == 0 and dim // m >= 4) if dim >= 4 else 1
+
+
+def _new_index(dim: int, index_type: str, train: np.ndarray | None = None, nlist: int = 0,
+               pq_m: int = 0) -> faiss.Index:
+    """An empty index; IVF types are trained on ``train`` ``(M, dim)`` (required for them)."""
     if index_type == "flat":
         return faiss.IndexFlatL2(dim)
     if index_type == "hnsw":
-        return faiss.IndexHNSWFlat(dim, 32)
-    raise BankError(f"unknown index type {index_type!r}; valid: {', '.join(INDEX_TYPES)}")
+        index = faiss.IndexHNSWFlat(dim, HNSW_M)
+        index.hnsw.efSearch = HNSW_EF_SEARCH
+        return index
+    if index_type not in INDEX_TYPES:
+        raise BankError(f"unknown index type {index_type!r}; valid: {', '.join(INDEX_TYPES)}")
+    if train is None:
+        raise BankError(f"{index_type} index needs vectors to train its quantiser")
+    n = len(train)
+    cells = nlist or auto_nlist(n)
+    need = cells if index_type == "ivf-flat" else max(cells, 1 << PQ_BITS)
+    if n < need:
+        raise BankError(f"{index_type} index with {cells} cells needs at least {need} vectors to train, got {n}; "
+                        f"add more good samples, lower [bank] nlist, or use [bank] index = \"flat\"")
+    quantizer = faiss.IndexFlatL2(dim)
+    if index_type == "ivf-flat":
+        index = faiss.IndexIVFFlat(quantizer, dim, cells, faiss.METRIC_L2)
+    else:
+        m = pq_m or auto_pq_m(dim)
+        if dim % m:
+            raise BankError(f"[bank] pq_m = {m} does not divide the feature dimension {dim}; pick a divisor of "
+                            f"{dim} or 0 (automatic)")
+        index = faiss.IndexIVFPQ(quantizer, dim, cells, m, PQ_BITS)
+    index.train(np.ascontiguousarray(train, dtype=np.float32))
+    return index
+
+
+def _set_search_params(index: faiss.Index, meta: BankMeta) -> None:
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        ivf.nprobe = max(1, min(meta.nprobe, ivf.nlist))
+    elif meta.index_type == "hnsw":
+        index.hnsw.efSearch = max(HNSW_EF_SEARCH, meta.k)
 
 
 def crop_features(emb: Embeddings, level: str) -> np.ndarray:
@@ -90,16 +144,28 @@ class Bank:
             raise BankError(f"index dimension {index.d} != metadata embedding_dim {meta.embedding_dim}")
         self.index = index
         self.meta = meta
+        _set_search_params(index, meta)
 
     @classmethod
     def create(cls, encoder_id: str, dim: int, input_size: tuple[int, int], index_type: str = "flat",
-               k: int = 1, level: str = "global", patches_per_crop: int = 1) -> Bank:
+               k: int = 1, level: str = "global", patches_per_crop: int = 1, nlist: int = 0, nprobe: int = 8,
+               pq_m: int = 0) -> Bank:
+        """An empty bank. IVF indexes are built and trained when the first vectors are added."""
         if level not in LEVELS:
             raise BankError(f"unknown bank level {level!r}; valid: {', '.join(LEVELS)}")
+        if index_type not in INDEX_TYPES:
+            raise BankError(f"unknown index type {index_type!r}; valid: {', '.join(INDEX_TYPES)}")
         now = time.time()
         meta = BankMeta(encoder_id, dim, (int(input_size[0]), int(input_size[1])), level, patches_per_crop,
-                        index_type, k=k, created=now, updated=now)
-        return cls(_new_index(dim, index_type), meta)
+                        index_type, k=k, created=now, updated=now, nlist=nlist, nprobe=nprobe, pq_m=pq_m)
+        # IVF: an empty flat index stands in until the first add() trains the real one.
+        index = _new_index(dim, "flat" if index_type.startswith("ivf") else index_type)
+        return cls(index, meta)
+
+    @property
+    def trained(self) -> bool:
+        """Whether the index is the configured type (IVF indexes are built on the first add)."""
+        return not self.meta.index_type.startswith("ivf") or faiss.try_extract_index_ivf(self.index) is not None
 
     def __len__(self) -> int:
         return int(self.index.ntotal)
@@ -109,6 +175,12 @@ class Bank:
         x = np.ascontiguousarray(vectors, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != self.meta.embedding_dim:
             raise BankError(f"vectors are {x.shape}, the bank holds (N, {self.meta.embedding_dim})")
+        if not self.trained:
+            self.index = _new_index(x.shape[1], self.meta.index_type, x, self.meta.nlist, self.meta.pq_m)
+            ivf = faiss.extract_index_ivf(self.index)
+            pq_m = int(self.index.pq.M) if self.meta.index_type == "ivf-pq" else 0
+            self.meta = replace(self.meta, nlist=int(ivf.nlist), pq_m=pq_m)
+            _set_search_params(self.index, self.meta)
         self.index.add(x)
         sources = self.meta.sources + ([source] if source and source not in self.meta.sources else [])
         self.meta = replace(self.meta, sample_count=len(self), crops=self.meta.crops + crops,
@@ -205,29 +277,32 @@ class Bank:
                             f"the bank is corrupt, rebuild it")
         if index.ntotal == 0:
             raise BankError(f"{path}: the bank is empty; add good samples with `siamstream bank build`")
+        kind = "ivf" if faiss.try_extract_index_ivf(index) is not None else (
+            "hnsw" if isinstance(index, faiss.IndexHNSW) else "flat")
+        if kind != meta.index_type.split("-")[0]:
+            raise BankError(f"{path}: metadata says a {meta.index_type} index but index.faiss holds a {kind} one; "
+                            f"the bank is corrupt, rebuild it")
         return cls(index, meta)
 
 
-def _reduce_rows(features: np.ndarray, max_rows: int, coreset_fraction: float,
+def _reduce_rows(features: np.ndarray, max_vectors: int, coreset_fraction: float,
                  rng: np.random.Generator) -> tuple[np.ndarray, float]:
-    """Rows of ``(N, P, C)`` features as ``(M, C)``: greedy k-center coreset of ``coreset_fraction`` of
-    them, capped at ``max_rows`` (uniform subsample first when there are far more). Returns the rows and
-    the coverage radius of the coreset (0 when every row is kept)."""
+    """Rows of ``(N, P, C)`` features as ``(M, C)``: a greedy k-center coreset of ``coreset_fraction`` of
+    them (chunked, see :func:`chunked_greedy_coreset`), with the fraction lowered so that at most
+    ``max_vectors`` are kept. Returns the rows and the coverage radius (0 when every row is kept)."""
     rows = features.reshape(-1, features.shape[-1])
-    target = min(max_rows, max(1, round(coreset_fraction * len(rows))))
-    if target >= len(rows):
+    fraction = min(coreset_fraction, max_vectors / len(rows))
+    if fraction >= 1.0:
         return rows, 0.0
-    pool = rows
-    if len(pool) > 20 * target:  # keep k-center affordable: O(len(pool) * target)
-        pool = pool[np.sort(rng.choice(len(pool), 20 * target, replace=False))]
-    picks, coverage = greedy_coreset(pool, target, seed=int(rng.integers(1 << 31)))
-    return pool[np.sort(picks)], coverage
+    picks, coverage = chunked_greedy_coreset(rows, fraction, seed=int(rng.integers(1 << 31)))
+    return rows[picks], coverage
 
 
 def build_bank(features: np.ndarray, groups: np.ndarray, encoder_id: str, input_size: tuple[int, int],
                level: str = "global", index_type: str = "flat", k: int = 1, folds: int = 5,
                false_alarm_rate: float = 0.01, max_vectors: int = 50_000, coreset_fraction: float = 1.0,
-               sources: list[str] | None = None, seed: int = 0) -> Bank:
+               sources: list[str] | None = None, seed: int = 0, nlist: int = 0, nprobe: int = 8,
+               pq_m: int = 0) -> Bank:
     """Bank of good features with a threshold calibrated on good samples only.
 
     Args:
@@ -237,7 +312,9 @@ def build_bank(features: np.ndarray, groups: np.ndarray, encoder_id: str, input_
     The threshold is the ``1 - false_alarm_rate`` quantile of out-of-fold crop scores: folds split by
     group, each fold scored against a bank of the other folds, reduced exactly as the final bank is. Then
     every sample goes into the bank, reduced to a greedy k-center coreset of ``coreset_fraction`` of the
-    vectors (at most ``max_vectors``).
+    vectors (at most ``max_vectors``). ``folds = 0`` skips the calibration (threshold ``nan``) for callers
+    that calibrate on held-out good samples of their own. The fold banks use the final bank's index type, so approximate
+    indexes (HNSW, IVF-PQ) are calibrated with the distances they will give at run time.
     """
     x = np.ascontiguousarray(features, dtype=np.float32)
     if x.ndim == 2:
@@ -247,23 +324,48 @@ def build_bank(features: np.ndarray, groups: np.ndarray, encoder_id: str, input_
     rng = np.random.default_rng(seed)
     n, p, c = x.shape
     oof = np.empty(n, np.float32)
-    if len(np.unique(np.asarray(groups))) < 2:
+    if folds and len(np.unique(np.asarray(groups))) < 2:
         raise BankError("good samples come from only one part or image: the threshold is calibrated by scoring "
                         "good parts against other good parts, so give at least 2 (many more for a reliable "
                         "threshold)")
-    fold_idx = group_folds(groups, folds, seed)
+    fold_idx = group_folds(groups, folds, seed) if folds else []
     for held in fold_idx:
         rest = np.setdiff1d(np.arange(n), held)
-        calib = Bank.create(encoder_id, c, input_size, "flat", k, level, p)
+        calib = Bank.create(encoder_id, c, input_size, index_type, k, level, p, nlist, nprobe, pq_m)
         calib.add(_reduce_rows(x[rest], max_vectors, coreset_fraction, rng)[0])
         oof[held] = calib.score_crops(x[held], k)
-    threshold = threshold_for_false_alarm_rate(oof, false_alarm_rate)
+    threshold = threshold_for_false_alarm_rate(oof, false_alarm_rate) if folds else float("nan")
     n_groups = len(np.unique(np.asarray(groups)))
-    bank = Bank.create(encoder_id, c, input_size, index_type, k, level, p)
+    bank = Bank.create(encoder_id, c, input_size, index_type, k, level, p, nlist, nprobe, pq_m)
     bank.meta = replace(bank.meta, sources=list(sources or []))
     rows, coverage = _reduce_rows(x, max_vectors, coreset_fraction, rng)
     bank.meta = replace(bank.meta, coreset_fraction=len(rows) / (n * p), coreset_coverage=coverage)
     bank.add(rows, crops=n)
+    if not folds:  # the caller calibrates (e.g. on a validation split)
+        return bank
     # Crops of one part are not independent: the bound counts parts, the conservative sample size.
     bank.with_threshold(threshold, false_alarm_rate, n, n_groups, false_alarm_upper_bound(n_groups))
     return bank
+
+
+def append_samples(bank: Bank, features: np.ndarray, source: str, coreset_fraction: float | None = None,
+                   max_new_vectors: int = 50_000, seed: int = 0) -> int:
+    """Add good ``(N, P, C)`` features to ``bank`` in place (``siamstream bank add``); returns vectors added.
+
+    The new vectors are reduced like the bank's own (a greedy k-center coreset of the same fraction, unless
+    ``coreset_fraction`` is given) and the stated coverage becomes the larger of the two. The threshold is
+    kept: good samples added to the bank can only lower good parts' scores, so the calibrated false-alarm
+    rate stays an upper bound (rebuild the bank to recalibrate it)."""
+    x = np.ascontiguousarray(features, dtype=np.float32)
+    if x.ndim == 2:
+        x = x[:, None, :]
+    if len(x) == 0:
+        raise BankError(f"{source}: no good samples found to add")
+    if x.shape[-1] != bank.meta.embedding_dim:
+        raise BankError(f"{source}: features of dimension {x.shape[-1]}, the bank holds {bank.meta.embedding_dim}; "
+                        f"use the encoder the bank was built with")
+    fraction = bank.meta.coreset_fraction if coreset_fraction is None else coreset_fraction
+    rows, coverage = _reduce_rows(x, max_new_vectors, fraction, np.random.default_rng(seed))
+    bank.add(rows, source=source, crops=len(x))
+    bank.meta = replace(bank.meta, coreset_coverage=max(bank.meta.coreset_coverage, coverage))
+    return len(rows)

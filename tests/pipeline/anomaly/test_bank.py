@@ -162,3 +162,69 @@ def test_save_refuses_to_replace_a_folder_that_is_not_a_bank(tmp_path: Path,
     (tmp_path / "file").write_text("x")
     with pytest.raises(BankError, match="cannot write the bank"):
         bank.save(tmp_path / "file" / "bank")
+
+
+def clustered(n: int, dim: int, centers: int, seed: int) -> np.ndarray:
+    """Vectors around ``centers`` cluster centres: the structure IVF cells are made for (patch features have it)."""
+    rng = np.random.default_rng(seed)
+    c = rng.normal(size=(centers, dim)) * 4.0
+    return (c[rng.integers(centers, size=n)] + rng.normal(size=(n, dim))).astype(np.float32)
+
+
+@pytest.mark.parametrize("index_type", ["ivf-flat", "ivf-pq"])
+def test_ivf_indexes_against_exact_search(index_type: str) -> None:
+    xb, xq = clustered(8000, 32, 40, 1), clustered(300, 32, 40, 1)[::3]
+    flat = Bank.create("enc", 32, (64, 64), "flat")
+    flat.add(xb)
+    exact = flat.scores(xq)
+    bank = Bank.create("enc", 32, (64, 64), index_type, nprobe=8)
+    assert not bank.trained
+    bank.add(xb)
+    assert bank.trained and bank.meta.nlist == 205  # 4 sqrt(8000) = 358 cells, capped at 8000 // 39 = 205
+    got = bank.scores(xq)
+    if index_type == "ivf-flat":
+        # Exact distances inside the cells searched: most queries find their true nearest neighbour.
+        assert np.mean(np.isclose(got, exact, rtol=1e-4)) >= 0.9
+        assert np.all(got >= exact - 1e-4)  # never closer than the true nearest neighbour
+        everything = Bank.create("enc", 32, (64, 64), "ivf-flat", nprobe=10_000)
+        everything.add(xb)
+        np.testing.assert_allclose(everything.scores(xq), exact, rtol=1e-4)  # all cells searched: exact
+    else:
+        assert bank.meta.pq_m == 8  # 32 dims / 4
+        assert np.median(np.abs(got - exact) / exact) < 0.15  # compressed codes: close, not equal
+        assert np.corrcoef(got, exact)[0, 1] > 0.9
+
+
+@pytest.mark.parametrize("index_type", ["hnsw", "ivf-flat", "ivf-pq"])
+def test_every_index_type_survives_save_load_and_append(tmp_path: Path, index_type: str) -> None:
+    xb, xq = clustered(6000, 16, 20, 2), clustered(50, 16, 20, 3)
+    bank = build_bank(xb, np.arange(len(xb)) // 100, "enc", (64, 64), index_type=index_type, nprobe=4)
+    before = bank.scores(xq)
+    bank.save(tmp_path / "b")
+    loaded = Bank.load(tmp_path / "b")
+    assert loaded.meta.index_type == index_type and loaded.meta.nprobe == 4
+    np.testing.assert_allclose(loaded.scores(xq), before, rtol=1e-5)
+    loaded.add(xq)  # an appended good sample is then found close by (PQ: up to its quantisation error)
+    assert len(loaded) == len(xb) + len(xq)
+    assert np.median(loaded.scores(xq)) < (0.9 if index_type == "ivf-pq" else 0.2) * np.median(before)
+
+
+def test_ivf_needs_enough_vectors_to_train() -> None:
+    bank = Bank.create("enc", 16, (64, 64), "ivf-flat", nlist=100)
+    with pytest.raises(BankError, match=r"needs at least 100 vectors.*index = \"flat\""):
+        bank.add(clustered(50, 16, 5, 0))
+    with pytest.raises(BankError, match="does not divide"):
+        Bank.create("enc", 16, (64, 64), "ivf-pq", pq_m=5).add(clustered(2000, 16, 5, 0))
+    with pytest.raises(BankError, match="unknown index type 'ivf'"):
+        Bank.create("enc", 16, (64, 64), "ivf")
+
+
+def test_index_file_of_another_type_than_its_metadata(tmp_path: Path) -> None:
+    bank = Bank.create("enc", 16, (64, 64), "flat")
+    bank.add(clustered(100, 16, 5, 0))
+    bank.save(tmp_path / "b")
+    meta = json.loads((tmp_path / "b" / "meta.json").read_text())
+    meta["index_type"] = "ivf-pq"
+    (tmp_path / "b" / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(BankError, match="holds a flat one"):
+        Bank.load(tmp_path / "b")

@@ -1,0 +1,60 @@
+"""Anomaly maps: patch scores on the feature grid -> a per-pixel map over the crop or image (pure functions).
+
+A patch bank scores each cell of the encoder's feature grid. The map is that grid resized to the image
+(bilinear) and smoothed with a Gaussian (PatchCore uses sigma = 4 px): one isolated high cell is usually
+noise, a defect lights up a few neighbouring cells. The image's (or crop's) score is the map's maximum.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+DEFAULT_SIGMA_PX = 4.0
+
+
+def anomaly_maps(patch_scores: np.ndarray, size_hw: tuple[int, int], sigma_px: float = DEFAULT_SIGMA_PX
+                 ) -> np.ndarray:
+    """``(N, h, w)`` patch scores -> ``(N, H, W)`` float32 maps at ``size_hw``, smoothed by ``sigma_px``."""
+    grid = np.asarray(patch_scores, np.float32)
+    if grid.ndim != 3:
+        raise ValueError(f"patch scores must be (N, h, w), got shape {grid.shape}")
+    height, width = int(size_hw[0]), int(size_hw[1])
+    out = np.empty((len(grid), height, width), np.float32)
+    for i, g in enumerate(grid):
+        m = cv2.resize(g, (width, height), interpolation=cv2.INTER_LINEAR)
+        out[i] = cv2.GaussianBlur(m, (0, 0), sigma_px) if sigma_px > 0 else m
+    return out
+
+
+def map_scores(maps: np.ndarray) -> np.ndarray:
+    """``(N, H, W)`` maps -> ``(N,)`` scores: the largest value of each map."""
+    m = np.asarray(maps)
+    return m.reshape(len(m), -1).max(axis=1) if len(m) else np.zeros(0, np.float32)
+
+
+def smoothed_grid_max(patch_scores: np.ndarray, sigma_cells: float) -> np.ndarray:
+    """``(N, h, w)`` patch scores -> ``(N,)``: the maximum after Gaussian smoothing on the grid itself.
+
+    The per-crop score the live pipeline uses: the same smoothing as :func:`anomaly_maps` expressed in grid
+    cells (``sigma_px / stride``), without building full-resolution maps for every crop of every frame."""
+    grid = np.asarray(patch_scores, np.float32)
+    if sigma_cells <= 0:
+        return grid.reshape(len(grid), -1).max(axis=1) if len(grid) else np.zeros(0, np.float32)
+    return np.array([cv2.GaussianBlur(g, (0, 0), sigma_cells).max() for g in grid], np.float32)
+
+
+def overlay(image_bgr: np.ndarray, amap: np.ndarray, low: float, high: float, alpha: float = 0.5) -> np.ndarray:
+    """``image_bgr`` ``(H, W, 3)`` uint8 with ``amap`` ``(H', W')`` drawn over it as a JET heat map.
+
+    ``low`` maps to blue and ``high`` (e.g. the threshold, or a defect's score) to red; values below ``low``
+    are left uncoloured so good regions stay readable."""
+    h, w = image_bgr.shape[:2]
+    m = np.asarray(amap, np.float32)
+    if m.shape != (h, w):
+        m = cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR)
+    span = max(float(high) - float(low), 1e-12)
+    norm = np.clip((m - low) / span, 0.0, 1.0)
+    heat = cv2.applyColorMap((norm * 255).astype(np.uint8), cv2.COLORMAP_JET)
+    weight = (alpha * (m > low)).astype(np.float32)[..., None]
+    return (image_bgr.astype(np.float32) * (1 - weight) + heat.astype(np.float32) * weight).astype(np.uint8)

@@ -1,0 +1,74 @@
+"""Watch a bank directory and hand a changed bank to the running pipeline: no restart after `bank add`.
+
+A background thread polls the bank's ``meta.json`` (a bank is written to a temporary sibling and renamed into
+place, so a changed file means a complete new bank). It loads the new bank fully, checks it was made by the
+running encoder, and only then hands it over; the pipeline swaps it in between two frames. A bank that
+cannot be loaded is logged and counted, and the previous bank stays in use.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from pipeline.anomaly.bank import Bank, BankError
+
+log = logging.getLogger(__name__)
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        st = (path / "meta.json").stat()
+    except OSError:
+        return None  # mid-rename, or removed: look again next time
+    return st.st_mtime_ns, st.st_ino
+
+
+class BankReloader:
+    """Polls ``path`` every ``interval_s`` seconds; calls ``on_bank(bank)`` with each new, loadable bank.
+
+    ``on_error(message)`` is called once per changed bank that cannot be used."""
+
+    def __init__(self, path: str | Path, interval_s: float, on_bank: Callable[[Bank], None],
+                 on_error: Callable[[str], None] | None = None) -> None:
+        if interval_s <= 0:
+            raise ValueError(f"interval_s must be > 0, got {interval_s}")
+        self.path = Path(path)
+        self.interval_s = interval_s
+        self.on_bank = on_bank
+        self.on_error = on_error or (lambda _m: None)
+        self._seen = _stamp(self.path)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> BankReloader:
+        self._thread = threading.Thread(target=self._loop, name="bank-reloader", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+
+    def check(self) -> bool:
+        """One poll: True when a new bank was handed over."""
+        stamp = _stamp(self.path)
+        if stamp is None or stamp == self._seen:
+            return False
+        try:
+            bank = Bank.load(self.path)
+            self.on_bank(bank)
+        except BankError as exc:
+            self._seen = stamp  # report a broken bank once, not every poll
+            log.error("bank reload: %s; the previous bank stays in use", exc)
+            self.on_error(str(exc))
+            return False
+        self._seen = stamp
+        return True
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.check()

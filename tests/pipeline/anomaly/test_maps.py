@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.anomaly.maps import anomaly_maps, map_scores, overlay, smoothed_grid_max
+
+
+def test_one_hot_cell_lands_where_it_belongs() -> None:
+    grid = np.zeros((1, 4, 3), np.float32)
+    grid[0, 1, 2] = 1.0  # row 1 of 4, column 2 of 3
+    m = anomaly_maps(grid, (40, 30), sigma_px=2.0)
+    assert m.shape == (1, 40, 30) and m.dtype == np.float32
+    y, x = np.unravel_index(np.argmax(m[0]), m[0].shape)
+    assert 10 <= y < 20 and 20 <= x < 30
+    raw = anomaly_maps(grid, (40, 30), sigma_px=0.0)
+    assert map_scores(raw)[0] == pytest.approx(1.0, abs=0.06)  # bilinear samples between cell centres
+    assert map_scores(m)[0] < 1.0  # smoothing spreads an isolated cell
+
+
+def test_smoothing_favours_clusters_over_isolated_cells() -> None:
+    grid = np.zeros((2, 8, 8), np.float32)
+    grid[0, 4, 4] = 1.0  # one isolated cell
+    grid[1, 3:6, 3:6] = 0.8  # a 3x3 blob, each cell lower
+    raw = smoothed_grid_max(grid, 0.0)
+    assert raw[0] > raw[1]
+    smooth = smoothed_grid_max(grid, 1.0)
+    assert smooth[1] > smooth[0]
+    with pytest.raises(ValueError, match=r"\(N, h, w\)"):
+        anomaly_maps(np.zeros((4, 4)), (8, 8))
+
+
+def test_overlay_colours_only_above_low() -> None:
+    img = np.full((10, 10, 3), 100, np.uint8)
+    amap = np.zeros((10, 10), np.float32)
+    amap[:5] = 2.0
+    out = overlay(img, amap, low=1.0, high=2.0)
+    assert (out[5:] == 100).all()  # below ``low``: untouched
+    assert not (out[:5] == 100).all()
+    assert out[0, 0, 2] > out[0, 0, 0]  # at ``high``: red (BGR) dominates
