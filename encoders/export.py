@@ -108,6 +108,14 @@ def export_onnx(model: EmbeddingNet, path: str | Path, input_size: int | tuple[i
                               dynamic_axes={"input": {0: "batch"}, **{o: {0: "batch"} for o in outputs}},
                               opset_version=17, dynamo=False)
         proto = onnx.load(str(raw))
+        # The exporter may leave non-batch output dims symbolic (e.g. after Resize + Concat); the pipeline's
+        # contract needs them fixed, and they are: fill them in from a real forward pass.
+        with torch.no_grad():
+            shapes = model(example)
+        for value, tensor in zip(proto.graph.output, shapes if isinstance(shapes, tuple) else (shapes,),
+                                 strict=True):
+            for dim, size in zip(list(value.type.tensor_type.shape.dim)[1:], tensor.shape[1:], strict=True):
+                dim.dim_value = int(size)
         meta = model_metadata(model, input_size, backbone, extra_metadata)
         del proto.metadata_props[:]
         for key, value in meta.items():

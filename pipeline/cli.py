@@ -60,6 +60,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from pipeline import app
+    from pipeline.anomaly.reload import BankReloader
     from pipeline.metrics import PipelineMetrics, serve, write_snapshot
     from pipeline.runner import run, stop_on_signals
     from pipeline.sources import open_source
@@ -73,6 +74,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     source = open_source(uri, cfg.source)
     try:
         encoder = app.build_encoder(cfg.encoder)
+        # Made (it looks at the bank's files) before the bank is loaded: a save during startup is swapped in too.
+        reloader = (BankReloader(cfg.anomaly.bank, cfg.anomaly.reload_interval_s, lambda b: pipeline.swap_bank(b),
+                                 on_error=lambda _m: metrics.bank_reload_errors.inc())
+                    if cfg.anomaly.bank and cfg.anomaly.reload_interval_s > 0 else None)
         bank = app.load_bank(cfg.anomaly.bank, encoder)
         registry = CollectorRegistry()
         metrics = PipelineMetrics(registry, cfg.output.stream_name)
@@ -84,12 +89,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         source.close()
         raise
     stop = threading.Event()
-    reloader = None
-    if bank is not None and cfg.anomaly.reload_interval_s > 0:
-        from pipeline.anomaly.reload import BankReloader
-
-        reloader = BankReloader(cfg.anomaly.bank, cfg.anomaly.reload_interval_s, pipeline.swap_bank,
-                                on_error=lambda _m: metrics.bank_reload_errors.inc()).start()
+    if reloader is not None:
+        reloader.start()
     # A live source may be down and retrying: closing it wakes the run so it can flush and exit.
     try:
         with stop_on_signals(stop, on_stop=source.close if source.is_live else None):

@@ -124,6 +124,7 @@ class AnomalyConfig:
     edge_margin: int = _f(4, 0, 10_000)
     map_sigma: float = _f(4.0, 0.0, 100.0)
     reload_interval_s: float = _f(5.0, 0.0, 86_400.0)
+    map_border: int = _f(0, 0, 10_000)
     evidence: bool = _f(True)
 
 

@@ -27,6 +27,26 @@ def anomaly_maps(patch_scores: np.ndarray, size_hw: tuple[int, int], sigma_px: f
     return out
 
 
+def mask_border(maps: np.ndarray, border_px: int) -> np.ndarray:
+    """``(N, H, W)`` maps with a band of ``border_px`` pixels along the edges set to each map's minimum.
+
+    Convolutional features see zero padding at the image edge, and the corners of a photo are where the
+    lighting falls off: both give good images their highest scores at the border. Parts are inspected where
+    they are, inside the frame, so the band is left out of the maximum (and out of pixel metrics' positives,
+    which a mask never has there)."""
+    m = np.array(maps, np.float32, copy=True)
+    b = int(border_px)
+    if b <= 0 or len(m) == 0:
+        return m
+    if 2 * b >= min(m.shape[1:]):
+        raise ValueError(f"border of {b} px leaves nothing of a {m.shape[1]}x{m.shape[2]} map")
+    low = m.reshape(len(m), -1).min(axis=1)[:, None, None]
+    inner = m[:, b:-b, b:-b].copy()
+    m[:] = low
+    m[:, b:-b, b:-b] = inner
+    return m
+
+
 def map_scores(maps: np.ndarray) -> np.ndarray:
     """``(N, H, W)`` maps -> ``(N,)`` scores: the largest value of each map."""
     m = np.asarray(maps)

@@ -1,9 +1,11 @@
 """Watch a bank directory and hand a changed bank to the running pipeline: no restart after `bank add`.
 
-A background thread polls the bank's ``meta.json`` (a bank is written to a temporary sibling and renamed into
-place, so a changed file means a complete new bank). It loads the new bank fully, checks it was made by the
-running encoder, and only then hands it over; the pipeline swaps it in between two frames. A bank that
-cannot be loaded is logged and counted, and the previous bank stays in use.
+A background thread polls the bank's ``meta.json`` and ``index.faiss`` (a bank is written to a temporary
+sibling and renamed into place, so a changed file means a complete new bank). It loads the new bank fully,
+checks it was made by the running encoder, and only then hands it over; the pipeline swaps it in between two
+frames. A bank that cannot be loaded is logged and counted, and the previous bank stays in use. The two files
+are opened one after the other, so a save can land between them: a load during which the files changed is
+discarded, neither handed over nor reported, and the next poll reads the new bank whole.
 """
 
 from __future__ import annotations
@@ -18,12 +20,14 @@ from pipeline.anomaly.bank import Bank, BankError
 log = logging.getLogger(__name__)
 
 
-def _stamp(path: Path) -> tuple[int, int] | None:
+def _stamp(path: Path) -> tuple[int, ...] | None:
+    """Identity of the bank's two files; the size as well, since a file rewritten in place within one tick of
+    the coarse file-system clock keeps its inode and its mtime."""
     try:
-        st = (path / "meta.json").stat()
+        meta, index = (path / "meta.json").stat(), (path / "index.faiss").stat()
     except OSError:
         return None  # mid-rename, or removed: look again next time
-    return st.st_mtime_ns, st.st_ino
+    return tuple(v for st in (meta, index) for v in (st.st_mtime_ns, st.st_ino, st.st_size))
 
 
 class BankReloader:
@@ -60,14 +64,24 @@ class BankReloader:
             return False
         try:
             bank = Bank.load(self.path)
+        except BankError as exc:
+            if _stamp(self.path) != stamp:
+                return False  # a save replaced the files while they were read: not broken, read it next time
+            return self._broken(stamp, exc)
+        if _stamp(self.path) != stamp:
+            return False  # the index and the metadata may come from two saves: read the new bank next time
+        try:
             self.on_bank(bank)
         except BankError as exc:
-            self._seen = stamp  # report a broken bank once, not every poll
-            log.error("bank reload: %s; the previous bank stays in use", exc)
-            self.on_error(str(exc))
-            return False
+            return self._broken(stamp, exc)
         self._seen = stamp
         return True
+
+    def _broken(self, stamp: tuple[int, ...], exc: BankError) -> bool:
+        self._seen = stamp  # report a broken bank once, not every poll
+        log.error("bank reload: %s; the previous bank stays in use", exc)
+        self.on_error(str(exc))
+        return False
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):

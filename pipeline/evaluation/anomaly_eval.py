@@ -5,7 +5,12 @@ optionally ``mask`` and ``label`` (defect type), paths relative to the CSV. The 
 ``train`` images (all good), the threshold is calibrated on the ``validation`` images (good only: no defect
 is ever seen before the test), and the ``test`` images are scored. Each image is embedded whole, at the
 encoder's input size; the patch scores become an anomaly map at the image's own size (mask resolution) and
-the image's score is the map's maximum.
+the image's score is the map's maximum (outside a thin border band, see :func:`mask_border`).
+
+Calibration uses every good image not in the bank: the ``validation`` images, scored against the bank, and
+(with ``calibration_folds`` > 0) each ``train`` image scored against a bank built from the other folds of
+``train``, reduced the same way. A fold bank holds fewer images than the final bank, so those scores run a
+little high and the threshold errs towards fewer false alarms.
 """
 
 from __future__ import annotations
@@ -21,8 +26,8 @@ import cv2
 import numpy as np
 
 from pipeline.anomaly.bank import Bank, BankError, build_bank
-from pipeline.anomaly.calibrate import false_alarm_upper_bound, threshold_for_false_alarm_rate
-from pipeline.anomaly.maps import DEFAULT_SIGMA_PX, anomaly_maps, map_scores
+from pipeline.anomaly.calibrate import false_alarm_upper_bound, group_folds, threshold_for_false_alarm_rate
+from pipeline.anomaly.maps import DEFAULT_SIGMA_PX, anomaly_maps, map_scores, mask_border
 from pipeline.encoder import Encoder
 from pipeline.evaluation.anomaly_metrics import Interval
 from pipeline.types import CropBatch
@@ -154,6 +159,7 @@ class AnomalyEvaluation:
     recall: Interval
     fpr: Interval
     validation_fpr_upper_95: float
+    calibration_images: int
     per_type_auroc: dict[str, float]
     ms_per_image: float
     bank_vectors: int
@@ -161,7 +167,7 @@ class AnomalyEvaluation:
     counts: dict[str, int]
     test_rows: list[ManifestRow] = field(repr=False)
     test_scores: np.ndarray = field(repr=False)
-    validation_scores: np.ndarray = field(repr=False)
+    calibration_scores: np.ndarray = field(repr=False)
     test_maps: np.ndarray = field(repr=False)
     test_masks: np.ndarray = field(repr=False)
 
@@ -180,14 +186,15 @@ class AnomalyEvaluation:
 
 def evaluate_anomaly(rows: list[ManifestRow], encoder: Encoder, *, k: int = 1, index_type: str = "flat",
                      coreset_fraction: float = 0.1, max_vectors: int = 200_000, false_alarm_rate: float = 0.01,
-                     sigma_px: float = DEFAULT_SIGMA_PX, nlist: int = 0, nprobe: int = 8, pq_m: int = 0,
-                     batch: int = 8, seed: int = 0, progress: Callable[[str], None] | None = None
-                     ) -> tuple[AnomalyEvaluation, Bank]:
-    """Build the bank from ``train``, calibrate on ``validation``, score ``test``.
+                     sigma_px: float = DEFAULT_SIGMA_PX, border_px: int = 0, calibration_folds: int = 5,
+                     nlist: int = 0, nprobe: int = 8, pq_m: int = 0, batch: int = 8, seed: int = 0,
+                     progress: Callable[[str], None] | None = None) -> tuple[AnomalyEvaluation, Bank]:
+    """Build the bank from ``train``, calibrate on held-out good images, score ``test``.
 
-    The threshold is the ``1 - false_alarm_rate`` quantile of the validation images' scores; with few
-    validation images that rate is known only loosely, and :attr:`AnomalyEvaluation.validation_fpr_upper_95`
-    says how loosely. ``ms_per_image`` is the test pass (read, embed, k-NN search, map) divided by its images.
+    The threshold is the ``1 - false_alarm_rate`` quantile of the held-out good images' scores (validation,
+    plus out-of-fold train images when ``calibration_folds`` > 0); with few of them that rate is known only
+    loosely, and :attr:`AnomalyEvaluation.validation_fpr_upper_95` says how loosely. ``ms_per_image`` is the
+    test pass (read, embed, k-NN search, map) divided by its images.
     """
     # scikit-learn loads slowly: only evaluations pay for it, not every CLI start.
     from sklearn.metrics import roc_auc_score
@@ -203,26 +210,40 @@ def evaluate_anomaly(rows: list[ManifestRow], encoder: Encoder, *, k: int = 1, i
     say(f"train: {len(train)} images embedded ({train.shape[1]} patches x {train.shape[2]} features each) in "
         f"{time.perf_counter() - t0:.1f} s; building the bank")
     t0 = time.perf_counter()
-    bank = build_bank(train, np.arange(len(train)), encoder.encoder_id, encoder.input_size, level="patch",
-                      index_type=index_type, k=k, folds=0, max_vectors=max_vectors,
-                      coreset_fraction=coreset_fraction, sources=[str(by_split["train"][0].image.parent)],
-                      seed=seed, nlist=nlist, nprobe=nprobe, pq_m=pq_m)
+    def make_bank(features: np.ndarray) -> Bank:
+        return build_bank(features, np.arange(len(features)), encoder.encoder_id, encoder.input_size,
+                          level="patch", index_type=index_type, k=k, folds=0, max_vectors=max_vectors,
+                          coreset_fraction=coreset_fraction, sources=[str(by_split["train"][0].image.parent)],
+                          seed=seed, nlist=nlist, nprobe=nprobe, pq_m=pq_m)
+
+    bank = make_bank(train)
     say(f"bank: {len(bank)} vectors ({bank.meta.coreset_fraction:.1%} of the train patches, coverage radius "
         f"{bank.meta.coreset_coverage:.3f}) in {time.perf_counter() - t0:.1f} s")
     grid = _grid(encoder)
 
-    def score(split_rows: list[ManifestRow]) -> tuple[np.ndarray, np.ndarray]:
-        feats = patch_features(split_rows, encoder, batch)
+    def score_features(against: Bank, feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         n, p, c = feats.shape
-        patch = bank.scores(feats.reshape(n * p, c)).reshape(n, *grid)
-        maps = anomaly_maps(patch, size_hw, sigma_px)
+        patch = against.scores(feats.reshape(n * p, c)).reshape(n, *grid)
+        maps = mask_border(anomaly_maps(patch, size_hw, sigma_px), border_px)
         return map_scores(maps), maps
 
+    def score(split_rows: list[ManifestRow]) -> tuple[np.ndarray, np.ndarray]:
+        return score_features(bank, patch_features(split_rows, encoder, batch))
+
     val_scores, _ = score(by_split["validation"])
-    threshold = threshold_for_false_alarm_rate(val_scores, false_alarm_rate)
-    n_val = len(val_scores)
-    bank.with_threshold(threshold, false_alarm_rate, n_val, n_val, false_alarm_upper_bound(n_val))
-    say(f"threshold {threshold:.4f}: the {1 - false_alarm_rate:.0%} quantile of {n_val} validation good images")
+    held_out = [val_scores]
+    if calibration_folds:
+        t0 = time.perf_counter()
+        for i, fold in enumerate(group_folds(np.arange(len(train)), calibration_folds, seed)):
+            rest = np.setdiff1d(np.arange(len(train)), fold)
+            held_out.append(score_features(make_bank(train[rest]), train[fold])[0])
+            say(f"calibration fold {i + 1}/{calibration_folds}: {len(fold)} train images scored out of fold")
+        say(f"out-of-fold calibration in {time.perf_counter() - t0:.1f} s")
+    good = np.concatenate(held_out)
+    threshold = threshold_for_false_alarm_rate(good, false_alarm_rate)
+    n_good = len(good)
+    bank.with_threshold(threshold, false_alarm_rate, n_good, n_good, false_alarm_upper_bound(n_good))
+    say(f"threshold {threshold:.4f}: the {1 - false_alarm_rate:.0%} quantile of {n_good} held-out good images")
     t0 = time.perf_counter()
     test_scores, test_maps = score(test)
     ms = 1000 * (time.perf_counter() - t0) / len(test)
@@ -241,10 +262,11 @@ def evaluate_anomaly(rows: list[ManifestRow], encoder: Encoder, *, k: int = 1, i
         threshold=threshold, false_alarm_rate_target=false_alarm_rate,
         recall=wilson(int(flagged[y].sum()), int(y.sum())),
         fpr=wilson(int(flagged[~y].sum()), int((~y).sum())),
-        validation_fpr_upper_95=false_alarm_upper_bound(n_val), per_type_auroc=per_type, ms_per_image=ms,
+        validation_fpr_upper_95=false_alarm_upper_bound(n_good), calibration_images=n_good,
+        per_type_auroc=per_type, ms_per_image=ms,
         bank_vectors=len(bank), coreset_coverage=bank.meta.coreset_coverage,
         counts={s: len(v) for s, v in by_split.items()} | {"test_defective": int(y.sum())},
-        test_rows=test, test_scores=test_scores, validation_scores=val_scores, test_maps=test_maps,
+        test_rows=test, test_scores=test_scores, calibration_scores=good, test_maps=test_maps,
         test_masks=masks)
     return evaluation, bank
 

@@ -18,7 +18,7 @@ def save_histograms(path: Path, ev: AnomalyEvaluation) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups = {"validation good": ev.validation_scores}
+    groups = {"held-out good (calibration)": ev.calibration_scores}
     labels = [r.label for r in ev.test_rows]
     for label in ["good", *sorted({r.label for r in ev.test_rows if r.is_anomaly})]:
         sel = np.array([lab == label for lab in labels])

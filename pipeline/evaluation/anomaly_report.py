@@ -47,7 +47,8 @@ def run_evaluation(cfg: Config, manifest: Path, out: Path | None, size: tuple[in
              *encoder.input_size, *encoder.patch_grid, encoder.patch_dim)
     b, a = cfg.bank, cfg.anomaly
     ev, bank = evaluate_anomaly(rows, encoder, k=a.k, index_type=b.index, coreset_fraction=b.coreset_fraction,
-                                max_vectors=b.max_vectors, false_alarm_rate=b.false_alarm_rate, sigma_px=a.map_sigma,
+                                max_vectors=b.max_vectors, false_alarm_rate=b.false_alarm_rate,
+                                sigma_px=a.map_sigma, border_px=a.map_border, calibration_folds=b.folds,
                                 nlist=b.nlist, nprobe=b.nprobe, pq_m=b.pq_m, progress=log.info)
     if out is not None:
         write_outputs(out, ev, bank)
@@ -75,9 +76,11 @@ def report_lines(ev: AnomalyEvaluation) -> list[str]:
     lines = [
         f"images     train {c['train']} (bank: {ev.bank_vectors} patch vectors, coverage radius "
         f"{ev.coreset_coverage:.3f}), validation {c['validation']}, test {c['test']} ({c['test_defective']} defective)",
-        f"threshold  {ev.threshold:.4f}: the {1 - ev.false_alarm_rate_target:.0%} quantile of {c['validation']} "
-        f"validation good images (with that few, a false-alarm rate of up to {ev.validation_fpr_upper_95:.1%} "
-        f"cannot be ruled out at 95% confidence)",
+        f"threshold  {ev.threshold:.4f}: the {1 - ev.false_alarm_rate_target:.0%} quantile of {ev.calibration_images} "
+        f"held-out good images ({c['validation']} validation"
+        + (f", {ev.calibration_images - c['validation']} train out of fold" if ev.calibration_images > c['validation']
+           else "") + f"; with that many, a false-alarm rate up to {ev.validation_fpr_upper_95:.1%} cannot be ruled "
+        f"out at 95% confidence)",
         "",
     ]
     rows = [

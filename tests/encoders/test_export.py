@@ -77,3 +77,21 @@ def test_export_fails_and_removes_file_when_parity_breaks(small_net: EmbeddingNe
     assert err.value.tolerance == -1.0
     assert path.read_bytes() == b"previous model"  # the file in place is not replaced by an unfaithful export
     assert not list(tmp_path.glob("tmp*"))  # no staging leftovers
+
+
+def test_two_stage_patches_on_a_non_square_input_export_with_fixed_shapes(tmp_path: Path) -> None:
+    from pipeline.encoder import OnnxEncoder
+
+    torch.manual_seed(0)
+    trunk = EfficientNetLiteTrunk(stage=3, pretrained=False)
+    net = EmbeddingNet(trunk, trunk.out_channels, pooling="avg", patch_stage=3, patch_detail_stage=2).eval()
+    with torch.no_grad():
+        _, patches = net(torch.rand(1, 3, 96, 64))
+    # Stage 2 (stride 4, 24 channels) + stage 3 (stride 8, 40 channels) upsampled to the stride-4 grid.
+    assert tuple(patches.shape) == (1, 24 + 40, 24, 16)
+    report = export_onnx(net, tmp_path / "m.onnx", (96, 64), backbone="test")
+    assert report.parity_max_abs < 1e-4 and report.metadata["siamstream.input_size"] == "96x64"
+    enc = OnnxEncoder(tmp_path / "m.onnx", device="cpu")
+    assert enc.input_size == (96, 64) and enc.patch_grid == (24, 16) and enc.patch_dim == 64
+    with pytest.raises(ValueError, match="must come before"):
+        EmbeddingNet(trunk, trunk.out_channels, patch_stage=2, patch_detail_stage=2)

@@ -38,3 +38,18 @@ def test_overlay_colours_only_above_low() -> None:
     assert (out[5:] == 100).all()  # below ``low``: untouched
     assert not (out[:5] == 100).all()
     assert out[0, 0, 2] > out[0, 0, 0]  # at ``high``: red (BGR) dominates
+
+
+def test_border_band_is_left_out_of_the_maximum() -> None:
+    from pipeline.anomaly.maps import mask_border
+
+    m = np.ones((2, 20, 30), np.float32)
+    m[0, 0, 0] = 9.0  # corner artefact
+    m[1, 10, 15] = 5.0  # a defect inside
+    out = mask_border(m, 3)
+    assert map_scores(out).tolist() == [1.0, 5.0]
+    assert out[0, 0, 0] == 1.0 and out[0, 3:-3, 3:-3].min() == 1.0
+    assert m[0, 0, 0] == 9.0  # the input is not modified
+    np.testing.assert_array_equal(mask_border(m, 0), m)
+    with pytest.raises(ValueError, match="leaves nothing"):
+        mask_border(m, 10)

@@ -58,10 +58,17 @@ def test_evaluation_finds_scratches_and_localises_them(tmp_path: Path, pretraine
     assert ev.image_auroc.value >= 0.9
     assert ev.pixel_ap > 0.2 and ev.pixel_auroc > 0.9  # the map is high on the scratch, not just anywhere
     assert ev.test_maps.shape == (10, 128, 128)
-    # The threshold is the validation quantile and the verdicts follow from it.
-    assert ev.threshold == pytest.approx(np.quantile(ev.validation_scores, 0.8, method="higher"))
+    # The threshold is the quantile of the held-out good scores (6 validation + 12 train out of fold) and the
+    # verdicts follow from it.
+    assert ev.calibration_images == len(ev.calibration_scores) == 18
+    assert ev.threshold == pytest.approx(np.quantile(ev.calibration_scores, 0.8, method="higher"))
     assert ev.recall.value == pytest.approx(float((ev.test_scores[5:] > ev.threshold).mean()))
-    assert bank.meta.threshold == pytest.approx(ev.threshold) and bank.meta.calibration_samples == 6
+    assert bank.meta.threshold == pytest.approx(ev.threshold) and bank.meta.calibration_samples == 18
+    only_validation, _ = evaluate_anomaly(rows, encoder, coreset_fraction=0.5, false_alarm_rate=0.2,
+                                          calibration_folds=0, border_px=8)
+    assert only_validation.calibration_images == 6
+    for m in only_validation.test_maps:  # the border band is left out: it holds each map's minimum
+        assert m[:8].max() == m[:, -8:].max() == m.min() < m.max()
     figures = ev.figures()
     assert set(figures) >= {"image_auroc", "pixel_auroc", "pixel_ap", "recall_at_threshold", "fpr_at_threshold",
                             "ms_per_image"}
