@@ -132,19 +132,20 @@ def _good_samples(source_uri: str, detect: bool, cfg: Config, encoder: OnnxEncod
 
 def cmd_bank_add(args: argparse.Namespace) -> int:
     from pipeline import app
-    from pipeline.anomaly.bank import Bank, append_samples
+    from pipeline.anomaly.bank import Bank, append_samples, bank_lock
     from pipeline.config import replace
 
     cfg = _config(args)
-    bank = Bank.load(args.bank)
-    cfg = replace(cfg, "bank", level=bank.meta.level)
-    square = bank.meta.input_size[0] == bank.meta.input_size[1] == cfg.encoder.input_size
-    encoder = app.build_encoder(cfg.encoder, size=None if cfg.encoder.model or square else bank.meta.input_size)
-    bank.check_encoder(encoder.encoder_id, encoder.embedding_dim, encoder.patch_dim, str(args.bank))
-    before = len(bank)
-    samples = _good_samples(args.source, args.detect, cfg, encoder)
-    added = append_samples(bank, samples.features, str(args.source))
-    bank.save(args.bank)  # atomic: a running pipeline reloads it whole
+    with bank_lock(args.bank):
+        bank = Bank.load(args.bank)
+        cfg = replace(cfg, "bank", level=bank.meta.level)
+        square = bank.meta.input_size[0] == bank.meta.input_size[1] == cfg.encoder.input_size
+        encoder = app.build_encoder(cfg.encoder, size=None if cfg.encoder.model or square else bank.meta.input_size)
+        bank.check_encoder(encoder.encoder_id, encoder.embedding_dim, encoder.patch_dim, str(args.bank))
+        before = len(bank)
+        samples = _good_samples(args.source, args.detect, cfg, encoder)
+        added = append_samples(bank, samples.features, str(args.source))
+        bank.save(args.bank)  # atomic: a running pipeline reloads it whole
     print(f"bank       {args.bank}: {before} + {added} vectors from {len(samples.features)} good crops of "
           f"{samples.parts} parts/images = {len(bank)}")
     print(f"threshold  {bank.meta.threshold:.4f} (kept: added good samples can only lower good parts' scores)")

@@ -19,8 +19,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pipeline.anomaly.bank import Bank
+from pipeline.anomaly.bank import Bank, crop_features
 from pipeline.anomaly.inspector import PartInspector
+from pipeline.anomaly.maps import overlay_patch_maps
 from pipeline.crops import crop_batch
 from pipeline.detect import Detector
 from pipeline.encoder import Encoder
@@ -28,7 +29,7 @@ from pipeline.metrics import PipelineMetrics
 from pipeline.sinks import Sink
 from pipeline.sources import FrameSource
 from pipeline.tracking.tracker import Tracker
-from pipeline.types import AnomalyEvent, Embeddings, Frame, FrameResult, TrackObservation, TrackState, Verdict
+from pipeline.types import AnomalyEvent, Embeddings, Frame, FrameResult, PatchMap, TrackObservation, TrackState, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +113,9 @@ class Pipeline:
             dets = self.detector.detect(frame)
         with self._timed("crop"):
             crops = crop_batch(frame, dets, self.encoder.input_size, self.crop_padding)
+        bank = self.bank  # one bank for the whole frame, even if a swap is handed over meanwhile
         with self._timed("encode"):
-            emb = self.encoder.embed(crops, with_patches=self.bank is not None)  # all crops as one batch
+            emb = self.encoder.embed(crops, with_patches=bank is not None)  # all crops as one batch
         self.metrics.encoder_batch.observe(len(crops))
         with self._timed("track"):
             out = self.tracker.update(dets, emb, frame.timestamp, frame_image=frame.image)
@@ -122,20 +124,40 @@ class Pipeline:
         self.metrics.tracks_ended.inc(len(out.ended))
         self.metrics.active_tracks.set(self.tracker.active_count)
         with self._timed("anomaly"):
-            observations, events = self._inspect(frame, dets.xyxy, emb, out.observations)
+            observations, events, maps = self._inspect(frame, dets.xyxy, crops.xyxy, emb, out.observations)
             for track_id in out.ended:
                 self._end(track_id)
-        return FrameResult(frame, dets, observations, events)
+        return FrameResult(frame, dets, observations, events, maps)
 
-    def _inspect(self, frame: Frame, xyxy: np.ndarray, emb: Embeddings,
-                 observations: list[TrackObservation]) -> tuple[list[TrackObservation], list[AnomalyEvent]]:
-        if self.bank is None or self.inspector is None:
-            return observations, []
+    def _score(self, frame: Frame, xyxy: np.ndarray, regions: np.ndarray, emb: Embeddings
+               ) -> tuple[np.ndarray, list[PatchMap]]:
+        """Score per detection (``nan`` for crops at the frame edge) and, for patch banks, each scored crop's
+        patch map over the region it was cut from."""
+        assert self.bank is not None and self.inspector is not None
         scorable = edge_mask(xyxy, frame.width, frame.height, self.edge_margin)
         self.metrics.crops_unscored.inc(int((~scorable).sum()))
         det_scores = np.full(len(xyxy), np.nan, np.float32)
-        if scorable.any():
-            det_scores[scorable] = self.bank.score_embeddings(emb.select(scorable), self.k)
+        if not scorable.any():
+            return det_scores, []
+        chosen = emb.select(scorable)
+        if self.bank.meta.level != "patch" or chosen.patches is None:
+            det_scores[scorable] = self.bank.score_embeddings(chosen, self.k)
+            return det_scores, []
+        patch = self.bank.patch_scores(crop_features(chosen, "patch"), self.k)
+        det_scores[scorable] = patch.max(axis=1)
+        h, w = emb.grid
+        maps = [PatchMap(int(i), tuple(float(v) for v in regions[i]), p.reshape(h, w),  # type: ignore[arg-type]
+                         self.inspector.threshold)
+                for i, p in zip(np.flatnonzero(scorable), patch, strict=True)]
+        return det_scores, maps
+
+    def _inspect(self, frame: Frame, xyxy: np.ndarray, regions: np.ndarray, emb: Embeddings,
+                 observations: list[TrackObservation]
+                 ) -> tuple[list[TrackObservation], list[AnomalyEvent], list[PatchMap]]:
+        if self.bank is None or self.inspector is None:
+            return observations, [], []
+        det_scores, maps = self._score(frame, xyxy, regions, emb)
+        by_detection = {m.detection_index: m for m in maps}
         result: list[TrackObservation] = []
         events: list[AnomalyEvent] = []
         for obs in observations:
@@ -157,16 +179,22 @@ class Pipeline:
                 events.append(AnomalyEvent(self.stream, obs.track_id, frame.index, frame.timestamp,
                                            upd.track_score, self.inspector.threshold, upd.frames_scored,
                                            tuple(float(v) for v in obs.xyxy),  # type: ignore[arg-type]
-                                           self._save_evidence(frame, obs)))
+                                           self._save_evidence(frame, obs, by_detection.get(di))))
             result.append(replace(obs, score=score, track_score=upd.track_score, verdict=upd.verdict))
-        return result, events
+        return result, events, maps
 
-    def _save_evidence(self, frame: Frame, obs: TrackObservation) -> str:
+    def _save_evidence(self, frame: Frame, obs: TrackObservation, patch_map: PatchMap | None = None) -> str:
+        """The part with some context; with a patch map, the region the encoder saw, and beside it the same
+        region under its anomaly map."""
         if self.evidence_dir is None:
             return ""
-        x1, y1, x2, y2 = (round(float(v)) for v in obs.xyxy)
-        pad = max(4, (x2 - x1) // 5)
-        crop = frame.image[max(0, y1 - pad):y2 + pad, max(0, x1 - pad):x2 + pad]
+        x1, y1, x2, y2 = (round(float(v)) for v in (patch_map.xyxy if patch_map is not None else obs.xyxy))
+        pad = 0 if patch_map is not None else max(4, (x2 - x1) // 5)
+        window = (slice(max(0, y1 - pad), y2 + pad), slice(max(0, x1 - pad), x2 + pad))
+        crop = frame.image[window]
+        if patch_map is not None and crop.size:
+            heat = overlay_patch_maps(frame.image, [patch_map], worst=0.1)[window]
+            crop = np.hstack([crop, heat])
         path = self.evidence_dir / f"track{obs.track_id:06d}_frame{frame.index:07d}.png"
         if crop.size and cv2.imwrite(str(path), crop):
             return str(path)

@@ -27,6 +27,7 @@ from typing import IO, Protocol
 import cv2
 import numpy as np
 
+from pipeline.anomaly.maps import overlay_patch_maps
 from pipeline.types import FrameResult, TrackObservation, TrackState, UInt8Array, Verdict
 
 logger = logging.getLogger(__name__)
@@ -213,7 +214,8 @@ def _draw_order(obs: TrackObservation) -> tuple[bool, bool]:
 def draw_annotations(image: np.ndarray, result: FrameResult) -> UInt8Array:
     """Return a copy of ``image`` with ``result`` drawn on it; ``image`` itself is not modified.
 
-    Drawn, bottom to top: detections that matched no track (thin grey boxes); every track seen this frame
+    Drawn, bottom to top: the patch anomaly maps of scored crops (only what is over the threshold is
+    coloured); detections that matched no track (thin grey boxes); every track seen this frame
     (``detection_index >= 0``) with a box coloured by verdict (:data:`VERDICT_COLORS`), 1 px when tentative
     and 2 px otherwise, and a label ``#<id> [<track score>] [DEFECT]``; a header ``frame N  tracks M
     flagged K`` at the top-left, where M counts tracks seen this frame and K those with a DEFECT verdict.
@@ -229,6 +231,8 @@ def draw_annotations(image: np.ndarray, result: FrameResult) -> UInt8Array:
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"draw_annotations: image must be (H, W, 3) uint8, got {image.shape} {image.dtype}")
     out: UInt8Array = np.ascontiguousarray(image).copy()
+    if result.patch_maps:  # under the boxes: where each scored part is over its threshold
+        out = overlay_patch_maps(out, result.patch_maps)
     height, width = out.shape[:2]
     visible = [obs for obs in result.tracks if _is_visible(obs)]
 

@@ -241,6 +241,22 @@ class AnomalyEvent:
         }
 
 
+@dataclass(frozen=True)
+class PatchMap:
+    """A crop's patch anomaly scores: ``grid`` ``(h, w)`` float32 covering ``xyxy``, the frame region the
+    crop was cut from (padded box), with the ``threshold`` they are judged against."""
+
+    detection_index: int
+    xyxy: tuple[float, float, float, float]
+    grid: FloatArray
+    threshold: float
+
+    def __post_init__(self) -> None:
+        g = np.asarray(self.grid, np.float32)
+        _check(g.ndim == 2 and g.size > 0, "PatchMap", "grid shape", "(h, w)", g.shape)
+        object.__setattr__(self, "grid", g)
+
+
 @dataclass
 class FrameResult:
     """Everything the pipeline produced for one frame: what sinks consume."""
@@ -249,3 +265,4 @@ class FrameResult:
     detections: Detections
     tracks: list[TrackObservation] = field(default_factory=list)
     events: list[AnomalyEvent] = field(default_factory=list)
+    patch_maps: list[PatchMap] = field(default_factory=list)  # scored crops of a patch-level bank

@@ -17,11 +17,14 @@ so a reader never sees half a bank. Scores are L2 distances.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -197,12 +200,16 @@ class Bank:
         sq, _ = self.index.search(x, k)
         return np.sqrt(np.maximum(sq, 0.0)).mean(axis=1).astype(np.float32)
 
-    def score_crops(self, features: np.ndarray, k: int | None = None) -> np.ndarray:
-        """Anomaly score per crop from ``(N, P, C)`` features: the largest patch score, ``(N,)`` float32."""
+    def patch_scores(self, features: np.ndarray, k: int | None = None) -> np.ndarray:
+        """Score of every patch of every crop from ``(N, P, C)`` features, ``(N, P)`` float32."""
         n, p, c = features.shape
         if n == 0:
-            return np.zeros(0, np.float32)
-        return self.scores(features.reshape(n * p, c), k).reshape(n, p).max(axis=1)
+            return np.zeros((0, p), np.float32)
+        return self.scores(features.reshape(n * p, c), k).reshape(n, p)
+
+    def score_crops(self, features: np.ndarray, k: int | None = None) -> np.ndarray:
+        """Anomaly score per crop from ``(N, P, C)`` features: the largest patch score, ``(N,)`` float32."""
+        return self.patch_scores(features, k).max(axis=1) if len(features) else np.zeros(0, np.float32)
 
     def score_embeddings(self, emb: Embeddings, k: int | None = None) -> np.ndarray:
         return self.score_crops(crop_features(emb, self.meta.level), k)
@@ -346,6 +353,28 @@ def build_bank(features: np.ndarray, groups: np.ndarray, encoder_id: str, input_
     # Crops of one part are not independent: the bound counts parts, the conservative sample size.
     bank.with_threshold(threshold, false_alarm_rate, n, n_groups, false_alarm_upper_bound(n_groups))
     return bank
+
+
+@contextlib.contextmanager
+def bank_lock(path: str | Path) -> Iterator[None]:
+    """Hold an exclusive lock on the bank at ``path`` (a ``.NAME.lock`` file beside it) while reading,
+    changing and writing it back, so two `bank add` runs on one bank do not lose each other's samples."""
+    path = Path(path)
+    if not path.is_dir():  # nothing to protect: loading it will say what is wrong
+        yield
+        return
+    lock = path.parent / f".{path.name}.lock"
+    try:
+        fh = open(lock, "a")  # noqa: SIM115 - held for the duration of the with-block
+    except OSError as exc:
+        raise BankError(f"{lock}: cannot create the bank's lock file ({exc.strerror or exc}); check that "
+                        f"{path.parent} is writable") from None
+    with fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def append_samples(bank: Bank, features: np.ndarray, source: str, coreset_fraction: float | None = None,

@@ -7,8 +7,12 @@ noise, a defect lights up a few neighbouring cells. The image's (or crop's) scor
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import cv2
 import numpy as np
+
+from pipeline.types import PatchMap
 
 DEFAULT_SIGMA_PX = 4.0
 
@@ -67,14 +71,42 @@ def smoothed_grid_max(patch_scores: np.ndarray, sigma_cells: float) -> np.ndarra
 def overlay(image_bgr: np.ndarray, amap: np.ndarray, low: float, high: float, alpha: float = 0.5) -> np.ndarray:
     """``image_bgr`` ``(H, W, 3)`` uint8 with ``amap`` ``(H', W')`` drawn over it as a JET heat map.
 
-    ``low`` maps to blue and ``high`` (e.g. the threshold, or a defect's score) to red; values below ``low``
-    are left uncoloured so good regions stay readable."""
+    Values at ``low`` are drawn yellow-green and at ``high`` (or above) red; values below ``low`` are left
+    uncoloured so good regions stay readable."""
     h, w = image_bgr.shape[:2]
     m = np.asarray(amap, np.float32)
     if m.shape != (h, w):
         m = cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR)
     span = max(float(high) - float(low), 1e-12)
     norm = np.clip((m - low) / span, 0.0, 1.0)
-    heat = cv2.applyColorMap((norm * 255).astype(np.uint8), cv2.COLORMAP_JET)
+    # JET's upper half (yellow at ``low`` .. red at ``high``) where the map is over ``low``
+    heat = cv2.applyColorMap((127 + norm * 128).astype(np.uint8), cv2.COLORMAP_JET)
     weight = (alpha * (m > low)).astype(np.float32)[..., None]
     return (image_bgr.astype(np.float32) * (1 - weight) + heat.astype(np.float32) * weight).astype(np.uint8)
+
+
+def overlay_patch_maps(image_bgr: np.ndarray, patch_maps: Sequence[PatchMap], alpha: float = 0.5,
+                       worst: float = 0.0) -> np.ndarray:
+    """A copy of a frame with each crop's patch map drawn over the region the crop was cut from.
+
+    Only patches above the crop's threshold are coloured (yellow just above it, red at 1.5 times it and
+    beyond), so a flagged part shows where it is defective and a good part stays as it is. With ``worst``
+    > 0 (evidence of a flagged part), patches within that fraction of the crop's worst patch are coloured
+    too: a part is flagged on its median over many frames, and in the frame saved its worst patch may be
+    just under the threshold."""
+    out = np.array(image_bgr, copy=True)
+    height, width = out.shape[:2]
+    for pm in patch_maps:
+        x1, y1, x2, y2 = pm.xyxy
+        rw, rh = max(1, round(x2 - x1)), max(1, round(y2 - y1))
+        full = cv2.resize(pm.grid, (rw, rh), interpolation=cv2.INTER_LINEAR)
+        ox, oy = round(x1), round(y1)
+        cx1, cy1, cx2, cy2 = max(0, ox), max(0, oy), min(width, ox + rw), min(height, oy + rh)
+        if cx2 <= cx1 or cy2 <= cy1:
+            continue
+        part = full[cy1 - oy:cy2 - oy, cx1 - ox:cx2 - ox]
+        low = pm.threshold if pm.threshold > 0 and np.isfinite(pm.threshold) else float(full.max())
+        if worst > 0:
+            low = min(low, (1.0 - worst) * float(full.max()))
+        out[cy1:cy2, cx1:cx2] = overlay(out[cy1:cy2, cx1:cx2], part, low, 1.5 * low, alpha)
+    return out

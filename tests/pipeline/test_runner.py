@@ -88,3 +88,45 @@ def test_busy_metrics_port_is_a_clear_error() -> None:
     port = serve(registry, "127.0.0.1", 0)
     with pytest.raises(MetricsError, match=f"127.0.0.1:{port}.*metrics.port"):
         serve(CollectorRegistry(), "127.0.0.1", port)
+
+
+def test_patch_maps_reach_the_results_the_video_and_the_evidence(setup, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    import cv2
+    import numpy as np
+
+    from pipeline.sinks import draw_annotations
+
+    cfg, encoder, bank = setup
+    pipe = app.build_pipeline(cfg, encoder, PipelineMetrics(CollectorRegistry(), "s"), bank, tmp_path)
+    # Every part defective, the belt full from the first frame: this seed's scene has flagged parts.
+    scene = ProductionLineScene(SceneConfig(num_frames=240, seed=3, defect_rate=1.0, prefill=True))
+    results = []
+    run(SceneSource(scene, "s"), pipe, [EventsJsonlSink(tmp_path / "events.jsonl")], on_result=results.append)
+    with_maps = [r for r in results if r.patch_maps]
+    assert with_maps
+    for r in with_maps[:20]:
+        for m in r.patch_maps:
+            assert m.grid.shape == encoder.patch_grid and m.threshold == bank.meta.threshold
+            # The crop's score is its worst patch.
+            obs = next((o for o in r.tracks if o.detection_index == m.detection_index), None)
+            if obs is not None and np.isfinite(obs.score):
+                assert obs.score == pytest.approx(float(m.grid.max()), rel=1e-5)
+    hot = [r for r in results if any(m.grid.max() > m.threshold for m in r.patch_maps)]
+    assert hot, "the defective parts of this scene score over the threshold somewhere"
+    plain = draw_annotations(hot[0].frame.image, replace_maps(hot[0]))
+    assert not np.array_equal(draw_annotations(hot[0].frame.image, hot[0]), plain)  # the map is drawn
+    events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    assert events
+    for e in events:  # evidence: the crop, and beside it the same crop under its anomaly map
+        img = cv2.imread(e["evidence"])
+        assert img is not None and img.shape[1] % 2 == 0
+        left, right = np.hsplit(img, 2)
+        assert not np.array_equal(left, right)
+
+
+def replace_maps(result):  # type: ignore[no-untyped-def]
+    from dataclasses import replace as dc_replace
+
+    return dc_replace(result, patch_maps=[])

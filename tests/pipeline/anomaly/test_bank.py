@@ -228,3 +228,31 @@ def test_index_file_of_another_type_than_its_metadata(tmp_path: Path) -> None:
     (tmp_path / "b" / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(BankError, match="holds a flat one"):
         Bank.load(tmp_path / "b")
+
+
+def test_bank_lock_serialises_read_modify_write(tmp_path: Path) -> None:
+    import threading
+
+    from pipeline.anomaly.bank import append_samples, bank_lock
+
+    base = Bank.create("enc", 8, (64, 64))
+    base.add(clustered(100, 8, 4, 0))
+    base.save(tmp_path / "b")
+
+    def add(seed: int) -> None:
+        with bank_lock(tmp_path / "b"):
+            bank = Bank.load(tmp_path / "b")
+            append_samples(bank, clustered(10, 8, 4, seed)[:, None, :], f"s{seed}", coreset_fraction=1.0)
+            bank.save(tmp_path / "b")
+
+    threads = [threading.Thread(target=add, args=(s,)) for s in range(1, 7)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    final = Bank.load(tmp_path / "b")
+    assert len(final) == 100 + 6 * 10  # no add lost
+    assert sorted(final.meta.sources) == [f"s{s}" for s in range(1, 7)]
+    with bank_lock(tmp_path / "missing"):  # no bank yet: no lock file, loading reports the problem
+        pass
+    assert not (tmp_path / ".missing.lock").exists()

@@ -53,3 +53,23 @@ def test_border_band_is_left_out_of_the_maximum() -> None:
     np.testing.assert_array_equal(mask_border(m, 0), m)
     with pytest.raises(ValueError, match="leaves nothing"):
         mask_border(m, 10)
+
+
+def test_patch_maps_colour_only_what_is_over_the_threshold_inside_the_frame() -> None:
+    from pipeline.anomaly.maps import overlay_patch_maps
+    from pipeline.types import PatchMap
+
+    frame = np.full((60, 80, 3), 90, np.uint8)
+    grid = np.ones((4, 4), np.float32)
+    grid[0, 1] = 3.0  # top row, second of four columns (x 60..80 of the region 40..120): over the threshold of 2
+    # The crop region runs past the right edge of the frame: what is outside is clipped, not an error.
+    out = overlay_patch_maps(frame, [PatchMap(0, (40.0, 10.0, 120.0, 90.0), grid, 2.0)])
+    assert (out[:10] == 90).all() and (out[:, :40] == 90).all()  # outside the region: untouched
+    changed = np.argwhere((out != 90).any(axis=2))
+    assert len(changed) and changed[:, 0].min() >= 10 and changed[:, 1].min() >= 40
+    # Only around the hot patch (spread a little by interpolation) is coloured.
+    assert changed[:, 0].max() < 10 + 40 and changed[:, 1].min() >= 40 + 10
+    assert (overlay_patch_maps(frame, [PatchMap(0, (0.0, 0.0, 80.0, 60.0), np.ones((2, 2), np.float32), 2.0)])
+            == frame).all()
+    with pytest.raises(ValueError, match="grid shape"):
+        PatchMap(0, (0.0, 0.0, 1.0, 1.0), np.zeros(3, np.float32), 1.0)
