@@ -154,6 +154,7 @@ def build_alert_sinks(cfg: AlertsConfig, stream: str, out_dir: Path,
     try:
         if cfg.webhook_url:
             sinks.append(WebhookSink(cfg.webhook_url, spool_root / "webhook", timeout_s=cfg.webhook_timeout_s,
+                                     max_rejections=cfg.webhook_max_rejections,
                                      metrics=metrics.alert_sink("webhook") if metrics else None, **common))
         if cfg.mqtt_host:
             sinks.append(MqttSink(cfg.mqtt_host, spool_root / "mqtt", port=cfg.mqtt_port, topic=cfg.mqtt_topic,

@@ -166,6 +166,7 @@ class AlertsConfig:
 
     webhook_url: str = _f("")
     webhook_timeout_s: float = _f(5.0, 0.1, 300.0)
+    webhook_max_rejections: int = _f(5, 0, 1_000_000)
     mqtt_host: str = _f("")
     mqtt_port: int = _f(1883, 1, 65535)
     mqtt_topic: str = _f("siamstream/alerts")

@@ -129,6 +129,10 @@ class PipelineMetrics:
         self._alerts_dropped = Counter("siamstream_alerts_dropped_total",
                                        "Alerts given up: spool full (oldest dropped) or a spool file unreadable.",
                                        a, registry=registry)
+        self._alerts_dead_lettered = Counter(
+            "siamstream_alerts_dead_lettered_total",
+            "Alerts the receiver kept rejecting (webhook 4xx other than 408/429), moved to the dead-letter folder.",
+            a, registry=registry)
 
     @property
     def bank_size(self) -> Gauge:
@@ -151,17 +155,20 @@ class PipelineMetrics:
         return AlertSinkMetrics(self._alerts_sent.labels(self.stream, sink),
                                 self._alert_failures.labels(self.stream, sink),
                                 self._alerts_spooled.labels(self.stream, sink),
-                                self._alerts_dropped.labels(self.stream, sink))
+                                self._alerts_dropped.labels(self.stream, sink),
+                                self._alerts_dead_lettered.labels(self.stream, sink))
 
 
 class AlertSinkMetrics:
-    """One alert sink's series: delivered, failed attempts, waiting on disk, given up."""
+    """One alert sink's series: delivered, failed attempts, waiting on disk, given up, set aside as rejected."""
 
-    def __init__(self, sent: Counter, failures: Counter, spooled: Gauge, dropped: Counter) -> None:
+    def __init__(self, sent: Counter, failures: Counter, spooled: Gauge, dropped: Counter,
+                 dead_lettered: Counter) -> None:
         self.sent = sent
         self.failures = failures
         self.spooled = spooled
         self.dropped = dropped
+        self.dead_lettered = dead_lettered
 
 
 class MetricsError(RuntimeError):

@@ -49,14 +49,17 @@ def wait_for_port(port: int, timeout: float, what: str) -> None:
 class WebhookReceiver:
     """An HTTP server that records every POSTed JSON body. ``start()``/``stop()`` bring it up and down on the
     same port; ``hang()`` makes it accept requests and never answer until ``release()``; ``status`` is the
-    code it answers with."""
+    code it answers with, ``reject`` the code (and body) for particular alert ids instead. ``received`` holds
+    the accepted alerts, ``requests`` every request: (alert id, status answered, raw body)."""
 
     def __init__(self, port: int | None = None) -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}/alerts"
         self.status = 200
+        self.reject: dict[str, tuple[int, bytes]] = {}  # alert id -> (status, body) answered instead of `status`
         self.received: list[dict[str, Any]] = []
         self.headers: list[dict[str, str]] = []
+        self.requests: list[tuple[str, int, bytes]] = []
         self._lock = threading.Lock()
         self._hang = threading.Event()
         self._release = threading.Event()
@@ -74,13 +77,18 @@ class WebhookReceiver:
                         receiver.hung += 1
                     receiver._release.wait(60)
                     return  # the client timed out long ago; close without an answer
-                if receiver.status // 100 == 2:
-                    with receiver._lock:
-                        receiver.received.append(json.loads(body))
+                alert = json.loads(body)
+                alert_id = str(alert.get("alert_id", ""))  # "" for other bodies (Alertmanager's notifications)
+                status, answer = receiver.reject.get(alert_id, (receiver.status, b""))
+                with receiver._lock:
+                    receiver.requests.append((alert_id, status, body))
+                    if status // 100 == 2:
+                        receiver.received.append(alert)
                         receiver.headers.append(dict(self.headers))
-                self.send_response(receiver.status)
-                self.send_header("Content-Length", "0")
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(answer)))
                 self.end_headers()
+                self.wfile.write(answer)
 
             def log_message(self, format: str, *args: object) -> None:
                 pass
@@ -112,6 +120,11 @@ class WebhookReceiver:
     def unique(self) -> dict[str, dict[str, Any]]:
         """Received alerts de-duplicated by ``alert_id``, as a receiver should."""
         return {a["alert_id"]: a for a in self.alerts()}
+
+    def attempts(self, alert_id: str) -> list[tuple[int, bytes]]:
+        """(status answered, raw body) of every request that carried ``alert_id``, in order."""
+        with self._lock:
+            return [(status, body) for aid, status, body in self.requests if aid == alert_id]
 
 
 def mosquitto_binary() -> str:

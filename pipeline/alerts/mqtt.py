@@ -7,6 +7,11 @@ down at start or goes away does not stop the pipeline. An alert's spool file is 
 broker's PUBACK for it arrives; paho re-sends unacknowledged messages after a reconnect, and whatever is
 still unacknowledged at :meth:`close` stays in the spool for the next run. At most ``max_inflight`` alerts
 are handed to paho at a time; the rest wait on disk, so memory stays bounded through a long outage.
+
+There is no dead-letter folder here, unlike the webhook sink: MQTT 3.1.1 has no way to reject one message.
+Its PUBACK carries no reason code, and a broker that refuses a message (an ACL, ``message_size_limit``)
+still acknowledges it and drops it (mosquitto logs "Dropped too large PUBLISH"). What can fail (connecting,
+authenticating) fails for every alert alike and is retried.
 """
 
 from __future__ import annotations

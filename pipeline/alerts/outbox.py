@@ -10,7 +10,9 @@ then delivers from the spool, oldest first, and deletes an alert's file only onc
 acknowledged it. So an alert is lost only when the spool is full (the oldest are dropped, and counted) or
 the process dies before the delivery thread has spooled it (at most ``max_queue`` alerts, usually none;
 SIGINT and SIGTERM close the sinks, which spools them). Alerts still on disk at :meth:`AlertOutbox.close`
-are delivered by the next run that uses the same spool directory.
+are delivered by the next run that uses the same spool directory. An alert the webhook receiver keeps
+rejecting is not lost either: it is moved to a dead-letter folder beside the spool
+(:mod:`~pipeline.alerts.webhook`).
 
 Delivery is at least once: an acknowledgement lost on the way back means the alert is sent again, with
 the same ``alert_id``, and the receiver drops the copy.

@@ -4,7 +4,8 @@ Files are named ``<unix ns, 20 digits>-<sequence, 6 digits>-<alert id>.json`` so
 delivery order (oldest first). A file is written to a hidden ``.tmp-*`` name, flushed and fsynced, renamed
 into place and the directory fsynced, so after a crash a spooled alert is either complete or absent; stale
 ``.tmp-*`` files are deleted when the spool opens. A file that cannot be parsed is renamed to ``*.bad``
-(kept for inspection) and counted as dropped.
+(kept for inspection) and counted as dropped. :meth:`Spool.move_out` takes an alert out of the spool into
+another folder, file unchanged (the webhook sink's dead-letter folder).
 
 The spool is bounded by ``max_alerts`` files and ``max_bytes`` bytes. Policy when full: the **oldest**
 alerts are dropped to make room for the new one, and each drop is counted (``on_drop``). A receiver that is
@@ -164,7 +165,7 @@ class Spool:
             tmp.unlink(missing_ok=True)
             raise
         if sync:
-            self._fsync_dir()
+            _fsync_dir(self.directory)
         entry = SpoolEntry(name, alert.alert_id, len(data))
         with self._lock:
             self._index[name] = entry
@@ -202,6 +203,30 @@ class Spool:
         (self.directory / entry.name).unlink(missing_ok=True)
         return self._forget(entry.name)
 
+    def move_out(self, entry: SpoolEntry, directory: Path) -> Path | None:
+        """Move ``entry``'s file, bytes and name unchanged, into ``directory`` (created if needed) and out of the
+        spool: rename + fsync of both directories. None if the file was already gone.
+
+        The name keeps the delivery order, so moving the file back into the spool directory queues it again
+        (read at the next start).
+
+        Raises:
+            OSError: the directory cannot be created or the file not moved (e.g. another file system); the
+                alert then stays in the spool.
+        """
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        target = directory / entry.name
+        try:
+            os.replace(self.directory / entry.name, target)
+        except FileNotFoundError:
+            self._forget(entry.name)
+            return None
+        _fsync_dir(directory)
+        _fsync_dir(self.directory)
+        self._forget(entry.name)
+        return target
+
     # -- internals ---------------------------------------------------------------------------------------
 
     def _forget(self, name: str) -> bool:
@@ -238,9 +263,11 @@ class Spool:
         if self._on_drop is not None:
             self._on_drop(n)
 
-    def _fsync_dir(self) -> None:
-        fd = os.open(self.directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+
+def _fsync_dir(directory: Path) -> None:
+    """Make a rename in ``directory`` survive a power cut."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -92,9 +92,9 @@ def _new_index(dim: int, index_type: str, train: np.ndarray | None = None, nlist
     if index_type == "flat":
         return faiss.IndexFlatL2(dim)
     if index_type == "hnsw":
-        index = faiss.IndexHNSWFlat(dim, HNSW_M)
-        index.hnsw.efSearch = HNSW_EF_SEARCH
-        return index
+        hnsw = faiss.IndexHNSWFlat(dim, HNSW_M)
+        hnsw.hnsw.efSearch = HNSW_EF_SEARCH
+        return hnsw
     if index_type not in INDEX_TYPES:
         raise BankError(f"unknown index type {index_type!r}; valid: {', '.join(INDEX_TYPES)}")
     if train is None:
@@ -106,6 +106,7 @@ def _new_index(dim: int, index_type: str, train: np.ndarray | None = None, nlist
         raise BankError(f"{index_type} index with {cells} cells needs at least {need} vectors to train, got {n}; "
                         f"add more good samples, lower [bank] nlist, or use [bank] index = \"flat\"")
     quantizer = faiss.IndexFlatL2(dim)
+    index: faiss.Index
     if index_type == "ivf-flat":
         index = faiss.IndexIVFFlat(quantizer, dim, cells, faiss.METRIC_L2)
     else:
@@ -122,7 +123,7 @@ def _set_search_params(index: faiss.Index, meta: BankMeta) -> None:
     ivf = faiss.try_extract_index_ivf(index)
     if ivf is not None:
         ivf.nprobe = max(1, min(meta.nprobe, ivf.nlist))
-    elif meta.index_type == "hnsw":
+    elif isinstance(index, faiss.IndexHNSW):
         index.hnsw.efSearch = max(HNSW_EF_SEARCH, meta.k)
 
 
@@ -181,7 +182,7 @@ class Bank:
         if not self.trained:
             self.index = _new_index(x.shape[1], self.meta.index_type, x, self.meta.nlist, self.meta.pq_m)
             ivf = faiss.extract_index_ivf(self.index)
-            pq_m = int(self.index.pq.M) if self.meta.index_type == "ivf-pq" else 0
+            pq_m = int(self.index.pq.M) if isinstance(self.index, faiss.IndexIVFPQ) else 0
             self.meta = replace(self.meta, nlist=int(ivf.nlist), pq_m=pq_m)
             _set_search_params(self.index, self.meta)
         self.index.add(x)

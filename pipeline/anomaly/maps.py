@@ -76,7 +76,7 @@ def overlay(image_bgr: np.ndarray, amap: np.ndarray, low: float, high: float, al
     h, w = image_bgr.shape[:2]
     m = np.asarray(amap, np.float32)
     if m.shape != (h, w):
-        m = cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR)
+        m = np.asarray(cv2.resize(m, (w, h), interpolation=cv2.INTER_LINEAR), np.float32)
     span = max(float(high) - float(low), 1e-12)
     norm = np.clip((m - low) / span, 0.0, 1.0)
     # JET's upper half (yellow at ``low`` .. red at ``high``) where the map is over ``low``

@@ -101,5 +101,5 @@ def aupro(masks: np.ndarray, maps: np.ndarray, max_fpr: float = 0.3, steps: int 
     order = np.argsort(true_fpr)
     x, y = np.append(true_fpr[order], max_fpr), np.append(pro[order], pro[order][-1])
     keep = x <= max_fpr
-    trapezoid = getattr(np, "trapezoid", None) or np.trapz  # numpy < 2 has only trapz
+    trapezoid = getattr(np, "trapezoid", None) or getattr(np, "trapz")  # noqa: B009 - numpy < 2 has only trapz
     return float(trapezoid(y[keep], x[keep]) / max_fpr)

@@ -24,7 +24,7 @@ def save_histograms(path: Path, ev: AnomalyEvaluation) -> None:
         sel = np.array([lab == label for lab in labels])
         groups[f"test {label}"] = ev.test_scores[sel]
     every = np.concatenate(list(groups.values()))
-    bins = np.linspace(float(every.min()), float(every.max()), 30)
+    bins = np.linspace(float(every.min()), float(every.max()), 30).tolist()
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
     for name, scores in groups.items():
         ax.hist(scores, bins=bins, histtype="step", linewidth=1.8, label=f"{name} ({len(scores)})")

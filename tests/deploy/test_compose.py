@@ -14,6 +14,10 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -25,6 +29,7 @@ from prometheus_client import CollectorRegistry
 from pipeline.cli import build_parser, cmd_bank_build, cmd_run
 from pipeline.config import Config, load_config
 from pipeline.metrics import PipelineMetrics, serve
+from tests.alert_servers import free_port, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"
@@ -92,6 +97,15 @@ def dockerignore_excludes(path: str) -> bool:
     return excluded
 
 
+def ready(url: str, method: str = "GET", body: bytes | None = None) -> bool:
+    """Whether ``url`` answers 2xx."""
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, body, method=method), timeout=1) as response:
+            return 200 <= int(response.status) < 300
+    except OSError:
+        return False
+
+
 def compose_cli() -> list[str]:
     docker = shutil.which("docker")
     if docker and subprocess.run([docker, "compose", "version"], capture_output=True, timeout=60).returncode == 0:
@@ -115,7 +129,8 @@ def test_compose_files_load_in_the_compose_cli(tmp_path: Path) -> None:
                               text=True, timeout=120, cwd=DEPLOY)
         assert proc.returncode == 0, proc.stderr
         resolved = json.loads(proc.stdout)
-        assert set(resolved["services"]) == {"siamstream", "bank-build", "prometheus", "alertmanager", "grafana"}
+        assert set(resolved["services"]) == {"siamstream", "bank-build", "prometheus", "alertmanager", "alert-receiver",
+                                             "grafana"}
     gpu = resolved["services"]["siamstream"]
     assert gpu["build"]["dockerfile"] == "deploy/docker/Dockerfile.gpu"
     assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
@@ -172,18 +187,123 @@ def test_prometheus_targets_match_compose_services_and_ports() -> None:
     assert am_host in services and f"{am_port}:{am_port}" in services[am_host]["ports"]
 
 
+def config_file(service: dict[str, Any]) -> Path:
+    """The host file a service reads as its ``--config.file``, through its mounts."""
+    in_container = next(a.split("=", 1)[1] for a in service["command"] if a.startswith("--config.file="))
+    source = mounts(service)[in_container]
+    assert source.startswith("."), f"{in_container} is not mounted from the repository"
+    return host_path(source)
+
+
 def test_prometheus_and_alertmanager_configs_mounted_by_compose_are_valid() -> None:
     promtool, amtool = shutil.which("promtool"), shutil.which("amtool")
     if promtool is None or amtool is None:
         pytest.skip("promtool / amtool not installed (apt-get install prometheus prometheus-alertmanager)")
     services = compose()["services"]
-    prom_config = host_path(mounts(services["prometheus"])["/etc/prometheus/prometheus.yml"])
+    rules = yaml.safe_load((DEPLOY / "prometheus" / "rules" / "siamstream.rules.yml").read_text())
+    n_rules = sum(len(g["rules"]) for g in rules["groups"])
+    prom_config = config_file(services["prometheus"])
+    assert prom_config.is_file()
     proc = subprocess.run([promtool, "check", "config", str(prom_config)], capture_output=True, text=True,
                           timeout=120)
-    assert proc.returncode == 0 and "8 rules found" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
-    am_config = host_path(mounts(services["alertmanager"])["/etc/alertmanager/alertmanager.yml"])
+    assert proc.returncode == 0 and f"{n_rules} rules found" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    am_config = config_file(services["alertmanager"])
+    assert am_config == DEPLOY / "alertmanager" / "alertmanager.compose.yml" and am_config.is_file()
     proc = subprocess.run([amtool, "check-config", str(am_config)], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "SUCCESS" in proc.stdout, proc.stdout + proc.stderr
+
+
+def webhook_urls(alertmanager_config: Path) -> list[urllib.parse.SplitResult]:
+    am = yaml.safe_load(alertmanager_config.read_text())
+    return [urllib.parse.urlsplit(w["url"]) for r in am["receivers"] for w in r.get("webhook_configs", [])]
+
+
+def receiver_command(service: dict[str, Any]) -> tuple[Path, int, str]:
+    """The stand-in receiver's script on the host, and the port and path it listens on."""
+    command = service["command"]
+    script = host_path(mounts(service)[command[1]])
+    return script, int(command[command.index("--port") + 1]), command[command.index("--path") + 1]
+
+
+def test_alertmanager_in_compose_posts_to_a_compose_service_that_listens_there() -> None:
+    services = compose()["services"]
+    urls = webhook_urls(config_file(services["alertmanager"]))
+    assert urls
+    for url in urls:
+        # 127.0.0.1 or localhost inside the Alertmanager container is that container itself.
+        assert url.hostname in services and url.hostname not in ("alertmanager", "127.0.0.1", "localhost"), url
+        script, port, path = receiver_command(services[url.hostname])
+        assert script.is_file() and (url.port, url.path) == (port, path)
+        assert services[url.hostname]["read_only"] is True
+
+
+def test_compose_and_host_alertmanager_configs_differ_only_in_the_receiver_url() -> None:
+    host = yaml.safe_load((DEPLOY / "alertmanager" / "alertmanager.yml").read_text())
+    in_compose = yaml.safe_load(config_file(compose()["services"]["alertmanager"]).read_text())
+    urls = []
+    for cfg in (host, in_compose):
+        for receiver in cfg["receivers"]:
+            for webhook in receiver.get("webhook_configs", []):
+                urls.append(webhook.pop("url"))
+    assert host == in_compose
+    assert urls == ["http://127.0.0.1:5001/alerts", "http://alert-receiver:5001/alerts"]
+
+
+def test_the_stand_in_receiver_prints_what_alertmanager_sends(tmp_path: Path) -> None:
+    """The compose route end to end on 127.0.0.1: the real Alertmanager with the compose config (its receiver's
+    host name replaced by 127.0.0.1), the receiver run with the compose service's own command."""
+    alertmanager = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
+    if alertmanager is None:
+        pytest.skip("Alertmanager not installed (apt-get install prometheus-alertmanager; .ci/run does)")
+    services = compose()["services"]
+    script, port, path = receiver_command(services["alert-receiver"])
+    port, am_port = free_port(), free_port()
+    cfg = yaml.safe_load(config_file(services["alertmanager"]).read_text())
+    cfg["route"].update(group_wait="1s", group_interval="1s")
+    webhook = cfg["receivers"][0]["webhook_configs"][0]
+    webhook["url"] = urllib.parse.urlsplit(webhook["url"])._replace(netloc=f"127.0.0.1:{port}").geturl()
+    (tmp_path / "alertmanager.yml").write_text(yaml.safe_dump(cfg))
+    command = services["alert-receiver"]["command"]
+    args = [sys.executable, str(script), *command[2:]]
+    args[args.index("--port") + 1] = str(port)
+    receiver = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    printed: list[str] = []
+    threading.Thread(target=lambda: printed.extend(receiver.stdout or []), daemon=True).start()
+    am = subprocess.Popen([alertmanager, f"--config.file={tmp_path / 'alertmanager.yml'}",
+                           f"--storage.path={tmp_path / 'am-data'}", f"--web.listen-address=127.0.0.1:{am_port}",
+                           "--cluster.listen-address="], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: ready(f"http://127.0.0.1:{am_port}/-/ready"), 30, "Alertmanager to be ready")
+        wait_until(lambda: ready(f"http://127.0.0.1:{port}{path}", "POST", b'{"alerts": []}'), 30,
+                   "the receiver to listen")
+        alert = [{"labels": {"alertname": "SiamstreamDown", "instance": "siamstream:9108", "severity": "critical"},
+                  "annotations": {"summary": "siamstream siamstream:9108 is not answering scrapes"}}]
+        request = urllib.request.Request(f"http://127.0.0.1:{am_port}/api/v2/alerts", json.dumps(alert).encode(),
+                                         {"Content-Type": "application/json"}, method="POST")
+        assert urllib.request.urlopen(request, timeout=5).status == 200
+        wait_until(lambda: bool(printed), 30, "the receiver to print the notification")
+        assert [line.strip() for line in printed] == [
+            "firing SiamstreamDown {instance=siamstream:9108, severity=critical} "
+            "siamstream siamstream:9108 is not answering scrapes"]
+    finally:
+        for proc in (am, receiver):
+            proc.terminate()
+            proc.wait(10)
+
+    # The receiver refuses what is not an Alertmanager notification, and other paths.
+    receiver = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: ready(f"http://127.0.0.1:{port}{path}", "POST", b'{"alerts": []}'), 30,
+                   "the receiver to listen")
+        for url, body, status in ((f"http://127.0.0.1:{port}{path}", b"[1, 2]", 400),
+                                  (f"http://127.0.0.1:{port}{path}", b"not json", 400),
+                                  (f"http://127.0.0.1:{port}/elsewhere", b'{"alerts": []}', 404)):
+            with pytest.raises(urllib.error.HTTPError) as info:
+                urllib.request.urlopen(urllib.request.Request(url, body, method="POST"), timeout=5)
+            assert info.value.code == status, (url, body)
+    finally:
+        receiver.terminate()
+        receiver.wait(10)
 
 
 def test_siamstream_services_run_real_commands_on_the_mounted_config_and_volumes() -> None:

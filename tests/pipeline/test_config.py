@@ -84,3 +84,10 @@ def test_config_is_frozen() -> None:
     cfg = Config()
     with pytest.raises(AttributeError):
         cfg.tracker.min_hits = 4  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[2] / "deploy" / "configs").glob("*.toml")),
+                         ids=lambda p: p.name)
+def test_every_shipped_line_config_loads(path: Path) -> None:
+    cfg = load_config(path)
+    assert cfg != Config()  # each one sets something of its own

@@ -58,6 +58,16 @@ def test_the_spool_defaults_to_the_output_directory(tmp_path: Path) -> None:
     sink.close()
     assert isinstance(sink, WebhookSink)
     assert sink.spool.directory == tmp_path / "out" / "alert-spool" / "default" / "webhook"
+    assert sink.dead_letter_dir == tmp_path / "out" / "alert-spool" / "default" / "webhook-dead-letter"
+    assert sink.max_rejections == 5
+
+
+def test_webhook_max_rejections_reaches_the_sink(tmp_path: Path) -> None:
+    cfg = config_from_dict({"alerts": {"webhook_url": "http://127.0.0.1:9/alerts", "close_timeout_s": 0.0,
+                                       "webhook_max_rejections": 0}})
+    (sink,) = build_alert_sinks(cfg.alerts, "default", tmp_path / "out")
+    sink.close()
+    assert isinstance(sink, WebhookSink) and sink.max_rejections == 0
 
 
 @pytest.mark.parametrize(("alerts", "fragments"), [
@@ -66,6 +76,7 @@ def test_the_spool_defaults_to_the_output_directory(tmp_path: Path) -> None:
     ({"webhook_url": "http://"}, ["[alerts] webhook_url", "with a host"]),
     ({"mqtt_topic": "line/#"}, ["[alerts] mqtt_topic", "'line/#'", "without the wildcards + and #"]),
     ({"mqtt_port": 0}, ["[alerts] mqtt_port", "allowed range 1 .. 65535"]),
+    ({"webhook_max_rejections": -1}, ["[alerts] webhook_max_rejections", "-1", "allowed range 0 .. 1000000"]),
     ({"backoff_initial_s": 5.0, "backoff_max_s": 1.0}, ["backoff_max_s = 1.0 is below backoff_initial_s = 5.0"]),
     ({"webhok_url": "http://x"}, ["unknown key [alerts] 'webhok_url'", "did you mean 'webhook_url'"]),
 ])

@@ -24,12 +24,14 @@ def test_alert_series_follow_the_prometheus_conventions() -> None:
         sink.failures.inc(2)
         sink.spooled.set(1)
         sink.dropped.inc(0)
+        sink.dead_lettered.inc(1)
     port = serve(registry, "127.0.0.1", 0)
     body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     for line in ('siamstream_alerts_sent_total{sink="webhook",stream="line1"} 3.0',
                  'siamstream_alert_delivery_failures_total{sink="mqtt",stream="line1"} 2.0',
                  'siamstream_alerts_spooled{sink="mqtt",stream="line1"} 1.0',
-                 'siamstream_alerts_dropped_total{sink="webhook",stream="line1"} 0.0'):
+                 'siamstream_alerts_dropped_total{sink="webhook",stream="line1"} 0.0',
+                 'siamstream_alerts_dead_lettered_total{sink="webhook",stream="line1"} 1.0'):
         assert line in body
     proc = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and (proc.stdout + proc.stderr).strip() == "", proc.stdout + proc.stderr

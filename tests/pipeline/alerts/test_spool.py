@@ -36,6 +36,22 @@ def test_put_read_remove_in_order(tmp_path: Path, alerts: list[Alert]) -> None:
     assert len(files(tmp_path / "spool")) == 4
 
 
+def test_move_out_keeps_the_file_and_its_place_in_the_order(tmp_path: Path, alerts: list[Alert]) -> None:
+    spool = Spool(tmp_path / "spool")
+    entries = [spool.put(a) for a in alerts[:3]]
+    data = (tmp_path / "spool" / entries[1].name).read_bytes()
+    moved = spool.move_out(entries[1], tmp_path / "aside")
+    assert moved == tmp_path / "aside" / entries[1].name and moved.read_bytes() == data
+    assert [e.name for e in spool.entries()] == [entries[0].name, entries[2].name]
+    assert spool.nbytes == entries[0].size + entries[2].size
+    assert files(tmp_path / "spool") == [entries[0].name, entries[2].name]
+    assert spool.move_out(entries[1], tmp_path / "aside") is None  # already gone
+    spool.close()
+    moved.rename(tmp_path / "spool" / moved.name)  # moved back: queued again, in its old place
+    again = Spool(tmp_path / "spool")
+    assert [e.name for e in again.entries()] == [e.name for e in entries]
+
+
 def test_a_new_spool_on_the_same_directory_finds_what_an_earlier_one_left(tmp_path: Path,
                                                                          alerts: list[Alert]) -> None:
     first = Spool(tmp_path / "spool")

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from pipeline.alerts.record import alert_id_for
-from pipeline.alerts.webhook import WebhookSink
+from pipeline.alerts.record import Alert, alert_id_for
+from pipeline.alerts.webhook import WebhookSink, is_rejection
 from pipeline.metrics import PipelineMetrics
 from pipeline.types import FrameResult
 from tests.alert_servers import WebhookReceiver, wait_until
@@ -194,3 +194,147 @@ def test_a_full_spool_keeps_the_newest_and_counts_the_drops(make_sink: Callable[
 def test_a_bad_url_is_refused_with_an_example(url: str, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"is not an http:// or https:// URL with a host; e\.g\. http://"):
         WebhookSink(url, tmp_path / "spool")
+
+
+# ---- alerts the receiver rejects (dead letters) ----------------------------------------------------------------
+
+
+def dead_letters(tmp_path: Path) -> list[Path]:
+    return sorted((tmp_path / "spool-dead-letter").glob("*.json"))
+
+
+def test_a_rejected_alert_goes_to_the_dead_letter_folder_and_the_rest_follow_in_order(
+        make_sink: Callable[..., WebhookSink], receiver: WebhookReceiver, flagged: Callable[..., FrameResult],
+        metrics: PipelineMetrics, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    results = [flagged(t) for t in (1, 2, 3, 4)]
+    poison = alert_id_for(results[1].events[0], "run-1")
+    receiver.reject[poison] = (400, b'field "score" out of range:\n  got nan\n')
+    receiver.start()
+    sink = make_sink(run_id="run-1", max_rejections=3)
+    for r in results:
+        sink.write(r)
+    wait_until(lambda: len(receiver.unique()) == 3, 10, "the 3 alerts behind the rejected one")
+    sink.close()
+
+    assert [a["track_id"] for a in receiver.alerts()] == [1, 3, 4]  # in order, each once
+    attempts = receiver.attempts(poison)
+    assert [status for status, _ in attempts] == [400, 400, 400]  # max_rejections tries, then set aside
+    (dead,) = dead_letters(tmp_path)
+    assert poison in dead.name
+    assert dead.read_bytes() == attempts[0][1]  # the payload, byte for byte as it was sent
+    assert Alert.from_bytes(dead.read_bytes()).evidence_jpeg[:2] == b"\xff\xd8"
+    assert spool_files(tmp_path / "spool") == []
+    assert value(metrics, "siamstream_alerts_dead_lettered_total") == 1
+    assert value(metrics, "siamstream_alerts_sent_total") == 3
+    assert value(metrics, "siamstream_alert_delivery_failures_total") == 3
+    assert value(metrics, "siamstream_alerts_spooled") == 0
+    assert value(metrics, "siamstream_alerts_dropped_total") == 0
+    (line,) = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert str(tmp_path / "spool-dead-letter") in line and poison in line
+    assert 'HTTP 400 Bad Request: field "score" out of range: got nan)' in line  # the answer, on one line
+
+    # Dead letters stay: the next run on the same spool does not send them again.
+    second = make_sink(run_id="run-2")
+    second.close()
+    assert len(receiver.attempts(poison)) == 3 and dead_letters(tmp_path) == [dead]
+
+
+def test_a_moved_back_dead_letter_is_sent_by_the_next_run(
+        make_sink: Callable[..., WebhookSink], receiver: WebhookReceiver, flagged: Callable[..., FrameResult],
+        metrics: PipelineMetrics, tmp_path: Path) -> None:
+    result = flagged(5)
+    poison = alert_id_for(result.events[0], "run-1")
+    receiver.reject[poison] = (422, b"")
+    receiver.start()
+    first = make_sink(run_id="run-1", max_rejections=2)
+    first.write(result)
+    wait_until(lambda: len(dead_letters(tmp_path)) == 1, 10, "the alert in the dead-letter folder")
+    first.close()
+    (dead,) = dead_letters(tmp_path)
+    dead.rename(tmp_path / "spool" / dead.name)  # the receiver is fixed; the operator queues it again
+    del receiver.reject[poison]
+    second = make_sink(run_id="run-2")
+    second.close()
+    assert list(receiver.unique()) == [poison]
+    assert dead_letters(tmp_path) == [] and spool_files(tmp_path / "spool") == []
+
+
+def test_rejections_are_counted_per_alert_and_a_later_acceptance_delivers(
+        make_sink: Callable[..., WebhookSink], receiver: WebhookReceiver, flagged: Callable[..., FrameResult],
+        metrics: PipelineMetrics, tmp_path: Path) -> None:
+    result = flagged(6)
+    alert_id = alert_id_for(result.events[0], "run-1")
+    receiver.reject[alert_id] = (409, b"busy with this one")
+    receiver.start()
+    sink = make_sink(run_id="run-1", max_rejections=4)
+    sink.write(result)
+    wait_until(lambda: len(receiver.attempts(alert_id)) >= 2, 10, "two rejections")
+    del receiver.reject[alert_id]  # the receiver changes its mind before the 4th rejection
+    wait_until(lambda: value(metrics, "siamstream_alerts_sent_total") == 1, 10, "the delivery")
+    sink.close()
+    assert dead_letters(tmp_path) == []
+    assert value(metrics, "siamstream_alerts_dead_lettered_total") == 0
+    assert list(receiver.unique()) == [alert_id]
+
+
+def test_a_rejected_alert_that_cannot_be_moved_stays_in_the_spool(
+        make_sink: Callable[..., WebhookSink], receiver: WebhookReceiver, flagged: Callable[..., FrameResult],
+        metrics: PipelineMetrics, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / "spool-dead-letter").write_text("a file where the folder should go")
+    result = flagged(7)
+    poison = alert_id_for(result.events[0], "run-1")
+    receiver.reject[poison] = (400, b"")
+    receiver.start()
+    sink = make_sink(run_id="run-1", max_rejections=1)
+    sink.write(result)
+    wait_until(lambda: len(receiver.attempts(poison)) >= 3, 10, "repeated rejections")
+    (kept,) = spool_files(tmp_path / "spool")  # not lost: still waiting
+    assert poison in kept.name
+    assert value(metrics, "siamstream_alerts_dead_lettered_total") == 0
+    assert any("could not be moved" in r.getMessage() and "is retried" in r.getMessage() for r in caplog.records)
+    (tmp_path / "spool-dead-letter").unlink()  # the disk is fixed: the next rejection moves it
+    wait_until(lambda: len(dead_letters(tmp_path)) == 1, 10, "the alert in the dead-letter folder")
+    assert spool_files(tmp_path / "spool") == []
+    assert value(metrics, "siamstream_alerts_dead_lettered_total") == 1
+
+
+@pytest.mark.parametrize(("status", "max_rejections"), [
+    (503, 2),  # receiver overloaded or down behind a proxy: retry
+    (500, 2),
+    (408, 2),  # Request Timeout: send it again
+    (429, 2),  # Too Many Requests: send it again, later
+    (None, 2),  # nothing listening
+    (400, 0),  # dead-lettering turned off: retried like any failure
+])
+def test_failures_that_are_not_rejections_are_retried_forever(
+        status: int | None, max_rejections: int, make_sink: Callable[..., WebhookSink], receiver: WebhookReceiver,
+        flagged: Callable[..., FrameResult], metrics: PipelineMetrics, tmp_path: Path) -> None:
+    if status is not None:
+        receiver.status = status
+        receiver.start()
+    sink = make_sink(max_rejections=max_rejections)
+    sink.write(flagged(1, 2))
+    wait_until(lambda: value(metrics, "siamstream_alert_delivery_failures_total") >= 4 * max(max_rejections, 2), 20,
+               "many failed attempts")
+    assert value(metrics, "siamstream_alerts_dead_lettered_total") == 0
+    assert not (tmp_path / "spool-dead-letter").exists()
+    assert len(spool_files(tmp_path / "spool")) == 2 and value(metrics, "siamstream_alerts_spooled") == 2
+    if status is not None:
+        assert {s for _, s, _ in receiver.requests} == {status}
+        receiver.status = 200
+    else:
+        receiver.start()
+    wait_until(lambda: len(receiver.unique()) == 2, 10, "both alerts once the receiver accepts")
+
+
+@pytest.mark.parametrize(("status", "rejection"), [
+    (400, True), (401, True), (404, True), (413, True), (422, True), (499, True),
+    (408, False), (429, False), (500, False), (503, False), (302, False), (200, False),
+])
+def test_is_rejection(status: int, rejection: bool) -> None:
+    assert is_rejection(status) is rejection
+
+
+def test_a_negative_max_rejections_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"max_rejections must be >= 0 \(0 = never dead-letter\), got -1"):
+        WebhookSink("http://127.0.0.1:9/alerts", tmp_path / "spool", max_rejections=-1)
