@@ -301,7 +301,7 @@ def cmd_eval_anomaly(args: argparse.Namespace) -> int:
     for line in report_lines(ev):
         print(line)
     if out is not None:
-        print(f"outputs    {out}: scores.csv, histograms.png, maps.png, bank/")
+        print(f"outputs    {out}: scores.csv, calibration.csv, histograms.png, maps.png, bank/")
     print(json_line(ev.figures()))
     return 0
 

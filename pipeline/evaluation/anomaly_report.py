@@ -56,7 +56,8 @@ def run_evaluation(cfg: Config, manifest: Path, out: Path | None, size: tuple[in
 
 
 def write_outputs(out: Path, ev: AnomalyEvaluation, bank: Bank) -> None:
-    """``scores.csv`` (one row per test image), ``histograms.png``, ``maps.png`` and the bank itself."""
+    """``scores.csv`` (one row per test image), ``calibration.csv`` (the held-out good images' scores the
+    threshold was set on), ``histograms.png``, ``maps.png`` and the bank itself."""
     from pipeline.evaluation.anomaly_plots import save_histograms, save_map_grid
 
     out.mkdir(parents=True, exist_ok=True)
@@ -65,6 +66,10 @@ def write_outputs(out: Path, ev: AnomalyEvaluation, bank: Bank) -> None:
         w.writerow(["image", "label", "is_anomaly", "score", "flagged"])
         for row, score in zip(ev.test_rows, ev.test_scores, strict=True):
             w.writerow([str(row.image), row.label, int(row.is_anomaly), f"{score:.6f}", int(score > ev.threshold)])
+    with open(out / "calibration.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["score"])
+        w.writerows([f"{s:.6f}"] for s in ev.calibration_scores)
     save_histograms(out / "histograms.png", ev)
     save_map_grid(out / "maps.png", ev)
     bank.save(out / "bank")

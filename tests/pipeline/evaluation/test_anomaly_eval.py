@@ -94,3 +94,27 @@ def test_manifest_errors_name_the_problem(tmp_path: Path, edit, message: str) ->
         load_manifest(path)
     with pytest.raises(ManifestError, match="manifest not found"):
         load_manifest(tmp_path / "none.csv")
+
+
+def test_eval_anomaly_command_writes_its_files_and_ends_with_json(tmp_path: Path, pretrained_onnx: Path) -> None:
+    import subprocess
+    import sys
+
+    manifest = write_manifest(tmp_path / "data")
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "-q", "eval", "anomaly", "--manifest", str(manifest),
+                           "--model", str(pretrained_onnx), "--out", str(out), "--set", "bank.coreset_fraction=0.5",
+                           "--set", "anomaly.map_border=4"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    figures = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert figures["image_auroc"] >= 0.9 and 0 <= figures["fpr_at_threshold"] <= 1
+    assert "image AUROC" in proc.stdout and "pixel AP" in proc.stdout
+    rows = list(csv.DictReader((out / "scores.csv").open()))
+    assert len(rows) == 10 and {r["label"] for r in rows} == {"good", "scratch"}
+    assert len((out / "calibration.csv").read_text().splitlines()) == 1 + 6 + 12  # header, validation, train folds
+    for png in ("histograms.png", "maps.png"):
+        assert cv2.imread(str(out / png)) is not None
+    assert (out / "bank" / "meta.json").is_file()
+    bad = subprocess.run([sys.executable, "-m", "pipeline.cli", "-q", "eval", "anomaly", "--manifest",
+                          str(tmp_path / "nope.csv")], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "manifest not found" in bad.stderr and "Traceback" not in bad.stderr
