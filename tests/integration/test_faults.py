@@ -152,16 +152,26 @@ def camera(conveyor_jpegs: list[bytes]) -> Iterator[Callable[..., MjpegCamera]]:
 
 
 class Run:
-    """``siamstream run`` in a subprocess; stderr is collected on a thread and gives the metrics port."""
+    """``siamstream run`` in a subprocess; stdout and stderr are each collected on a thread (one reader per
+    pipe: ``communicate()`` would compete with the stderr thread and split the log), stderr gives the metrics
+    port."""
 
     def __init__(self, *args: str) -> None:
         self.proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", *args], cwd=REPO,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                      env={**os.environ, "PYTHONUNBUFFERED": "1"})
         self.stderr_lines: list[str] = []
+        self.stdout_lines: list[str] = []
         self.port: int | None = None
         self._reader = threading.Thread(target=self._read_stderr, daemon=True)
         self._reader.start()
+        self._out_reader = threading.Thread(target=self._read_stdout, daemon=True)
+        self._out_reader.start()
+
+    def _read_stdout(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.stdout_lines.append(line)
 
     def _read_stderr(self) -> None:
         assert self.proc.stderr is not None
@@ -178,14 +188,15 @@ class Run:
         return samples(body)
 
     def finish(self, timeout_s: float = 120) -> tuple[int, str, str]:
-        stdout, _ = self.proc.communicate(timeout=timeout_s)
-        self._reader.join(5)
-        return self.proc.returncode, stdout, "".join(self.stderr_lines)
+        self.proc.wait(timeout=timeout_s)
+        self._reader.join(10)
+        self._out_reader.join(10)
+        return self.proc.returncode, "".join(self.stdout_lines), "".join(self.stderr_lines)
 
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
-            self.proc.communicate()
+            self.proc.wait()
 
 
 def samples(text: str) -> dict[str, float]:
