@@ -63,6 +63,12 @@ class EmbeddingNet(nn.Module):
                            align_corners=False)
         return z, torch.cat([detail, up], dim=1)
 
+    def unnormalised(self, x: torch.Tensor) -> torch.Tensor:
+        """The embedding before its L2 normalisation (the head's output): ``(N, 3, H, W)`` -> ``(N, D)``.
+        For fitting a new head in closed form (:func:`encoders.whiten.whiten_head`)."""
+        x = (x - self.get_buffer("mean")) / self.get_buffer("std")
+        return self.head(self.pool(self.backbone(x)))
+
 
 class SiameseNet(nn.Module):
     """Twin network with shared weights: ``forward_once`` is the single encoder used for both inputs."""

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from encoders.backbones import SMALL_CNN_MEAN, SMALL_CNN_STD, EfficientNetLiteTrunk, SmallConvNet
 from encoders.data import (
@@ -46,6 +46,7 @@ from encoders.data import (
 )
 from encoders.losses import LABEL_LOSSES, make_loss
 from encoders.models import EmbeddingNet
+from encoders.whiten import whiten_head
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ BACKBONES: tuple[str, ...] = ("small-cnn", "efficientnet-lite0")
 POOLINGS: tuple[str, ...] = ("avg", "gem")
 AUGMENT_PRESETS: tuple[str, ...] = ("photo", "glyph")
 DEVICES: tuple[str, ...] = ("auto", "cpu", "cuda")
-# The EfficientNet-Lite0 trunk is cut after this stage, as the pipeline's built-in encoder is.
+# The EfficientNet-Lite0 trunk is cut after this stage by default, as the pipeline's built-in encoder is.
 EFFICIENTNET_STAGE = 5
 # Keys that may change between a run and its resumption: they decide how long or where it runs, not what it
 # learns. Changing ``epochs`` stretches (or shortens) the cosine schedule from the current step on.
@@ -81,7 +82,8 @@ class TrainConfig:
 
     Attributes:
         backbone: ``"small-cnn"`` (:class:`~encoders.backbones.SmallConvNet`, from scratch) or
-            ``"efficientnet-lite0"`` (ImageNet-pretrained, cut after stage 5).
+            ``"efficientnet-lite0"`` (ImageNet-pretrained, cut after ``stage``).
+        stage: the last EfficientNet-Lite0 stage kept (1-7); ignored by the small CNN.
         input_size: images are resized to ``input_size`` x ``input_size`` pixels.
         grayscale: read images as grey (the small CNN then has one input channel); else RGB.
         embedding_dim: D of the linear head; 0 = no head, the pooled backbone features.
@@ -92,7 +94,8 @@ class TrainConfig:
         lr: peak learning rate, reached after the warm-up, then cosine-annealed to 0 over the run.
         weight_decay: AdamW decoupled weight decay on weight matrices and kernels; 0 = plain Adam.
         warmup_fraction: share of all steps spent on a linear warm-up to ``lr``.
-        epochs, batches_per_epoch: run length; a batch is ``p`` classes x ``k`` images.
+        epochs, batches_per_epoch: run length; a batch is ``p`` classes x ``k`` images. ``epochs`` = 0 (only with
+            ``whiten``) trains nothing: the head is fitted in closed form on the pretrained features.
         augment: random affine, colour jitter and blur on every training image.
         augment_preset: ``"photo"`` (affine, colour, blur; reflected borders) or ``"glyph"`` (affine only, white
             outside: drawn characters).
@@ -105,9 +108,17 @@ class TrainConfig:
         num_threads: torch CPU threads; 0 = torch's default.
         depth: class folder depth below the data root (1: ``root/class/img``; 2: ``root/alphabet/char/img``).
         progress_every_s: seconds between progress log lines; 0 = only one line per epoch.
+        whiten: after the last epoch, fold a within-class whitening of the head's output, fitted on every
+            training image (and its mirror image with ``whiten_mirror``), into the head
+            (:func:`encoders.whiten.whiten_head`).
+        whiten_shrinkage: the whitening's shrinkage towards plain centring, in units of the mean within-class
+            variance (>= 0; 0 whitens fully).
+        whiten_mirror: mirrored training images are more samples of their class (for left-right symmetric
+            subjects: faces, most objects; not characters).
     """
 
     backbone: str = "small-cnn"
+    stage: int = EFFICIENTNET_STAGE
     input_size: int = 64
     grayscale: bool = True
     embedding_dim: int = 128
@@ -132,6 +143,9 @@ class TrainConfig:
     num_threads: int = 0
     depth: int = 1
     progress_every_s: float = 5.0
+    whiten: bool = False
+    whiten_shrinkage: float = 0.3
+    whiten_mirror: bool = True
 
     def __post_init__(self) -> None:
         for name, choices in (("backbone", BACKBONES), ("pooling", POOLINGS), ("loss", LABEL_LOSSES),
@@ -147,7 +161,9 @@ class TrainConfig:
             ("lr", self.lr > 0, "> 0"),
             ("weight_decay", self.weight_decay >= 0, ">= 0"),
             ("warmup_fraction", 0 <= self.warmup_fraction < 1, "in [0, 1)"),
-            ("epochs", self.epochs >= 1, ">= 1"),
+            ("stage", 1 <= self.stage <= 7, "in 1..7 (EfficientNet-Lite0 has 7 stages)"),
+            ("epochs", self.epochs >= 1 or (self.epochs == 0 and self.whiten),
+             ">= 1 (0 only with whiten = true: a head fitted in closed form on the pretrained features)"),
             ("batches_per_epoch", self.batches_per_epoch >= 1, ">= 1"),
             ("p", self.p >= 2, ">= 2 (negatives need a second class)"),
             ("k", self.k >= 2, ">= 2 (positives need a second image of the class)"),
@@ -155,6 +171,7 @@ class TrainConfig:
             ("num_threads", self.num_threads >= 0, ">= 0"),
             ("depth", self.depth >= 1, ">= 1"),
             ("progress_every_s", self.progress_every_s >= 0, ">= 0"),
+            ("whiten_shrinkage", self.whiten_shrinkage >= 0, ">= 0"),
         ]
         for name, ok, expected in checks:
             if not ok:
@@ -188,7 +205,7 @@ class EpochRecord:
 @dataclass(frozen=True)
 class TrainResult:
     """A finished (or stopped, see ``until_epoch``) run. ``train_seconds`` sums the wall time of every epoch
-    of the run, across resumptions."""
+    of the run, across resumptions, and the fitting of a whitening head."""
 
     out_dir: Path
     epochs: int
@@ -217,16 +234,32 @@ def build_model(cfg: TrainConfig, pretrained: bool = True) -> EmbeddingNet:
         net = SmallConvNet(in_channels=1 if cfg.grayscale else 3)
         # (x - 0.5) / -0.5 == ((1 - x) - 0.5) / 0.5: inversion costs nothing and lives in the exported graph.
         std = tuple(-v for v in SMALL_CNN_STD) if cfg.invert else SMALL_CNN_STD
-        return EmbeddingNet(net, net.out_channels, pooling=cfg.pooling, embedding_dim=cfg.embedding_dim,
-                            mean=SMALL_CNN_MEAN, std=std)
-    trunk = EfficientNetLiteTrunk("efficientnet-lite0", stage=EFFICIENTNET_STAGE, pretrained=pretrained)
-    return EmbeddingNet(trunk, trunk.out_channels, pooling=cfg.pooling, embedding_dim=cfg.embedding_dim)
+        return _with_head(EmbeddingNet(net, net.out_channels, pooling=cfg.pooling,
+                                       embedding_dim=cfg.embedding_dim or (net.out_channels if cfg.whiten else 0),
+                                       mean=SMALL_CNN_MEAN, std=std), cfg)
+    trunk = EfficientNetLiteTrunk("efficientnet-lite0", stage=cfg.stage, pretrained=pretrained)
+    return _with_head(EmbeddingNet(trunk, trunk.out_channels, pooling=cfg.pooling,
+                                   embedding_dim=cfg.embedding_dim or (trunk.out_channels if cfg.whiten else 0)),
+                      cfg)
+
+
+def _with_head(model: EmbeddingNet, cfg: TrainConfig) -> EmbeddingNet:
+    """A whitened run keeps a linear head even at ``embedding_dim`` 0 (the whitening is folded into it); it
+    starts as the identity, so the epochs (if any) train on the pooled features as without a head."""
+    if cfg.whiten and cfg.embedding_dim == 0 and isinstance(model.head, nn.Linear):
+        with torch.no_grad():
+            model.head.weight.copy_(torch.eye(model.head.out_features, model.head.in_features))
+            assert model.head.bias is not None
+            model.head.bias.zero_()
+    return model
 
 
 def backbone_name(cfg: TrainConfig) -> str:
+    suffix = ":trained" if cfg.epochs else ""
+    suffix += ":whitened" if cfg.whiten else ""
     if cfg.backbone == "small-cnn":
-        return f"small-cnn:{'grey' if cfg.grayscale else 'rgb'}:trained"
-    return f"efficientnet-lite0:imagenet:stage{EFFICIENTNET_STAGE}:trained"
+        return f"small-cnn:{'grey' if cfg.grayscale else 'rgb'}{suffix}"
+    return f"efficientnet-lite0:imagenet:stage{cfg.stage}{suffix}"
 
 
 def _seed_everything(seed: int) -> None:
@@ -335,6 +368,9 @@ class _Images:
         if math.prod(shape) <= budget:
             self.cache = np.empty(shape, dtype=np.uint8)
 
+    def __len__(self) -> int:
+        return len(self.dataset)
+
     def __getitem__(self, i: int) -> np.ndarray:
         if self.cache is None:
             return self.dataset.load(i)
@@ -356,7 +392,7 @@ def _optimizer(model: EmbeddingNet, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 def _scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.optim.lr_scheduler.LRScheduler:
     """Linear warm-up over ``warmup_fraction`` of the steps, then cosine annealing to 0; stepped per batch."""
-    total = cfg.epochs * cfg.batches_per_epoch
+    total = max(cfg.epochs * cfg.batches_per_epoch, 1)  # epochs = 0 (closed-form head only): never stepped
     warm = min(round(cfg.warmup_fraction * total), total - 1)
     cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total - warm)
     if warm == 0:
@@ -465,10 +501,12 @@ def train(data_dir: Path | Sequence[Path], out_dir: Path, cfg: TrainConfig, resu
         log.info("resuming %s after epoch %d of %d", out_dir, start_epoch, cfg.epochs)
     last_epoch = cfg.epochs if until_epoch is None else min(until_epoch, cfg.epochs)
     _atomic_write_bytes(out_dir / CONFIG, (json.dumps(cfg.as_dict(), indent=2) + "\n").encode())
-    log.info("training %s on %s: %d images of %d classes%s, %d px, %s, %s loss, device %s%s", cfg.backbone,
+    log.info("training %s on %s: %d images of %d classes%s, %d px, %s, %s, device %s%s", cfg.backbone,
              ", ".join(map(str, sources)), len(dataset), len(dataset.classes),
              " (x4 by rotation)" if cfg.rotate_classes else "", cfg.input_size,
-             "grey" if cfg.grayscale else "RGB", cfg.loss, device, " (mixed precision)" if use_amp else "")
+             "grey" if cfg.grayscale else "RGB",
+             f"{cfg.loss} loss" + (" then a whitening head" if cfg.whiten else "") if cfg.epochs
+             else "no epochs, a whitening head only", device, " (mixed precision)" if use_amp else "")
 
     step = start_epoch * cfg.batches_per_epoch
     for epoch in range(start_epoch + 1, last_epoch + 1):
@@ -494,12 +532,25 @@ def train(data_dir: Path | Sequence[Path], out_dir: Path, cfg: TrainConfig, resu
 
     done = history[-1].epoch if history else 0
     model_path = None
+    whiten_seconds = 0.0
     if done >= cfg.epochs:
+        if cfg.whiten:
+            started = time.perf_counter()
+            log.info("fitting the whitening head on %d training images of %d classes%s", len(dataset),
+                     len(dataset.classes), " and their mirror images" if cfg.whiten_mirror else "")
+            try:
+                whiten_head(model, images, dataset.labels, cfg.whiten_shrinkage, mirror=cfg.whiten_mirror)
+            except ValueError as exc:
+                raise TrainError(f"cannot fit the whitening head on {len(dataset)} images of "
+                                 f"{len(dataset.classes)} classes ({exc}); raise [train] whiten_shrinkage "
+                                 f"(now {cfg.whiten_shrinkage:g}) or use more images per class") from None
+            whiten_seconds = time.perf_counter() - started
+            log.info("whitening head fitted in %.1f s", whiten_seconds)
         model_path = out_dir / MODEL
         _atomic_torch_save({k: v.detach().cpu() for k, v in model.state_dict().items()}, model_path)
         log.info("run finished: %s", model_path)
     return TrainResult(out_dir=out_dir, epochs=done, final_loss=history[-1].loss if history else math.nan,
-                       train_seconds=sum(r.seconds for r in history), history=tuple(history),
+                       train_seconds=sum(r.seconds for r in history) + whiten_seconds, history=tuple(history),
                        model_path=model_path)
 
 

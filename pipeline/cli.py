@@ -225,13 +225,17 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     result = train([Path(d) for d in args.data], Path(args.out), app.train_config(cfg.train), resume=args.resume)
-    last = result.history[-1]
-    print(f"run        {result.out_dir}: {result.epochs} epochs of {cfg.train.batches_per_epoch} batches "
-          f"({cfg.train.p} classes x {cfg.train.k} images), {cfg.train.backbone}, {cfg.train.loss} loss")
-    print(f"loss       {result.final_loss:.4f} in the last epoch ({last.images_per_s:.0f} images/s)")
+    whitened = ", whitened head" if cfg.train.whiten else ""
+    if result.history:
+        last = result.history[-1]
+        print(f"run        {result.out_dir}: {result.epochs} epochs of {cfg.train.batches_per_epoch} batches "
+              f"({cfg.train.p} classes x {cfg.train.k} images), {cfg.train.backbone}, {cfg.train.loss} loss{whitened}")
+        print(f"loss       {result.final_loss:.4f} in the last epoch ({last.images_per_s:.0f} images/s)")
+    else:
+        print(f"run        {result.out_dir}: no epochs, {cfg.train.backbone} pretrained features{whitened}")
     print(f"time       {result.train_seconds:.1f} s of training")
     print(f"model      {result.model_path}; export it with: siamstream export {result.out_dir} --out model.onnx")
-    _print_json({"epochs": result.epochs, "final_loss": round(result.final_loss, 6),
+    _print_json({"epochs": result.epochs, "final_loss": round(result.final_loss, 6) if result.history else None,
                  "train_seconds": round(result.train_seconds, 3), "out": str(result.out_dir)})
     return 0
 
@@ -369,6 +373,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from pipeline.benchmarks import verify as bench_verify
 
         return bench_verify.main(folds=args.folds, epochs=args.epochs, out_dir=Path(args.out) if args.out else None,
+                                 recipe=args.recipe,
                                  threads=args.threads)
     if args.bench == "anomaly":
         from pipeline.benchmarks import anomaly as bench_anomaly
@@ -485,6 +490,9 @@ def build_parser() -> argparse.ArgumentParser:
     b_one = bench_sub.add_parser("oneshot", help="train on Omniglot background sets, 20-way one-shot on all_runs")
     b_ver = bench_sub.add_parser("verify", help="AT&T faces verification, cross-validated over subjects")
     b_ver.add_argument("--folds", type=int, default=5)
+    b_ver.add_argument("--recipe", choices=("whiten", "triplet"), default="whiten",
+                       help="whiten: pretrained features + a within-class whitening head fitted in closed form "
+                            "(default); triplet: fine-tuned with batch-hard triplets")
     for b in (b_one, b_ver):
         b.add_argument("--epochs", type=int, help="override the recipe's epochs (shorter runs for a quick look)")
         b.add_argument("--out", help="keep the run, model and plots here (default: a temporary folder)")

@@ -192,6 +192,7 @@ class TrainingConfig:
     """``[train]``: the keys of :class:`encoders.train.TrainConfig`, one for one."""
 
     backbone: str = _f("small-cnn", choices=("small-cnn", "efficientnet-lite0"))
+    stage: int = _f(5, 1, 7)
     input_size: int = _f(64, 8, 1024)
     grayscale: bool = _f(True)
     embedding_dim: int = _f(128, 0, 4096)
@@ -202,7 +203,7 @@ class TrainingConfig:
     lr: float = _f(0.001, 1e-7, 1.0)
     weight_decay: float = _f(0.0001, 0.0, 1.0)
     warmup_fraction: float = _f(0.05, 0.0, 0.5)
-    epochs: int = _f(20, 1, 100_000)
+    epochs: int = _f(20, 0, 100_000)
     batches_per_epoch: int = _f(100, 1, 10_000_000)
     p: int = _f(16, 2, 4096)
     k: int = _f(4, 2, 1024)
@@ -216,6 +217,9 @@ class TrainingConfig:
     num_threads: int = _f(0, 0, 256)
     depth: int = _f(1, 1, 16)
     progress_every_s: float = _f(5.0, 0.0, 3600.0)
+    whiten: bool = _f(False)
+    whiten_shrinkage: float = _f(0.3, 0.0, 1000.0)
+    whiten_mirror: bool = _f(True)
 
 
 @dataclass(frozen=True)

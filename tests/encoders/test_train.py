@@ -25,10 +25,12 @@ from encoders.train import (
     TrainConfig,
     TrainError,
     TrainResult,
+    backbone_name,
     build_model,
     load_run,
     train,
 )
+from encoders.whiten import fit_whitening, head_outputs
 from pipeline.app import train_config
 from pipeline.config import TRAIN_LOSSES, Config, TrainingConfig
 from pipeline.encoder import OnnxEncoder
@@ -125,6 +127,9 @@ def test_config_section_mirrors_train_config() -> None:
         ({"p": 1}, "p must be >= 2"),
         ({"warmup_fraction": 1.0}, "warmup_fraction"),
         ({"lr": 0.0}, "lr must be > 0"),
+        ({"epochs": 0}, r"epochs must be >= 1 \(0 only with whiten = true"),
+        ({"stage": 8}, "stage must be in 1..7"),
+        ({"whiten": True, "whiten_shrinkage": -1.0}, "whiten_shrinkage must be >= 0"),
     ],
 )
 def test_train_config_rejects_bad_values(changes: dict[str, object], message: str) -> None:
@@ -292,6 +297,85 @@ def test_efficientnet_backbone_builds_with_lite_normalisation() -> None:
     with torch.no_grad():
         out = model.eval()(torch.rand(2, 3, 32, 32))
     assert isinstance(out, torch.Tensor) and out.shape == (2, 16)
+
+
+def test_efficientnet_stage_sets_the_trunk_and_the_backbone_name() -> None:
+    cfg = dataclasses.replace(TINY, backbone="efficientnet-lite0", input_size=64, embedding_dim=0, stage=6)
+    model = build_model(cfg, pretrained=False)
+    assert model.embedding_dim == 192  # stage 6 of EfficientNet-Lite0: 192 channels
+    assert backbone_name(cfg) == "efficientnet-lite0:imagenet:stage6:trained"
+    closed_form = dataclasses.replace(cfg, epochs=0, whiten=True)
+    assert backbone_name(closed_form) == "efficientnet-lite0:imagenet:stage6:whitened"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Whitened heads
+
+
+def within_class_covariance(z: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    within = np.concatenate([z[labels == c] - z[labels == c].mean(axis=0) for c in np.unique(labels)])
+    return within.T @ within / len(z)
+
+
+def test_closed_form_run_whitens_the_pretrained_features_and_exports(shapes_dataset: Path, tmp_path: Path) -> None:
+    # No epochs: the network keeps its initial weights; only the head is fitted, in closed form.
+    cfg = dataclasses.replace(TINY, epochs=0, embedding_dim=0, whiten=True, whiten_shrinkage=0.2, whiten_mirror=False)
+    result = train(shapes_dataset, tmp_path / "run", cfg)
+    assert result.epochs == 0 and result.history == () and result.model_path == tmp_path / "run" / "model.pt"
+    model, loaded = load_run(result.out_dir)
+    assert loaded == cfg and isinstance(model.head, torch.nn.Linear)
+
+    data = ImageFolderClasses(shapes_dataset, grayscale=True, size=28)
+    images = data.load_batch(range(len(data)))
+    z = head_outputs(model, images)
+    d = z.shape[1]
+    # Centred on the training mean; within-class variance equal in every direction up to the shrinkage.
+    np.testing.assert_allclose(z.mean(axis=0), np.zeros(d), atol=1e-3)
+    eigenvalues = np.linalg.eigvalsh(within_class_covariance(z, data.labels))
+    assert eigenvalues.max() <= 1.0 + 1e-6
+    # ...of the features of the untrained network built with the same seed (the head started as the identity).
+    torch.manual_seed(cfg.seed)
+    raw = head_outputs(build_model(cfg), images)
+    mean, projection = fit_whitening(raw, data.labels, 0.2)
+    np.testing.assert_allclose(z, (raw - mean) @ projection, rtol=1e-3, atol=1e-3)
+
+
+    report = export_run(result.out_dir, tmp_path / "whitened.onnx")
+    assert report.parity_max_abs <= 1e-4 and report.embedding_dim == d
+    meta = ort.InferenceSession(str(report.path), providers=["CPUExecutionProvider"]).get_modelmeta()
+    assert meta.custom_metadata_map["siamstream.backbone"] == "small-cnn:grey:whitened"
+
+
+def test_whitening_that_cannot_be_fitted_is_a_clear_error(shapes_dataset: Path, tmp_path: Path) -> None:
+    cfg = dataclasses.replace(TINY, epochs=0, embedding_dim=0, whiten=True, whiten_shrinkage=0.0, whiten_mirror=False)
+    with pytest.raises(TrainError, match=r"cannot fit the whitening head.*whiten_shrinkage"):
+        train(shapes_dataset, tmp_path / "run", cfg)  # 36 images, 256 features: singular without shrinkage
+
+def test_whitening_after_training_keeps_the_trained_head_size(shapes_dataset: Path, tmp_path: Path) -> None:
+    cfg = dataclasses.replace(TINY, whiten=True, whiten_shrinkage=0.5)
+    result = train(shapes_dataset, tmp_path / "run", cfg)
+    assert result.epochs == 2 and math.isfinite(result.final_loss)
+    model, _ = load_run(result.out_dir)
+    assert model.embedding_dim == 16
+    # The checkpoint keeps the trained, unwhitened network (a resumed run whitens again at its end).
+    ckpt = torch.load(result.out_dir / CHECKPOINT, weights_only=True)
+    assert not torch.equal(ckpt["model"]["head.weight"], weights(result.out_dir)["head.weight"])
+    data = ImageFolderClasses(shapes_dataset, grayscale=True, size=28)
+    z = head_outputs(model, data.load_batch(range(len(data))))
+    np.testing.assert_allclose(z.mean(axis=0), np.zeros(16), atol=0.2)  # centred over images and mirror images
+
+
+def test_train_command_reports_a_closed_form_run(shapes_dataset: Path, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from pipeline.cli import main
+
+    code = main(["train", "--data", str(shapes_dataset), "--out", str(tmp_path / "run"), "--set", "train.epochs=0",
+                 "--set", "train.whiten=true", "--set", "train.input_size=28", "--set", "train.p=4",
+                 "--set", "train.device=\"cpu\""])
+    out = capsys.readouterr().out
+    assert code == 0 and "no epochs" in out and "whitened head" in out
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["epochs"] == 0 and summary["final_loss"] is None and summary["train_seconds"] > 0
 
 
 # ---------------------------------------------------------------------------------------------------------------
