@@ -378,7 +378,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.bench == "anomaly":
         from pipeline.benchmarks import anomaly as bench_anomaly
 
-        return bench_anomaly.main(_config(args), baselines=not args.no_baselines)
+        return bench_anomaly.main(_config(args), baselines=not args.no_baselines, recipe=args.recipe)
     if args.bench == "mot":
         from pipeline.benchmarks import mot
 
@@ -505,6 +505,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "threshold")
     common(b_anom)
     b_anom.add_argument("--no-baselines", action="store_true", help="only siamstream's recipe")
+    b_anom.add_argument("--recipe", help="evaluate this candidate (by name) without the selection on synthetic "
+                                         "defects")
     for b in (b_enc, b_one, b_ver, b_mot, b_anom):
         b.set_defaults(func=cmd_bench)
 

@@ -95,16 +95,21 @@ def load_manifest(path: str | Path) -> list[ManifestRow]:
     return rows
 
 
+def resize_image(img: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
+    """``img`` at ``size_hw``: area interpolation when shrinking, bilinear when enlarging, as is when equal."""
+    h, w = size_hw
+    if img.shape[:2] == (h, w):
+        return img
+    shrink = img.shape[0] > h or img.shape[1] > w
+    return cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
 def read_rgb(path: Path, size_hw: tuple[int, int]) -> np.ndarray:
     """An image file as ``(H, W, 3)`` uint8 RGB at ``size_hw`` (area interpolation when shrinking)."""
     img = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if img is None:
         raise ManifestError(f"{path}: not a readable image; convert it to PNG or JPEG")
-    h, w = size_hw
-    if img.shape[:2] != (h, w):
-        shrink = img.shape[0] > h or img.shape[1] > w
-        img = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    return cv2.cvtColor(resize_image(img, size_hw), cv2.COLOR_BGR2RGB)
 
 
 def read_mask(path: Path | None, size_hw: tuple[int, int]) -> np.ndarray:
@@ -129,14 +134,21 @@ def image_size(path: Path) -> tuple[int, int]:
 def patch_features(rows: list[ManifestRow], encoder: Encoder, batch: int = 8,
                    on_batch: Callable[[int], None] | None = None) -> np.ndarray:
     """``(N, P, C)`` patch features of each row's image at the encoder's input size."""
+    return image_patch_features([r.image for r in rows], encoder, batch, on_batch)
+
+
+def image_patch_features(images: list[Path] | np.ndarray, encoder: Encoder, batch: int = 8,
+                         on_batch: Callable[[int], None] | None = None) -> np.ndarray:
+    """``(N, P, C)`` patch features of image files, or of uint8 RGB images ``(N, H, W, 3)``, each resized to the
+    encoder's input size."""
     if not encoder.patch_dim:
         raise BankError("the encoder has no 'patches' output: anomaly maps need patch features; use the built-in "
                         "encoder (patch_stage > 0) or a model with a 'patches' output")
     h, w = encoder.input_size
     out: list[np.ndarray] = []
-    for start in range(0, len(rows), batch):
-        chunk = rows[start:start + batch]
-        imgs = np.stack([read_rgb(r.image, (h, w)) for r in chunk])
+    for start in range(0, len(images), batch):
+        chunk = images[start:start + batch]
+        imgs = np.stack([read_rgb(x, (h, w)) if isinstance(x, Path) else resize_image(x, (h, w)) for x in chunk])
         boxes = np.tile(np.array([[0, 0, w, h]], np.float32), (len(imgs), 1))
         emb = encoder.embed(CropBatch(imgs, boxes), with_patches=True)
         assert emb.patches is not None
@@ -219,7 +231,7 @@ def evaluate_anomaly(rows: list[ManifestRow], encoder: Encoder, *, k: int = 1, i
     bank = make_bank(train)
     say(f"bank: {len(bank)} vectors ({bank.meta.coreset_fraction:.1%} of the train patches, coverage radius "
         f"{bank.meta.coreset_coverage:.3f}) in {time.perf_counter() - t0:.1f} s")
-    grid = _grid(encoder)
+    grid = patch_grid_of(encoder)
 
     def score_features(against: Bank, feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         n, p, c = feats.shape
@@ -271,7 +283,7 @@ def evaluate_anomaly(rows: list[ManifestRow], encoder: Encoder, *, k: int = 1, i
     return evaluation, bank
 
 
-def _grid(encoder: Encoder) -> tuple[int, int]:
+def patch_grid_of(encoder: Encoder) -> tuple[int, int]:
     grid = getattr(encoder, "patch_grid", None)
     if not grid or not grid[0]:
         raise BankError("the encoder does not report its patch grid; use an ONNX encoder with a 'patches' output")
