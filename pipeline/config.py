@@ -148,6 +148,7 @@ class OutputConfig:
     video: bool = _f(True)
     events: bool = _f(True)
     mot: bool = _f(True)
+    mot_fill_gaps: bool = _f(True)
     video_fourcc: str = _f("mp4v")
     stream_name: str = _f("default")
     progress_every_s: float = _f(5.0, 0.0, 3600.0)

@@ -6,6 +6,11 @@ TrackEval (HOTA, MOTA, IDF1, IDSW; MOT15 protocol). Peers: an IoU-only greedy ba
 frames per second (time inside the trackers' update calls; appearance embedding is timed apart, in
 ``fps_with_embedder`` for the trackers that embed). Ground truth is used for scoring only; no parameter of
 siamstream's tracker was fitted on these sequences.
+
+``siamstream`` is the track file ``eval mot`` writes: the finished tracks cleaned up offline (``[output]
+mot_fill_gaps``: confirmed tracks from their first detection, never-confirmed tracks dropped, the gaps the tracker
+bridged, at most ``max_lost_seconds``, interpolated). ``siamstream-online`` is the same run's per-frame output,
+what a live ``siamstream run`` reports. The peers' outputs are scored as the peers produce them.
 """
 
 from __future__ import annotations
@@ -37,8 +42,11 @@ def main(cfg: Config, sequences: tuple[str, ...] = SEQUENCES, peers: tuple[str, 
         seq = load_sequence(shared_data("mot15", name))
         det = MotDetectionFile(seq.det_path)
         results: dict[str, dict[str, float]] = {}
-        ours = track_sequence(seq, det, encoder, app.build_tracker(cfg.tracker), cfg.encoder.crop_padding)
+        ours = track_sequence(seq, det, encoder, app.build_tracker(cfg.tracker), cfg.encoder.crop_padding,
+                              fill_gaps=cfg.output.mot_fill_gaps)
         runs = [("siamstream", ours.rows, ours.tracker_fps, ours.fps_with_embedder)]
+        if ours.online_rows is not None and ours.online_rows is not ours.rows:
+            runs.append(("siamstream-online", ours.online_rows, ours.tracker_fps, ours.fps_with_embedder))
         for peer in peers:
             try:
                 # one thread for DeepSORT's CNN: torch's default over-subscribes small batches on a busy host

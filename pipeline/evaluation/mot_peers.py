@@ -75,6 +75,8 @@ class PeerRun:
         frames: frames processed.
         tracker_seconds: wall time inside the tracker's update calls only.
         embed_seconds: wall time computing appearance embeddings (cropping + CNN); 0 for peers without.
+        online_rows: siamstream's per-frame output before the offline clean-up that made ``rows``
+            (:mod:`pipeline.tracking.postprocess`); ``None`` for peers and when there was none.
     """
 
     name: str
@@ -82,6 +84,7 @@ class PeerRun:
     frames: int
     tracker_seconds: float
     embed_seconds: float = 0.0
+    online_rows: Float64Array | None = None
 
     @property
     def tracker_fps(self) -> float:

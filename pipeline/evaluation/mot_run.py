@@ -2,9 +2,12 @@
 
 Per frame: the frame's detections, one crop per detection embedded by the encoder (the same ONNX model and
 crop code as the pipeline), then :meth:`Tracker.update` with the capture time ``(frame - 1) / frameRate``. The
-output rows are the confirmed tracks matched to a detection in that frame, with the tracker's box. Timing
-separates the tracker's own update calls from embedding, so that tracker speed compares with peers that have
-no appearance model.
+online output rows are the confirmed tracks matched to a detection in that frame, with the tracker's box.
+With ``fill_gaps`` (``[output] mot_fill_gaps``), the rows returned are cleaned up offline once the whole sequence
+is tracked (:mod:`pipeline.tracking.postprocess`): a confirmed track also gets the frames it was tentative in,
+tracks never confirmed are dropped, and every gap a track was lost for and found again after (at most
+``max_lost_seconds``, the tracker's own limit) is filled by linear interpolation. Timing separates the tracker's
+own update calls from embedding, so that tracker speed compares with peers that have no appearance model.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from pipeline.encoder import Encoder
 from pipeline.evaluation.mot_peers import PeerRun
 from pipeline.evaluation.motchallenge import MotSequence
 from pipeline.sources import open_source
+from pipeline.tracking.postprocess import interpolate_gaps, keep_confirmed
 from pipeline.tracking.tracker import Tracker
 from pipeline.types import Embeddings, FrameResult, TrackState
 
@@ -30,13 +34,17 @@ log = logging.getLogger(__name__)
 
 def track_sequence(seq: MotSequence, detections: MotDetectionFile, encoder: Encoder, tracker: Tracker,
                    crop_padding: float = 0.1, on_frame: Callable[[FrameResult], None] | None = None,
-                   use_frame_image: bool = True) -> PeerRun:
-    """Track ``seq`` with ``tracker`` (reset first); ``on_frame`` sees each frame's result (e.g. a video sink)."""
+                   use_frame_image: bool = True, fill_gaps: bool = True) -> PeerRun:
+    """Track ``seq`` with ``tracker`` (reset first); ``on_frame`` sees each frame's result (e.g. a video sink).
+    The run's ``rows`` are the offline-cleaned rows with ``fill_gaps``, else the online ones (``online_rows``
+    holds those in both cases)."""
     tracker.reset()
     detections.reset()
     source = open_source(seq.frames_uri, SourceConfig())
     size = encoder.input_size
     rows: list[tuple[float, ...]] = []
+    candidates: list[tuple[float, ...]] = []  # tentative and confirmed, for the offline clean-up
+    confirmed: set[int] = set()
     tracker_s = embed_s = 0.0
     frames = 0
     try:
@@ -57,15 +65,25 @@ def track_sequence(seq: MotSequence, detections: MotDetectionFile, encoder: Enco
             embed_s += mid - start
             frames += 1
             for obs in out.observations:
-                if obs.state is TrackState.CONFIRMED and obs.detection_index >= 0:
-                    x1, y1, x2, y2 = (float(v) for v in obs.xyxy)
-                    conf = float(dets.confidence[obs.detection_index])
-                    rows.append((mot_frame, obs.track_id, x1, y1, x2 - x1, y2 - y1, conf))
+                if obs.detection_index < 0 or obs.state not in (TrackState.CONFIRMED, TrackState.TENTATIVE):
+                    continue
+                x1, y1, x2, y2 = (float(v) for v in obs.xyxy)
+                conf = float(dets.confidence[obs.detection_index])
+                row = (mot_frame, obs.track_id, x1, y1, x2 - x1, y2 - y1, conf)
+                candidates.append(row)
+                if obs.state is TrackState.CONFIRMED:
+                    rows.append(row)
+                    confirmed.add(obs.track_id)
             if on_frame is not None:
                 on_frame(FrameResult(frame, dets, out.observations))
     finally:
         source.close()
     if frames < seq.length:
         log.warning("%s: decoded %d of the %d frames seqinfo.ini announces", seq.name, frames, seq.length)
-    arr = np.asarray(rows, np.float64).reshape(-1, 7)
-    return PeerRun("siamstream", arr, frames, tracker_s, embed_s)
+    online = np.asarray(rows, np.float64).reshape(-1, 7)
+    out_rows = online
+    if fill_gaps:
+        max_gap = max(0, int(tracker.max_lost_seconds * seq.frame_rate))
+        out_rows = interpolate_gaps(keep_confirmed(np.asarray(candidates, np.float64).reshape(-1, 7), confirmed),
+                                    max_gap)
+    return PeerRun("siamstream", out_rows, frames, tracker_s, embed_s, online_rows=online)

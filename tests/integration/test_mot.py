@@ -32,6 +32,16 @@ def test_eval_mot_tracks_scores_and_writes_outputs(tmp_path: Path, shared_data: 
     rows = np.loadtxt(tmp_path / "TUD-Campus.txt", delimiter=",", ndmin=2)
     assert rows.shape[1] == 10 and rows[:, 0].min() >= 1 and rows[:, 0].max() <= 71
     assert len(np.unique(rows[:, 1])) >= 5  # 8 people walk through
+    # Offline clean-up (the default): no track has a gap it was found again after, within max_lost_seconds (2 s).
+    for tid in np.unique(rows[:, 1]):
+        frames = np.sort(rows[rows[:, 1] == tid, 0])
+        assert not ((np.diff(frames) > 1) & (np.diff(frames) <= 2 * 25 + 1)).any()
+    online = subprocess.run([sys.executable, "-m", "pipeline.cli", "-q", "eval", "mot", "--seq", str(seq), "--out",
+                             str(tmp_path / "online"), "--set", f'encoder.model="{pretrained_onnx}"', "--set",
+                             "output.mot_fill_gaps=false"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert online.returncode == 0, online.stderr
+    online_rows = np.loadtxt(tmp_path / "online" / "TUD-Campus.txt", delimiter=",", ndmin=2)
+    assert len(online_rows) < len(rows)  # the per-frame output misses the frames the clean-up adds
     assert cv2.imread(str(tmp_path / "timeline.png")) is not None
     video = cv2.VideoCapture(str(tmp_path / "annotated.mp4"))
     assert int(video.get(cv2.CAP_PROP_FRAME_COUNT)) == 71
