@@ -185,9 +185,10 @@ def test_probes_and_scrape_annotations_use_the_configured_port_and_real_paths(tm
     (svc_port,) = service["spec"]["ports"]
     assert ports[svc_port["targetPort"]] == cfg.metrics.port
     assert service["spec"]["selector"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
-    for scrape in (service["metadata"]["annotations"], deployment["spec"]["template"]["metadata"]["annotations"]):
-        assert scrape == {"prometheus.io/scrape": "true", "prometheus.io/port": str(cfg.metrics.port),
-                               "prometheus.io/path": "/metrics"}
+    assert deployment["spec"]["template"]["metadata"]["annotations"] == {
+        "prometheus.io/scrape": "true", "prometheus.io/port": str(cfg.metrics.port), "prometheus.io/path": "/metrics"}
+    # Only the pod is annotated: a Service annotated too would have the pod scraped twice (two jobs).
+    assert not any(k.startswith("prometheus.io/") for k in service["metadata"].get("annotations", {}))
 
     # The paths are the metrics server's own: /healthz answers 200, /readyz 503 before any frame.
     registry = CollectorRegistry()

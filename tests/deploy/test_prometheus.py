@@ -19,7 +19,7 @@ from pipeline.metrics import STAGES, PipelineMetrics, serve
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 RULES = DEPLOY / "prometheus" / "rules" / "siamstream.rules.yml"
-ALERTS = {"SiamstreamDown", "SiamstreamStreamStalled", "SiamstreamFrameRateLow", "SiamstreamFramesDropped",
+ALERTS = {"SiamstreamDown", "SiamstreamTargetMissing", "SiamstreamStreamStalled", "SiamstreamFrameRateLow", "SiamstreamFramesDropped",
           "SiamstreamAnomalyRateSpike", "SiamstreamBankEmpty", "SiamstreamBankStale", "SiamstreamEncoderLatencyHigh",
           "SiamstreamAlertDeliveryStalled", "SiamstreamAlertsDeadLettered"}
 
