@@ -164,6 +164,9 @@ class TrainConfig:
             ("stage", 1 <= self.stage <= 7, "in 1..7 (EfficientNet-Lite0 has 7 stages)"),
             ("epochs", self.epochs >= 1 or (self.epochs == 0 and self.whiten),
              ">= 1 (0 only with whiten = true: a head fitted in closed form on the pretrained features)"),
+            ("embedding_dim", self.epochs >= 1 or self.embedding_dim == 0,
+             "0 when epochs = 0 (an untrained head would be a random projection: the closed-form head whitens "
+             "the pooled features themselves)"),
             ("batches_per_epoch", self.batches_per_epoch >= 1, ">= 1"),
             ("p", self.p >= 2, ">= 2 (negatives need a second class)"),
             ("k", self.k >= 2, ">= 2 (positives need a second image of the class)"),
@@ -244,8 +247,9 @@ def build_model(cfg: TrainConfig, pretrained: bool = True) -> EmbeddingNet:
 
 
 def _with_head(model: EmbeddingNet, cfg: TrainConfig) -> EmbeddingNet:
-    """A whitened run keeps a linear head even at ``embedding_dim`` 0 (the whitening is folded into it); it
-    starts as the identity, so the epochs (if any) train on the pooled features as without a head."""
+    """A whitened run keeps a linear head even at ``embedding_dim`` 0 (the whitening is folded into it). It
+    starts as the identity; epochs, if any, train it along with the network (a square linear map, which the
+    whitening then replaces by its own fit on the trained features)."""
     if cfg.whiten and cfg.embedding_dim == 0 and isinstance(model.head, nn.Linear):
         with torch.no_grad():
             model.head.weight.copy_(torch.eye(model.head.out_features, model.head.in_features))
@@ -402,6 +406,9 @@ def _scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> torch.opti
 
 
 def _check_resumable(saved: dict[str, Any], cfg: TrainConfig, path: Path) -> None:
+    # Runs saved before a key existed: the key's default is what they ran with.
+    defaults = TrainConfig().as_dict()
+    saved = {**{k: v for k, v in defaults.items() if k not in saved}, **saved}
     current = cfg.as_dict()
     changed = sorted(k for k in set(saved) | set(current)
                      if k not in RESUMABLE_KEYS and saved.get(k, "<missing>") != current.get(k, "<missing>"))

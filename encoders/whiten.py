@@ -54,8 +54,9 @@ def fit_whitening(features: np.ndarray, labels: np.ndarray, shrinkage: float = 1
     s_w = within.T @ within / len(x)
     d = x.shape[1]
     eigenvalues, vectors = np.linalg.eigh(s_w + shrinkage * np.trace(s_w) / d * np.eye(d))
-    if eigenvalues.min() <= 0:
-        raise ValueError("the within-class covariance is singular; use shrinkage > 0")
+    if eigenvalues.min() <= 1e-10 * max(float(eigenvalues.max()), 0.0):
+        raise ValueError("the within-class covariance is singular (fewer independent samples than dimensions); "
+                         "use shrinkage > 0")
     return x.mean(axis=0), (vectors * eigenvalues ** -0.5) @ vectors.T
 
 

@@ -495,7 +495,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="whiten: pretrained features + a within-class whitening head fitted in closed form "
                             "(default); triplet: fine-tuned with batch-hard triplets")
     for b in (b_one, b_ver):
-        b.add_argument("--epochs", type=int, help="override the recipe's epochs (shorter runs for a quick look)")
+        b.add_argument("--epochs", type=int, help="override the recipe's epochs (shorter runs for a quick look; "
+                                                  "not for bench verify's closed-form whiten recipe)")
         b.add_argument("--out", help="keep the run, model and plots here (default: a temporary folder)")
         b.add_argument("--threads", type=int, default=0, help="torch / ONNX Runtime CPU threads (0: default)")
     b_mot = bench_sub.add_parser("mot", help="MOT15 PETS09-S2L1 and TUD-Campus: siamstream vs ByteTrack, "

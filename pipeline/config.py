@@ -364,6 +364,10 @@ def _check_together(cfg: Config, origin: str) -> None:
     if cfg.tracker.low_score > cfg.tracker.high_score:
         raise ConfigError(f"{origin}: [tracker] low_score = {cfg.tracker.low_score} is above high_score = "
                           f"{cfg.tracker.high_score}; allowed: low_score <= high_score")
+    if cfg.train.epochs == 0 and not (cfg.train.whiten and cfg.train.embedding_dim == 0):
+        raise ConfigError(f"{origin}: [train] epochs = 0 trains nothing: it needs whiten = true and embedding_dim = 0 "
+                          f"(a whitening head fitted in closed form on the pretrained features); allowed: epochs >= 1, "
+                          f"or epochs = 0 with whiten = true and embedding_dim = 0")
     if cfg.bank.level == "patch" and cfg.encoder.patch_stage == 0 and not cfg.encoder.model:
         raise ConfigError(f"{origin}: [bank] level = 'patch' needs patch features but [encoder] patch_stage = 0; "
                           f"set patch_stage (e.g. 4) or level = 'global'")

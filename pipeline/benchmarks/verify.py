@@ -29,6 +29,7 @@ import numpy as np
 from encoders.train import TrainConfig
 from pipeline.benchmarks.data import shared_data
 from pipeline.benchmarks.report import json_line, table
+from pipeline.config import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -80,14 +81,18 @@ def main(folds: int = 5, epochs: int | None = None, out_dir: Path | None = None,
     from encoders.train import train
     from pipeline.evaluation.encoder_eval import verify
 
+    if recipe not in RECIPES:
+        raise ConfigError(f"bench verify --recipe {recipe!r}: choose one of {', '.join(RECIPES)}")
+    base_cfg = RECIPES[recipe]
+    if epochs is not None and (base_cfg.epochs == 0 or epochs < 1):
+        raise ConfigError(f"bench verify --epochs {epochs}: " + (
+            f"the {recipe} recipe trains no epochs (its head is fitted in closed form); drop --epochs or use "
+            f"--recipe triplet" if base_cfg.epochs == 0 else "allowed: 1 or more"))
     faces = shared_data("att_faces")
     subjects = sorted(d for split in ("training", "testing") for d in (faces / split).iterdir()
                       if d.is_dir() and d.name.startswith("s"))
     if len(subjects) < 2 * folds:
         raise FileNotFoundError(f"{faces}: {len(subjects)} subject folders; need at least {2 * folds}")
-    if recipe not in RECIPES:
-        raise ValueError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
-    base_cfg = RECIPES[recipe]
     cfg = dataclasses.replace(base_cfg, epochs=base_cfg.epochs if epochs is None else epochs, num_threads=threads)
     rows, trained, baseline, seconds = [], [], [], []
     out = Path(out_dir) if out_dir else None

@@ -19,9 +19,9 @@ from pipeline.metrics import STAGES, PipelineMetrics, serve
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 RULES = DEPLOY / "prometheus" / "rules" / "siamstream.rules.yml"
-ALERTS = {"SiamstreamDown", "SiamstreamTargetMissing", "SiamstreamStreamStalled", "SiamstreamFrameRateLow", "SiamstreamFramesDropped",
-          "SiamstreamAnomalyRateSpike", "SiamstreamBankEmpty", "SiamstreamBankStale", "SiamstreamEncoderLatencyHigh",
-          "SiamstreamAlertDeliveryStalled", "SiamstreamAlertsDeadLettered"}
+ALERTS = {"SiamstreamDown", "SiamstreamTargetMissing", "SiamstreamStreamStalled", "SiamstreamFrameRateLow",
+          "SiamstreamFramesDropped", "SiamstreamAnomalyRateSpike", "SiamstreamBankEmpty", "SiamstreamBankStale",
+          "SiamstreamEncoderLatencyHigh", "SiamstreamAlertDeliveryStalled", "SiamstreamAlertsDeadLettered"}
 
 
 def tool(name: str) -> str:

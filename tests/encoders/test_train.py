@@ -32,7 +32,7 @@ from encoders.train import (
 )
 from encoders.whiten import fit_whitening, head_outputs
 from pipeline.app import train_config
-from pipeline.config import TRAIN_LOSSES, Config, TrainingConfig
+from pipeline.config import TRAIN_LOSSES, Config, ConfigError, TrainingConfig, load_config
 from pipeline.encoder import OnnxEncoder
 from pipeline.types import CropBatch
 
@@ -370,12 +370,31 @@ def test_train_command_reports_a_closed_form_run(shapes_dataset: Path, tmp_path:
     from pipeline.cli import main
 
     code = main(["train", "--data", str(shapes_dataset), "--out", str(tmp_path / "run"), "--set", "train.epochs=0",
-                 "--set", "train.whiten=true", "--set", "train.input_size=28", "--set", "train.p=4",
-                 "--set", "train.device=\"cpu\""])
+                 "--set", "train.whiten=true", "--set", "train.embedding_dim=0", "--set", "train.input_size=28",
+                 "--set", "train.p=4", "--set", "train.device=\"cpu\""])
     out = capsys.readouterr().out
     assert code == 0 and "no epochs" in out and "whitened head" in out
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["epochs"] == 0 and summary["final_loss"] is None and summary["train_seconds"] > 0
+
+
+@pytest.mark.parametrize("sets", [["train.epochs=0"], ["train.epochs=0", "train.whiten=true"]])
+def test_config_rejects_a_run_that_would_train_nothing_useful(sets: list[str]) -> None:
+    # epochs = 0 without whiten trains nothing; with the default embedding_dim (128) the head would be random.
+    with pytest.raises(ConfigError, match=r"\[train\] epochs = 0 trains nothing.*whiten = true and embedding_dim = 0"):
+        load_config(None, sets)
+    with pytest.raises(ValueError, match="embedding_dim must be 0 when epochs = 0"):
+        TrainConfig(epochs=0, whiten=True, embedding_dim=128)
+
+
+def test_a_run_saved_before_the_whitening_keys_existed_resumes(shapes_dataset: Path, tmp_path: Path) -> None:
+    train(shapes_dataset, tmp_path / "run", TINY, until_epoch=1)
+    ckpt_path = tmp_path / "run" / CHECKPOINT
+    ckpt = torch.load(ckpt_path, weights_only=True)
+    for key in ("stage", "whiten", "whiten_shrinkage", "whiten_mirror"):
+        del ckpt["config"][key]
+    torch.save(ckpt, ckpt_path)
+    assert train(shapes_dataset, tmp_path / "run", TINY, resume=True).epochs == 2
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.benchmarks.verify import RECIPES, describe, subject_folds
+from pipeline.benchmarks.verify import RECIPES, describe, main, subject_folds
+from pipeline.config import ConfigError
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -27,6 +28,16 @@ def test_recipes_say_what_they_train() -> None:
     assert describe(RECIPES["whiten"]) == ("efficientnet-lite0 stage 6, gem pooling, 160 px; within-class whitening "
                                            "head (shrinkage 0.3, mirror images)")
     assert "triplet_batch_hard, 5 x 20 batches of 16 x 4" in describe(RECIPES["triplet"])
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"epochs": 3}, "the whiten recipe trains no epochs"),
+    ({"epochs": 0, "recipe": "triplet"}, "allowed: 1 or more"),
+    ({"recipe": "arcface"}, "choose one of whiten, triplet"),
+])
+def test_bad_recipe_or_epochs_is_a_clear_error(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        main(**kwargs)  # type: ignore[arg-type]
 
 
 @pytest.mark.data
