@@ -339,7 +339,6 @@ def test_closed_form_run_whitens_the_pretrained_features_and_exports(shapes_data
     mean, projection = fit_whitening(raw, data.labels, 0.2)
     np.testing.assert_allclose(z, (raw - mean) @ projection, rtol=1e-3, atol=1e-3)
 
-
     report = export_run(result.out_dir, tmp_path / "whitened.onnx")
     assert report.parity_max_abs <= 1e-4 and report.embedding_dim == d
     meta = ort.InferenceSession(str(report.path), providers=["CPUExecutionProvider"]).get_modelmeta()
@@ -350,6 +349,7 @@ def test_whitening_that_cannot_be_fitted_is_a_clear_error(shapes_dataset: Path, 
     cfg = dataclasses.replace(TINY, epochs=0, embedding_dim=0, whiten=True, whiten_shrinkage=0.0, whiten_mirror=False)
     with pytest.raises(TrainError, match=r"cannot fit the whitening head.*whiten_shrinkage"):
         train(shapes_dataset, tmp_path / "run", cfg)  # 36 images, 256 features: singular without shrinkage
+
 
 def test_whitening_after_training_keeps_the_trained_head_size(shapes_dataset: Path, tmp_path: Path) -> None:
     cfg = dataclasses.replace(TINY, whiten=True, whiten_shrinkage=0.5)
