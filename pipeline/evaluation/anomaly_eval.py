@@ -51,8 +51,9 @@ class ManifestRow:
     label: str
 
 
-def load_manifest(path: str | Path) -> list[ManifestRow]:
-    """Read and check a manifest: columns, split names, 0/1 labels, files present, good-only train/validation."""
+def load_manifest(path: str | Path, require_test: bool = True) -> list[ManifestRow]:
+    """Read and check a manifest: columns, split names, 0/1 labels, files present, good-only train/validation,
+    and (with ``require_test``) a test split with good and defective images."""
     path = Path(path)
     if not path.is_file():
         raise ManifestError(f"{path}: manifest not found; pass a CSV with columns split,is_anomaly,image[,mask]")
@@ -90,8 +91,9 @@ def load_manifest(path: str | Path) -> list[ManifestRow]:
             raise ManifestError(f"{path}: no {split!r} rows; the bank is built from train and the threshold "
                                 f"calibrated on validation (good images)")
     test = [r for r in rows if r.split == "test"]
-    if not any(r.is_anomaly for r in test) or all(r.is_anomaly for r in test):
-        raise ManifestError(f"{path}: the test split needs both good (0) and defective (1) images")
+    if require_test and (not any(r.is_anomaly for r in test) or all(r.is_anomaly for r in test)):
+        raise ManifestError(f"{path}: the test split needs both good (0) and defective (1) images; without defect "
+                            f"images, score the settings on synthetic defects: eval anomaly --synthetic")
     return rows
 
 

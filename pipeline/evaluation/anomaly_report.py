@@ -9,7 +9,15 @@ from pathlib import Path
 from pipeline.anomaly.bank import Bank
 from pipeline.benchmarks.report import table
 from pipeline.config import Config
-from pipeline.evaluation.anomaly_eval import AnomalyEvaluation, evaluate_anomaly, image_size, load_manifest
+from pipeline.encoder import OnnxEncoder
+from pipeline.evaluation.anomaly_eval import (
+    AnomalyEvaluation,
+    ManifestRow,
+    evaluate_anomaly,
+    image_size,
+    load_manifest,
+)
+from pipeline.evaluation.anomaly_select import SyntheticScore
 
 log = logging.getLogger(__name__)
 
@@ -28,23 +36,29 @@ def parse_size(text: str) -> tuple[int, int]:
     return hw[0], hw[1]
 
 
-def run_evaluation(cfg: Config, manifest: Path, out: Path | None, size: tuple[int, int] | None = None,
-                   model: str | None = None) -> tuple[AnomalyEvaluation, Bank]:
-    """Evaluate the anomaly stage configured by ``cfg`` on ``manifest``; write outputs under ``out``.
-
-    The encoder is ``model`` (an ONNX file with a 'patches' output), else ``[encoder] model``, else the
-    built-in one exported at ``size`` (default: the size of the manifest's first test image, so whole images
-    are seen at their own resolution)."""
+def evaluation_encoder(cfg: Config, rows: list[ManifestRow], size: tuple[int, int] | None = None,
+                       model: str | None = None) -> OnnxEncoder:
+    """``model`` (an ONNX file with a 'patches' output), else ``[encoder] model``, else the built-in encoder
+    exported at ``size`` (default: the size of the manifest's first validation image, so whole images are seen
+    at their own resolution)."""
     from pipeline import app
     from pipeline.config import replace
 
-    rows = load_manifest(manifest)
     encoder_cfg = replace(cfg, "encoder", model=model).encoder if model else cfg.encoder
     if not encoder_cfg.model and size is None:
-        size = image_size(next(r.image for r in rows if r.split == "test"))
+        size = image_size(next(r.image for r in rows if r.split == "validation"))
     encoder = app.build_encoder(encoder_cfg, size=size)
     log.info("encoder %s on %s: input %dx%d, patch grid %dx%d of %d features", encoder.path.name, encoder.provider,
              *encoder.input_size, *encoder.patch_grid, encoder.patch_dim)
+    return encoder
+
+
+def run_evaluation(cfg: Config, manifest: Path, out: Path | None, size: tuple[int, int] | None = None,
+                   model: str | None = None) -> tuple[AnomalyEvaluation, Bank]:
+    """Evaluate the anomaly stage configured by ``cfg`` on ``manifest``; write outputs under ``out``. The
+    encoder is :func:`evaluation_encoder`'s."""
+    rows = load_manifest(manifest)
+    encoder = evaluation_encoder(cfg, rows, size, model)
     b, a = cfg.bank, cfg.anomaly
     ev, bank = evaluate_anomaly(rows, encoder, k=a.k, index_type=b.index, coreset_fraction=b.coreset_fraction,
                                 max_vectors=b.max_vectors, false_alarm_rate=b.false_alarm_rate,
@@ -53,6 +67,22 @@ def run_evaluation(cfg: Config, manifest: Path, out: Path | None, size: tuple[in
     if out is not None:
         write_outputs(out, ev, bank)
     return ev, bank
+
+
+def run_synthetic(cfg: Config, manifest: Path, size: tuple[int, int] | None = None, model: str | None = None,
+                  per_image: int = 4, seed: int = 0) -> SyntheticScore:
+    """Score the anomaly settings of ``cfg`` on small synthetic defects painted on the manifest's validation images
+    (:mod:`pipeline.evaluation.anomaly_select`): a check that needs good images only. Test rows are not read."""
+    from pipeline.evaluation.anomaly_select import score_synthetic, synthetic_set
+
+    rows = load_manifest(manifest, require_test=False)
+    encoder = evaluation_encoder(cfg, rows, size, model)
+    synthetic = synthetic_set([r for r in rows if r.split == "validation"], per_image=per_image, seed=seed)
+    b, a = cfg.bank, cfg.anomaly
+    return score_synthetic([r.image for r in rows if r.split == "train"], synthetic, encoder, k=a.k,
+                           index_type=b.index, coreset_fraction=b.coreset_fraction, max_vectors=b.max_vectors,
+                           sigma_px=a.map_sigma, border_px=a.map_border, nlist=b.nlist, nprobe=b.nprobe, pq_m=b.pq_m,
+                           seed=seed, progress=log.info)
 
 
 def write_outputs(out: Path, ev: AnomalyEvaluation, bank: Bank) -> None:

@@ -118,3 +118,29 @@ def test_eval_anomaly_command_writes_its_files_and_ends_with_json(tmp_path: Path
     bad = subprocess.run([sys.executable, "-m", "pipeline.cli", "-q", "eval", "anomaly", "--manifest",
                           str(tmp_path / "nope.csv")], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "manifest not found" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_eval_anomaly_synthetic_needs_good_images_only(tmp_path: Path, pretrained_onnx: Path) -> None:
+    import subprocess
+    import sys
+
+    manifest = write_manifest(tmp_path)
+    good_only = tmp_path / "good_only.csv"  # a new line: no defect image yet, no test split at all
+    lines = manifest.read_text().splitlines()
+    good_only.write_text("\n".join([lines[0], *(ln for ln in lines[1:] if not ln.startswith("test,"))]) + "\n")
+    repo = Path(__file__).resolve().parents[3]
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "pipeline.cli", "-q", "eval", "anomaly", "--model",
+                               str(pretrained_onnx), *args], cwd=repo, capture_output=True, text=True, timeout=300)
+
+    full = run("--manifest", str(good_only))
+    assert full.returncode == 2 and "test split needs both" in full.stderr and "--synthetic" in full.stderr
+    proc = run("--manifest", str(good_only), "--synthetic", "--set", "bank.coreset_fraction=0.5")
+    assert proc.returncode == 0, proc.stderr
+    figures = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(figures) == {"synthetic_image_auroc", "synthetic_pixel_ap", "per_kind_auroc", "ms_per_image",
+                            "bank_vectors"}
+    assert 0.5 < figures["synthetic_image_auroc"] <= 1.0 and figures["bank_vectors"] > 0
+    assert set(figures["per_kind_auroc"]) == {"cutpaste", "scratch", "hole", "stain"}
+    assert "image AUROC" in proc.stdout
