@@ -28,11 +28,11 @@ def parse_size(text: str) -> tuple[int, int]:
     try:
         hw = tuple(int(p) for p in parts)
     except ValueError:
-        raise ValueError(f"--size {text!r}: write HEIGHTxWIDTH in pixels, e.g. 240x320") from None
+        raise ValueError(f"--size {text!r}: write HEIGHTxWIDTH in pixels, e.g. 320x240") from None
     if len(hw) == 1:
         hw = (hw[0], hw[0])
     if len(hw) != 2 or min(hw) < 32 or max(hw) > 4096:
-        raise ValueError(f"--size {text!r}: write HEIGHTxWIDTH, each 32..4096 pixels, e.g. 240x320")
+        raise ValueError(f"--size {text!r}: write HEIGHTxWIDTH, each 32..4096 pixels, e.g. 320x240")
     return hw[0], hw[1]
 
 
