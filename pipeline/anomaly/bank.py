@@ -268,7 +268,12 @@ class Bank:
             raise BankError(f"{path}: not a bank (needs meta.json and index.faiss); rebuild it with "
                             f"`siamstream bank build`")
         try:
-            raw = json.loads(meta_file.read_text())
+            text = meta_file.read_text()
+        except OSError as exc:  # e.g. a save renamed the directory between the check above and this read
+            raise BankError(f"{meta_file}: cannot read the bank metadata ({exc.strerror or exc}); check the path "
+                            f"and its permissions") from None
+        try:
+            raw = json.loads(text)
             raw["input_size"] = tuple(raw["input_size"])
             meta = BankMeta(**raw)
         except (ValueError, TypeError, KeyError) as exc:

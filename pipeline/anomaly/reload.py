@@ -52,6 +52,11 @@ class BankReloader:
         self._thread.start()
         return self
 
+    @property
+    def alive(self) -> bool:
+        """Whether the polling thread is running."""
+        return self._thread is not None and self._thread.is_alive()
+
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
@@ -85,4 +90,7 @@ class BankReloader:
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval_s):
-            self.check()
+            try:
+                self.check()
+            except Exception:  # the watcher must outlive any one bad poll; the running bank stays in use
+                log.exception("bank reload: unexpected error while checking %s; will look again", self.path)

@@ -210,9 +210,10 @@ def test_concurrent_saves_never_hand_over_half_a_bank(tmp_path: Path) -> None:
             t.start()
         for t in threads:
             t.join(timeout=60)
+        assert r.alive  # no save, however it interleaved with a poll, stopped the watcher
     finally:
         r.stop()
-    assert not any(t.is_alive() for t in threads)
+    assert not any(t.is_alive() for t in threads) and not r.alive
     assert failures == [] and scored > 0
     assert got.errors == [], got.errors  # a save under way is no broken bank
     assert len(got.banks) >= 3, got.sizes  # the reloader kept up with part of the saves
@@ -224,3 +225,40 @@ def test_concurrent_saves_never_hand_over_half_a_bank(tmp_path: Path) -> None:
     r.check()  # once the writer is done, the last bank it saved is the one in use
     assert len(current[0]) == written[-1]
 
+
+
+def test_the_watcher_survives_an_unexpected_error_and_keeps_polling(tmp_path: Path) -> None:
+    path = tmp_path / "bank"
+    marked_bank(10).save(path)
+    got = Received()
+    calls = {"n": 0}
+
+    def flaky(bank: Bank) -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("consumer hiccup")  # not a BankError: a bug elsewhere must not stop reloads
+        got.on_bank(bank)
+
+    r = BankReloader(path, 0.01, flaky, got.on_error).start()
+    try:
+        marked_bank(11).save(path)
+        deadline = time.monotonic() + 10
+        while not got.banks and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert r.alive and got.sizes == [11] and calls["n"] >= 2
+    finally:
+        r.stop()
+
+
+def test_metadata_vanishing_while_it_is_read_is_a_bank_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.anomaly.bank import BankError
+
+    path = tmp_path / "bank"
+    marked_bank(5).save(path)
+
+    def gone(self: Path, *args: object, **kwargs: object) -> str:
+        raise FileNotFoundError(2, "No such file or directory")  # a save renamed the directory just now
+
+    monkeypatch.setattr(Path, "read_text", gone)
+    with pytest.raises(BankError, match="cannot read the bank metadata"):
+        Bank.load(path)
