@@ -250,3 +250,40 @@ def make_loss(name: str, margin: float, temperature: float) -> Callable[[Tensor,
         return lambda emb, labels: supcon_loss(emb, labels, temperature=temperature)
     raise ValueError(f"unknown loss {name!r}; valid names: {', '.join(LABEL_LOSSES)} "
                      "(contrastive_loss and nt_xent_loss are called directly)")
+
+
+def patch_adaptation_terms(clean: Tensor, jittered: Tensor, defective: Tensor, anchor: Tensor, defect_mask: Tensor,
+                           scale: float, margin: float, inside_fraction: float = 0.25) -> dict[str, Tensor]:
+    """The terms of good-only patch adaptation (:mod:`encoders.adapt`), each a 0-dim tensor.
+
+    Args:
+        clean, jittered, defective: ``(B, C, h, w)`` patch features of a batch of good crops, of photometrically
+            jittered copies, and of copies with one synthetic defect painted on each.
+        anchor: ``(B, C, h, w)`` features of the clean crops from the frozen pretrained trunk.
+        defect_mask: ``(B, 1, H, W)`` float, 1 where the defect was painted (the crops' pixels).
+        scale: squared feature norm the squared distances are divided by (keeps the terms unit-free).
+        margin: relative squared distance a defective patch must keep from its clean self.
+        inside_fraction: a patch counts as inside the defect when this share of its cell is painted.
+
+    Returns ``invariance`` (jittered vs clean), ``separation`` (hinge: patches inside the defect closer than
+    ``margin`` to their clean selves, as a fraction of the margin), ``locality`` (patches the defect does not
+    touch vs their clean selves: keeps the response from spreading beyond the defect) and ``anchor`` (clean vs
+    pretrained): all relative squared distances averaged over the patches they concern (0 when there are none).
+    """
+    if not (clean.shape == jittered.shape == defective.shape == anchor.shape) or clean.dim() != 4:
+        raise ValueError(f"patch features must all be (B, C, h, w) of one shape; got {tuple(clean.shape)}, "
+                         f"{tuple(jittered.shape)}, {tuple(defective.shape)}, {tuple(anchor.shape)}")
+    if defect_mask.dim() != 4 or defect_mask.shape[:2] != (clean.shape[0], 1):
+        raise ValueError(f"defect_mask must be ({clean.shape[0]}, 1, H, W); got {tuple(defect_mask.shape)}")
+    if scale <= 0 or margin <= 0:
+        raise ValueError(f"scale and margin must be > 0; got {scale}, {margin}")
+    grid = (int(clean.shape[2]), int(clean.shape[3]))
+    inside = (F.adaptive_avg_pool2d(defect_mask, grid) > inside_fraction).to(clean.dtype)[:, 0]
+    untouched = (F.adaptive_max_pool2d(defect_mask, grid) == 0).to(clean.dtype)[:, 0]
+    moved = (defective - clean).pow(2).sum(1) / scale
+    return {
+        "invariance": ((jittered - clean).pow(2).sum(1) / scale).mean(),
+        "separation": (F.relu(margin - moved) * inside).sum() / inside.sum().clamp(min=1.0) / margin,
+        "locality": (moved * untouched).sum() / untouched.sum().clamp(min=1.0),
+        "anchor": ((clean - anchor).pow(2).sum(1) / scale).mean(),
+    }

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
 
+from encoders.adapt import AdaptError
 from encoders.backbones import BackboneError
 from encoders.evaluate import EvaluationError
 from encoders.export import ExportParityError
@@ -25,6 +26,7 @@ from pipeline.detect.onnx_detector import DetectorContractError
 from pipeline.encoder import EncoderContractError
 from pipeline.evaluation.anomaly_eval import ManifestError
 from pipeline.evaluation.mot_metrics import MotEvaluationError
+from pipeline.evaluation.mot_peers import PeerUnavailableError
 from pipeline.evaluation.motchallenge import MotSequenceError
 from pipeline.metrics import MetricsError
 from pipeline.sinks import SinkError, check_writable_dir
@@ -41,7 +43,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, SourceError, SinkEr
                                                 BankError, MetricsError, BackboneError, ExportParityError,
                                                 TrainError, EvaluationError, BenchDataError, MotFileError,
                                                 MotSequenceError, MotEvaluationError, DetectorContractError,
-                                                ManifestError)
+                                                ManifestError, AdaptError, PeerUnavailableError)
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -240,6 +242,45 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_adapt(args: argparse.Namespace) -> int:
+    from encoders.adapt import AdaptConfig, adapt_to_onnx
+    from encoders.data import list_images
+    from pipeline.evaluation.anomaly_eval import image_size, read_rgb
+    from pipeline.evaluation.anomaly_report import parse_size
+
+    cfg = _config(args)
+    enc = cfg.encoder
+    good = Path(args.good)
+    if not good.is_dir():
+        raise ConfigError(f"--good {good}: not a folder; pass the folder of good parts' images (e.g. train/good/rgb)")
+    paths = list_images(good)
+    if not paths:
+        raise ConfigError(f"--good {good}: no images (PNG, JPEG, BMP, TIFF, PGM) in it")
+    try:
+        size = parse_size(args.size) if args.size else image_size(paths[0])
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if not enc.patch_stage:
+        raise ConfigError("[encoder] patch_stage = 0: adaptation tunes the patch features; set patch_stage (e.g. 4)")
+    out = Path(args.out)
+    check_writable_dir(out.parent if str(out.parent) else Path("."))
+    log.info("adapt: %d good images from %s at %dx%d (height x width), %d steps", len(paths), good, *size, args.steps)
+    images = [read_rgb(p, size) for p in paths]
+    path, result = adapt_to_onnx(images, out, stage=enc.stage, pooling=enc.pooling, patch_stage=enc.patch_stage,
+                                 patch_detail_stage=enc.patch_detail_stage,
+                                 cfg=AdaptConfig(steps=args.steps, seed=args.seed), progress=log.info)
+    print(f"model      {path}: EfficientNet-Lite0 stage {enc.stage}, patches from stage {enc.patch_stage}"
+          f"{f' + {enc.patch_detail_stage}' if enc.patch_detail_stage else ''}, {size[0]}x{size[1]} px, adapted on "
+          f"{result.images} good images")
+    print(f"time       {result.seconds:.1f} s for {result.steps} steps")
+    print(f"separation {result.final.get('separation', float('nan')):.3f} in the last tenth of the steps "
+          f"(0 = every painted patch at the margin)")
+    print(f"use it     siamstream bank build ... --set encoder.model={path}")
+    _print_json({"out": str(path), "steps": result.steps, "seconds": round(result.seconds, 1),
+                 "images": result.images, "final": {k: round(v, 5) for k, v in result.final.items()}})
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from encoders.export import export_run
 
@@ -396,7 +437,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.bench == "mot":
         from pipeline.benchmarks import mot
 
-        return mot.main(_config(args))
+        peers = tuple(p for p in args.peers.split(",") if p) if args.peers else mot.PEERS
+        return mot.main(_config(args), peers=peers)
     raise AssertionError(args.bench)
 
 
@@ -453,6 +495,18 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", required=True, help="run directory: checkpoint, logs, final weights")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     train.set_defaults(func=cmd_train)
+
+    adapt = sub.add_parser("adapt", help="adapt the built-in patch encoder to a line's good parts (no defect images) "
+                                         "and export it to ONNX for the anomaly stage")
+    common(adapt)
+    adapt.add_argument("--good", required=True, help="folder of good parts' images, e.g. tire train/good/rgb")
+    adapt.add_argument("--out", required=True, help="ONNX file to write; then set [encoder] model to it")
+    adapt.add_argument("--size", help="input HEIGHTxWIDTH the images are resized to (default: their own size); "
+                                      "build the bank and score at the same size")
+    adapt.add_argument("--steps", type=int, default=800, help="Adam steps (default 800: about 5 minutes on 2 CPU "
+                                                              "cores at 560x420)")
+    adapt.add_argument("--seed", type=int, default=0)
+    adapt.set_defaults(func=cmd_adapt)
 
     export = sub.add_parser("export", help="export a trained run to ONNX (with a parity check)")
     export.add_argument("run_dir", help="run directory written by siamstream train")
@@ -518,6 +572,8 @@ def build_parser() -> argparse.ArgumentParser:
     b_mot = bench_sub.add_parser("mot", help="MOT15 PETS09-S2L1 and TUD-Campus: siamstream vs ByteTrack, "
                                              "DeepSORT and IoU-only on the same detections")
     common(b_mot)
+    b_mot.add_argument("--peers", help="comma-separated peers to run (default: iou,bytetrack,deepsort,boxmot; boxmot "
+                                       "runs in its own environment, set up on first use)")
     b_anom = bench_sub.add_parser("anomaly", help="MVTec 3D-AD tire: siamstream's anomaly recipe vs a PatchCore-style "
                                                   "baseline; image/pixel AUROC, pixel AP, recall at a calibrated "
                                                   "threshold")

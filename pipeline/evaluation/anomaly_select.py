@@ -21,34 +21,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from encoders.data import small_defect
 from pipeline.anomaly.bank import build_bank
 from pipeline.anomaly.maps import anomaly_maps, map_scores, mask_border
 from pipeline.encoder import Encoder
 from pipeline.evaluation.anomaly_eval import ManifestError, ManifestRow, image_patch_features, patch_grid_of
 
+__all__ = ["WINDOW_FRACTION", "SyntheticScore", "SyntheticSet", "score_synthetic", "small_defect", "synthetic_set"]
+
 WINDOW_FRACTION = 0.12
-
-
-def small_defect(img: np.ndarray, rng: np.random.Generator, kind: str | None = None,
-                 window_fraction: float = WINDOW_FRACTION) -> tuple[np.ndarray, np.ndarray]:
-    """One synthetic defect painted inside a random window of ``window_fraction`` of the image's height and
-    width: ``(defective copy, bool mask (H, W))``. Nothing outside the mask changes."""
-    from encoders.data import synthetic_defect
-
-    if not 0 < window_fraction <= 1:
-        raise ValueError(f"window_fraction must be in (0, 1], got {window_fraction}")
-    h, w = img.shape[:2]
-    wh, ww = max(8, round(h * window_fraction)), max(8, round(w * window_fraction))
-    if wh > h or ww > w:
-        raise ValueError(f"the image ({h}x{w}) is too small for an 8x8 defect window")
-    y0, x0 = int(rng.integers(0, h - wh + 1)), int(rng.integers(0, w - ww + 1))
-    window, window_mask = synthetic_defect(np.ascontiguousarray(img[y0:y0 + wh, x0:x0 + ww]), rng, kind)
-    out = img.copy()
-    out[y0:y0 + wh, x0:x0 + ww] = window
-    mask = np.zeros((h, w), bool)
-    mask[y0:y0 + wh, x0:x0 + ww] = window_mask > 0
-    return out, mask
-
 
 @dataclass(frozen=True)
 class SyntheticSet:

@@ -22,10 +22,11 @@ apart (``embed_seconds``) or not at all.
   ``cv2.resize`` to 224 x 224 bilinear, /255, ImageNet mean/std), so the tracker sees the same features;
   embedding time is reported apart from tracking time.
 
-boxmot (25.0.0) is not offered: with this project's CPU torch 2.13.0 installed, ``pip install boxmot`` resolves
-to ``torch 2.14.1`` plus the CUDA 13 ``nvidia-*`` wheels and ``triton`` (through ``torchvision 0.29``); pinning
-``torch==2.13.0`` gets ``torchvision 0.28.0``, but boxmot still requires ``opencv-python<5``, which installs a
-second ``cv2`` (4.14) over the project's ``opencv-python-headless`` 5.x, and ``pandas<3``, a downgrade.
+boxmot (25.0.0) cannot be installed here: with this project's CPU torch 2.13.0 installed, ``pip install boxmot``
+resolves to ``torch 2.14.1`` plus the CUDA 13 ``nvidia-*`` wheels and ``triton`` (through ``torchvision 0.29``);
+pinning ``torch==2.13.0`` gets ``torchvision 0.28.0``, but boxmot still requires ``opencv-python<5``, which installs
+a second ``cv2`` (4.14) over the project's ``opencv-python-headless`` 5.x, and ``pandas<3``, a downgrade. Its
+trackers run in an environment of their own instead: :mod:`pipeline.evaluation.boxmot_peers`.
 
 The peers live in the optional ``bench`` extra (``pip install -e ".[bench]"``); they are imported only when
 run, and a missing one raises :class:`PeerUnavailableError` saying so.

@@ -373,3 +373,54 @@ def test_batch_hard_training_separates_two_gaussian_classes() -> None:
         last = batch_hard_triplet_loss(F.normalize(model(x), dim=1), labels, margin=0.2).item()
     assert first > 0.0
     assert last < 0.5 * first, (first, last)
+
+
+# ---- patch_adaptation_terms ---------------------------------------------------------------------------------
+
+
+def _grid(values: list[list[float]]) -> Tensor:
+    """A (1, 1, 2, 2) feature map: one channel, 2x2 cells."""
+    return torch.tensor(values, dtype=torch.float32)[None, None]
+
+
+def test_patch_adaptation_terms_by_hand() -> None:
+    from encoders.losses import patch_adaptation_terms
+
+    clean = _grid([[0.0, 0.0], [0.0, 0.0]])
+    jittered = _grid([[1.0, 0.0], [0.0, 0.0]])  # one of 4 cells moved by 1: invariance 1/4
+    defective = _grid([[0.0, 0.0], [0.0, 3.0]])  # the painted cell moved by 3 (squared 9), nothing else moved
+    anchor = _grid([[0.0, 0.0], [2.0, 0.0]])  # clean differs from the pretrained features in one cell: 4/4
+    mask = torch.zeros(1, 1, 4, 4)
+    mask[..., 2:, 2:] = 1.0  # the bottom-right cell, and only it, is painted
+    t = patch_adaptation_terms(clean, jittered, defective, anchor, mask, scale=1.0, margin=10.0)
+    assert t["invariance"].item() == pytest.approx(0.25)
+    assert t["anchor"].item() == pytest.approx(1.0)
+    assert t["separation"].item() == pytest.approx((10.0 - 9.0) / 10.0)  # 1 short of the margin, over the margin
+    assert t["locality"].item() == pytest.approx(0.0)  # the 3 untouched cells did not move
+    # Past the margin the separation term is 0; a move outside the defect shows in locality only.
+    far = patch_adaptation_terms(clean, clean, _grid([[2.0, 0.0], [0.0, 4.0]]), clean, mask, scale=2.0, margin=1.0)
+    assert far["separation"].item() == 0.0
+    assert far["locality"].item() == pytest.approx((4.0 / 2.0) / 3.0)
+
+
+def test_patch_adaptation_terms_push_painted_cells_apart() -> None:
+    from encoders.losses import patch_adaptation_terms
+
+    clean = torch.zeros(1, 2, 2, 2)
+    defective = torch.zeros(1, 2, 2, 2, requires_grad=True)
+    mask = torch.ones(1, 1, 8, 8)
+    with torch.no_grad():
+        defective[0, 0] += 0.1
+    t = patch_adaptation_terms(clean, clean, defective, clean, mask, scale=1.0, margin=1.0)
+    t["separation"].backward()
+    assert defective.grad is not None and (defective.grad[0, 0] < 0).all()  # descent moves them further away
+
+
+def test_patch_adaptation_terms_reject_mismatched_shapes() -> None:
+    from encoders.losses import patch_adaptation_terms
+
+    x = torch.zeros(2, 3, 4, 4)
+    with pytest.raises(ValueError, match="one shape"):
+        patch_adaptation_terms(x, x, torch.zeros(2, 3, 4, 5), x, torch.zeros(2, 1, 8, 8), 1.0, 1.0)
+    with pytest.raises(ValueError, match="defect_mask"):
+        patch_adaptation_terms(x, x, x, x, torch.zeros(1, 1, 8, 8), 1.0, 1.0)

@@ -277,3 +277,29 @@ def test_bench_without_data_is_a_clear_error(tmp_path: Path) -> None:
                           env={**os.environ, "SIAMSTREAM_DATA": str(env_data)}, capture_output=True, text=True,
                           timeout=120)
     assert_clean_error(proc, "benchmark data not found", "SIAMSTREAM_DATA")
+
+
+def test_adapt_end_to_end_and_its_errors(tmp_path: Path) -> None:
+    import cv2
+
+    good = tmp_path / "good"
+    good.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        img = cv2.GaussianBlur(rng.integers(0, 255, (80, 96, 3), dtype=np.uint8), (0, 0), 1.5)
+        cv2.imwrite(str(good / f"{i}.png"), img)
+    out = tmp_path / "models" / "adapted.onnx"
+    proc = siamstream("adapt", "--good", str(good), "--out", str(out), "--size", "64x80", "--steps", "2")
+    assert proc.returncode == 0, proc.stderr
+    figures = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert figures["steps"] == 2 and figures["images"] == 3 and Path(figures["out"]) == out and out.is_file()
+    meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert meta["siamstream.input_size"] == "64x80"
+
+    (tmp_path / "empty").mkdir()
+    assert_clean_error(siamstream("adapt", "--good", str(tmp_path / "empty"), "--out", str(out)), "no images")
+    assert_clean_error(siamstream("adapt", "--good", str(tmp_path / "nope"), "--out", str(out)), "not a folder")
+    assert_clean_error(siamstream("adapt", "--good", str(good), "--out", str(out), "--steps", "0"), "steps")
+    assert_clean_error(siamstream("adapt", "--good", str(good), "--out", str(out), "--size", "12x12"), "--size")
+    assert_clean_error(siamstream("adapt", "--good", str(good), "--out", str(out), "--set",
+                                  "encoder.patch_stage=0"), "patch_stage")

@@ -6,8 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from encoders.adapt import AdaptConfig
+from pipeline import app
 from pipeline.benchmarks import anomaly as bench
 from pipeline.config import ConfigError, load_config, replace
+from pipeline.encoder import OnnxEncoder
 from pipeline.evaluation.anomaly_eval import load_manifest
 from pipeline.evaluation.anomaly_select import SyntheticScore
 
@@ -20,6 +23,8 @@ CANDIDATES = (
     # Sized from the images (128 px, here at half their size): the size comes from the validation images.
     bench.Entry("s4+s3 half", {"stage": 4, "patch_stage": 4, "patch_detail_stage": 3}, SMALL,
                 {"map_sigma": 2.0, "map_border": 0, "k": 1}, scale=0.5),
+    bench.Entry("s4+s3 half adapted", {"stage": 4, "patch_stage": 4, "patch_detail_stage": 3}, SMALL,
+                {"map_sigma": 2.0, "map_border": 0, "k": 1}, scale=0.5, adapt=True),
 )
 
 
@@ -41,8 +46,14 @@ def test_selection_scores_every_candidate_without_reading_the_test_split(tmp_pat
         if row.split == "test":
             row.image.unlink()
     base = replace(load_config(None), "encoder", cache_dir=str(tmp_path / "cache"))
-    sel = bench.select_recipe(base, rows, CANDIDATES, per_image=2, window_fraction=0.4)
-    assert set(sel.scores) == {"s4 sigma2", "s4+s3 half"}
+    work = bench.Workspace(tmp_path / "work", AdaptConfig(steps=2, batch=2, crop=64))
+    sel = bench.select_recipe(base, rows, work, CANDIDATES, per_image=2, window_fraction=0.4)
+    assert set(sel.scores) == {"s4 sigma2", "s4+s3 half", "s4+s3 half adapted"}
+    # The adapted candidate was scored with its own encoder, adapted on the train images only.
+    adapted = work.config(base, CANDIDATES[2], rows).encoder.model
+    assert Path(adapted).is_file() and set(work.adapt_seconds) == {"s4+s3 half adapted"}
+    assert OnnxEncoder(adapted).encoder_id != OnnxEncoder(
+        app.build_encoder(bench.entry_config(base, CANDIDATES[1]).encoder, size=(64, 64)).path).encoder_id
     assert sel.chosen is bench.choose(CANDIDATES, sel.scores, bench.MS_BUDGET)
     assert all(0.0 <= s.image_auroc <= 1.0 and s.ms_per_image > 0 for s in sel.scores.values())
     assert bench.entry_size(CANDIDATES[1], rows) == (64, 64)

@@ -1,0 +1,127 @@
+"""Run boxmot trackers on given detections: a standalone script for boxmot's own Python environment.
+
+boxmot cannot live in siamstream's environment (it needs ``opencv-python<5`` and ``pandas<3``), so
+:mod:`pipeline.evaluation.boxmot_peers` runs this file with the interpreter of a separate virtual environment. It
+imports nothing from siamstream: only numpy, OpenCV and boxmot.
+
+Input: ``--dets`` a ``.npy`` float64 array ``(N, 6)``: ``frame, x, y, w, h, score`` (1-based frames, ``tlwh``
+pixels), the detections every tracker of the benchmark gets; ``--frames`` the sequence's frames (a video file or a
+folder of images, in name order), for the trackers' camera-motion compensation. Output in ``--out``: one
+``NAME.npy`` per tracker, float64 ``(M, 7)`` MOT rows ``frame, id, x, y, w, h, conf`` (the tracker's boxes), and
+``timing.json``: ``{NAME: {"seconds": time inside update() only, "frames": frames run}}``. One thread for torch and
+OpenCV, so the trackers' frames per second compare with the other peers'.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
+# boxmot tracker classes run without a ReID model (ReID weights would be downloaded: not offline).
+TRACKERS: dict[str, tuple[str, str, dict[str, object]]] = {
+    "bytetrack": ("boxmot", "ByteTrack", {}),
+    "ocsort": ("boxmot", "OcSort", {}),
+    "botsort": ("boxmot", "BotSort", {"use_embeddings": False}),
+    "boosttrack": ("boxmot", "BoostTrack", {"use_embeddings": False}),
+}
+
+
+def frames(uri: str, length: int) -> Iterator[np.ndarray]:
+    """BGR frames 1..length of a video file or an image folder."""
+    import cv2
+
+    path = Path(uri)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTS)
+        for p in files[:length]:
+            img = cv2.imread(str(p), cv2.IMREAD_COLOR)
+            if img is None:
+                raise SystemExit(f"boxmot runner: {p}: not a readable image")
+            yield img
+        return
+    cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        raise SystemExit(f"boxmot runner: {path}: cannot open the video")
+    try:
+        for _ in range(length):
+            ok, img = cap.read()
+            if not ok:
+                return
+            yield img
+    finally:
+        cap.release()
+
+
+def run(name: str, dets: np.ndarray, uri: str, length: int, fps: float) -> tuple[np.ndarray, float, int]:
+    import importlib
+    import inspect
+
+    module, cls_name, kwargs = TRACKERS[name]
+    cls = getattr(importlib.import_module(module), cls_name)
+    if "frame_rate" in inspect.signature(cls.__init__).parameters:  # ByteTrack, BotSort: buffers in frames
+        kwargs = {**kwargs, "frame_rate": max(1, round(fps))}
+    tracker = cls(**kwargs)
+    by_frame = {int(f): dets[dets[:, 0] == f] for f in np.unique(dets[:, 0])}
+    rows, seconds, count = [], 0.0, 0
+    for t, image in enumerate(frames(uri, length), start=1):
+        count = t
+        d = by_frame.get(t, np.zeros((0, 6)))
+        inp = np.zeros((len(d), 6), np.float32)
+        inp[:, :2] = d[:, 1:3]
+        inp[:, 2:4] = d[:, 1:3] + d[:, 3:5]
+        inp[:, 4] = d[:, 5]
+        start = time.perf_counter()
+        out = tracker.update(inp, image)
+        seconds += time.perf_counter() - start
+        out = np.asarray(out, np.float64).reshape(-1, out.shape[1] if np.ndim(out) == 2 and len(out) else 8)
+        if len(out):
+            r = np.empty((len(out), 7), np.float64)
+            r[:, 0] = t
+            r[:, 1] = out[:, 4]
+            r[:, 2:4] = out[:, 0:2]
+            r[:, 4:6] = out[:, 2:4] - out[:, 0:2]
+            r[:, 6] = out[:, 5]
+            rows.append(r)
+    return (np.concatenate(rows) if rows else np.zeros((0, 7))), seconds, count
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dets", required=True)
+    ap.add_argument("--frames", required=True)
+    ap.add_argument("--length", type=int, required=True)
+    ap.add_argument("--fps", type=float, required=True)
+    ap.add_argument("--trackers", required=True, help=f"comma-separated, of: {', '.join(TRACKERS)}")
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args(argv)
+    import cv2
+    import torch
+
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+    names = [n for n in args.trackers.split(",") if n]
+    unknown = [n for n in names if n not in TRACKERS]
+    if unknown:
+        raise SystemExit(f"boxmot runner: unknown trackers {unknown}; valid: {', '.join(TRACKERS)}")
+    dets = np.load(args.dets)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    timing = {}
+    for name in names:
+        rows, seconds, count = run(name, dets, args.frames, args.length, args.fps)
+        np.save(out / f"{name}.npy", rows)
+        timing[name] = {"seconds": seconds, "frames": count}
+        print(f"boxmot runner: {name}: {count} frames, {len(rows)} rows, {seconds:.2f} s in update()", flush=True)
+    (out / "timing.json").write_text(json.dumps(timing))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
