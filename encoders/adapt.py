@@ -17,8 +17,9 @@ terms of :func:`encoders.losses.patch_adaptation_terms`:
 The margin is twice the mean distance the pretrained trunk puts between a painted patch and its clean self; the
 other terms are measured in units of the pretrained trunk's invariance distance. ``hole`` defects are left out of
 the default kinds: a synthetic hole is then a kind the adaptation never saw, and ``siamstream bench anomaly``
-reports how well it is found. Adam at a constant learning rate for a fixed number of steps (the run is
-repeatable from its seed on one device).
+reports how well it is found. Adam at a constant learning rate for a fixed number of steps. On CPU a run is
+repeatable from its seed; CUDA kernels (cuDNN convolution gradients, the upsampling's backward pass) are not
+deterministic, so a GPU run gives a slightly different model each time. The device used is recorded in the model.
 """
 
 from __future__ import annotations
@@ -83,6 +84,8 @@ class AdaptConfig:
             raise AdaptError(f"window_fraction must be in (0, 1]; got {self.window_fraction}")
         if not self.kinds or any(k not in DEFECT_KINDS for k in self.kinds):
             raise AdaptError(f"kinds must be a non-empty subset of {DEFECT_KINDS}; got {self.kinds}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise AdaptError(f"device must be 'auto', 'cpu' or 'cuda'; got {self.device!r}")
         weights = (self.w_invariance, self.w_separation, self.w_locality, self.w_anchor)
         if min(weights) < 0 or self.w_separation == 0:
             raise AdaptError(f"loss weights must be >= 0 and w_separation > 0; got {weights}")
@@ -94,6 +97,7 @@ class AdaptResult:
     seconds: float
     images: int
     margin: float  # relative squared distance the separation term asks for
+    device: str  # where it ran: "cpu" or "cuda"
     pretrained: dict[str, float]  # invariance and locality distances of the pretrained trunk (probe batches)
     final: dict[str, float]  # the terms averaged over the last tenth of the steps
 
@@ -154,14 +158,27 @@ def _patches(model: EmbeddingNet, x: Tensor) -> Tensor:
 def adapt_patch_trunk(model: EmbeddingNet, images: Sequence[np.ndarray], cfg: AdaptConfig | None = None,
                       progress: Callable[[str], None] | None = None) -> AdaptResult:
     """Fine-tune ``model``'s trunk blocks in place on crops of ``images`` (good parts only, uint8 RGB ``(H, W, 3)``
-    of one size: the size the model will see). Returns what the run measured."""
-    from encoders.train import resolve_device
-
+    of one size: the size the model will see). Returns what the run measured. The model ends on the CPU in eval
+    mode with its parameters' ``requires_grad`` as they were, also when the run fails."""
     cfg = cfg or AdaptConfig()
     if not getattr(model, "patch_stage", 0):
         raise AdaptError("the encoder has no patch stage to adapt; set [encoder] patch_stage (e.g. 4)")
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise AdaptError("device = 'cuda' but torch sees no CUDA device (a CPU build of torch, or no driver); use "
+                         "device 'auto' or 'cpu'")
     crops = _Crops(images, cfg)
-    device = resolve_device(cfg.device)
+    device = torch.device("cuda" if cfg.device != "cpu" and torch.cuda.is_available() else "cpu")
+    flags = [p.requires_grad for p in model.parameters()]
+    try:
+        return _adapt(model, crops, cfg, device, progress)
+    finally:
+        model.eval().cpu()
+        for p, flag in zip(model.parameters(), flags, strict=True):
+            p.requires_grad_(flag)
+
+
+def _adapt(model: EmbeddingNet, crops: _Crops, cfg: AdaptConfig, device: torch.device,
+           progress: Callable[[str], None] | None) -> AdaptResult:
     torch.manual_seed(cfg.seed)
     model.to(device)
     anchor_model = copy.deepcopy(model).eval()
@@ -192,10 +209,12 @@ def adapt_patch_trunk(model: EmbeddingNet, images: Sequence[np.ndarray], cfg: Ad
             if sum(p.numel() for p in painted) >= cfg.batch:
                 break
     unit = float(np.mean([float(p["invariance"]) for p in probes]))
-    if not painted or torch.cat(painted).numel() == 0 or unit <= 0:
-        raise AdaptError(f"in {len(probes)} batches no feature cell lay inside a painted defect, or the photometric "
-                         f"jitter changed nothing; use larger crops (crop, now {cfg.crop}) or a larger "
-                         f"window_fraction (now {cfg.window_fraction})")
+    if torch.cat(painted).numel() == 0:
+        raise AdaptError(f"in {len(probes)} batches no feature cell lay inside a painted defect; use larger crops "
+                         f"(crop, now {cfg.crop}) or a larger window_fraction (now {cfg.window_fraction})")
+    if unit <= 0:
+        raise AdaptError("the photometric jitter left every feature unchanged (blank images?); adapt on real images "
+                         "of good parts")
     pretrained = {k: float(np.mean([float(p[k]) for p in probes])) for k in ("invariance", "locality")}
     margin = cfg.margin_factor * float(torch.cat(painted).mean())
 
@@ -227,10 +246,9 @@ def adapt_patch_trunk(model: EmbeddingNet, images: Sequence[np.ndarray], cfg: Ad
             progress(f"adapt: step {step}/{cfg.steps}, loss {seen['loss']:.3f} (separation "
                      f"{seen['separation']:.3f}), {elapsed:.0f} s, about "
                      f"{elapsed / step * (cfg.steps - step):.0f} s left")
-    model.eval().cpu()
     final = {k: v / tail for k, v in sums.items()}
-    return AdaptResult(steps=cfg.steps, seconds=time.perf_counter() - started, images=len(images), margin=margin,
-                       pretrained=pretrained, final=final)
+    return AdaptResult(steps=cfg.steps, seconds=time.perf_counter() - started, images=len(crops.images),
+                       margin=margin, device=device.type, pretrained=pretrained, final=final)
 
 
 def adapt_to_onnx(images: Sequence[np.ndarray], out: str | Path, *, stage: int, pooling: str, patch_stage: int,
@@ -249,7 +267,7 @@ def adapt_to_onnx(images: Sequence[np.ndarray], out: str | Path, *, stage: int, 
                              patch_detail_stage=patch_detail_stage)
     result = adapt_patch_trunk(model, images, cfg, progress)
     size = (int(images[0].shape[0]), int(images[0].shape[1]))
-    record = {"config": {**asdict(cfg), "kinds": list(cfg.kinds)}, "images": result.images,
+    record = {"config": {**asdict(cfg), "kinds": list(cfg.kinds)}, "images": result.images, "device": result.device,
               "seconds": round(result.seconds, 1), "final": {k: round(v, 5) for k, v in result.final.items()
                                                             if math.isfinite(v)}}
     report = export_onnx(model, out, size, backbone=f"efficientnet-lite0:imagenet+good-only-adapted:stage{stage}",

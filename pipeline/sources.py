@@ -119,6 +119,24 @@ def to_bgr(image: npt.NDArray[Any], where: str) -> UInt8Array:
     raise SourceError(f"{where}: unsupported image shape {image.shape}; expected grey, BGR or BGRA")
 
 
+def folder_images(folder: Path) -> list[Path]:
+    """The images of ``folder`` (``IMAGE_EXTENSIONS``) in natural filename order, as an image-folder source reads
+    them.
+
+    Raises:
+        SourceError: the folder cannot be listed or holds no image.
+    """
+    try:
+        entries = list(folder.iterdir())
+    except OSError as exc:
+        raise SourceError(f"{folder}: cannot list the folder ({exc.strerror}); check its permissions") from None
+    files = [f for f in entries if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS]
+    if not files:
+        raise SourceError(f"{folder}: folder has no images ({' '.join(IMAGE_EXTENSIONS)}); "
+                          f"put frames there or pass a video file")
+    return sorted(files, key=lambda f: _natural_key(f.name))
+
+
 def _natural_key(name: str) -> tuple[list[tuple[int, int, str]], str]:
     """Sort key that orders embedded numbers by value: ``img2`` < ``img10``; ties broken by the name."""
     parts = [(0, int(part), "") if part.isdigit() else (1, 0, part.lower())
@@ -231,16 +249,7 @@ class ImageFolderSource:
         self.reconnects = 0
         self.fps = cfg.fps_hint or DEFAULT_FPS
         self._max_frames = cfg.max_frames
-        try:
-            entries = list(Path(folder).iterdir())
-        except OSError as exc:
-            raise SourceError(f"{self.name}: cannot list the folder ({exc.strerror}); "
-                              f"check its permissions") from None
-        files = [f for f in entries if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS]
-        if not files:
-            raise SourceError(f"{self.name}: folder has no images ({' '.join(IMAGE_EXTENSIONS)}); "
-                              f"put frames there or pass a video file")
-        self.paths: list[Path] = sorted(files, key=lambda f: _natural_key(f.name))
+        self.paths: list[Path] = folder_images(Path(folder))
         self._closed = False
 
     def __iter__(self) -> Iterator[Frame]:

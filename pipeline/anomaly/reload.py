@@ -46,6 +46,7 @@ class BankReloader:
         self._seen = _stamp(self.path)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.unexpected_errors = 0  # polls that failed other than by a broken bank (logged with their traceback)
 
     def start(self) -> BankReloader:
         self._thread = threading.Thread(target=self._loop, name="bank-reloader", daemon=True)
@@ -77,12 +78,12 @@ class BankReloader:
             return False  # the index and the metadata may come from two saves: read the new bank next time
         try:
             self.on_bank(bank)
-        except BankError as exc:
+        except Exception as exc:  # refused (BankError) or failed: either way, reported once
             return self._broken(stamp, exc)
         self._seen = stamp
         return True
 
-    def _broken(self, stamp: tuple[int, ...], exc: BankError) -> bool:
+    def _broken(self, stamp: tuple[int, ...], exc: Exception) -> bool:
         self._seen = stamp  # report a broken bank once, not every poll
         log.error("bank reload: %s; the previous bank stays in use", exc)
         self.on_error(str(exc))
@@ -93,4 +94,5 @@ class BankReloader:
             try:
                 self.check()
             except Exception:  # the watcher must outlive any one bad poll; the running bank stays in use
+                self.unexpected_errors += 1
                 log.exception("bank reload: unexpected error while checking %s; will look again", self.path)

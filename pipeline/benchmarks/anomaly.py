@@ -24,6 +24,7 @@ it in the selection: the hole column and the single test scoring are the checks 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import tempfile
 import time
@@ -108,7 +109,7 @@ class Workspace:
         cfg = entry_config(base, entry)
         if not entry.adapt:
             return cfg
-        path = self.root / ("adapted-" + "".join(c if c.isalnum() else "_" for c in entry.name) + ".onnx")
+        path = self.root / f"adapted-{hashlib.sha256(entry.name.encode()).hexdigest()[:16]}.onnx"
         if not path.is_file():
             from encoders.adapt import adapt_to_onnx
             from pipeline.evaluation.anomaly_eval import read_rgb

@@ -42,12 +42,12 @@ def main(cfg: Config, sequences: tuple[str, ...] = SEQUENCES, peers: tuple[str, 
     unknown = [p for p in peers if p not in PEERS]
     if unknown:
         raise ConfigError(f"bench mot --peers: unknown {', '.join(unknown)}; choose from {', '.join(PEERS)}")
+    loaded = [load_sequence(shared_data("mot15", name)) for name in sequences]  # missing data: say so first
     boxmot = boxmot_python(peers_dir(cfg.encoder.cache_dir)) if "boxmot" in peers else None
     encoder = app.build_encoder(cfg.encoder)
     figures: dict[str, dict[str, dict[str, float]]] = {}
     rows = []
-    for name in sequences:
-        seq = load_sequence(shared_data("mot15", name))
+    for name, seq in zip(sequences, loaded, strict=True):
         det = MotDetectionFile(seq.det_path)
         results: dict[str, dict[str, float]] = {}
         ours = track_sequence(seq, det, encoder, app.build_tracker(cfg.tracker), cfg.encoder.crop_padding,

@@ -7,9 +7,10 @@ rows come back and are scored here by the same TrackEval code.
 
 The environment is, in order: ``$SIAMSTREAM_BOXMOT_PYTHON`` (an interpreter that can ``import boxmot``), or
 ``PEERS_DIR/boxmot-25.0.0`` (``PEERS_DIR`` = ``[encoder] cache_dir``/peers), created on first use with
-``python -m venv`` and ``pip install`` of :data:`REQUIREMENTS` (about a minute and 1.8 GB; the CPU build of torch
-is installed first so nothing pulls a CUDA build). A failed set-up raises :class:`PeerUnavailableError` with the
-commands to run by hand and the end of pip's log.
+``python -m venv`` and ``pip install`` of :data:`REQUIREMENTS` (about a minute and 1.8 GB; torch 2.13.0 goes in
+first, so boxmot does not pull a newer one: where pip's index serves the CUDA build of torch, that is what the
+environment gets, as it is what ``pip install torch`` gets there). A failed set-up raises
+:class:`PeerUnavailableError` with the commands to run by hand and the end of pip's log.
 
 The trackers run without ReID (boxmot's ReID models download their weights: not offline): ByteTrack, OC-SORT,
 BoT-SORT and BoostTrack with their defaults, ``frame_rate`` from ``seqinfo.ini`` where they take one.
@@ -42,9 +43,15 @@ RUNNER = Path(__file__).with_name("boxmot_runner.py")
 READY = ".siamstream-ready"
 
 
+def _child_env() -> dict[str, str]:
+    """The environment for boxmot's interpreter: without variables that would mix siamstream's packages in."""
+    return {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+
+
 def _can_import(python: Path) -> bool:
     try:
-        proc = subprocess.run([str(python), "-c", "import boxmot, torch, cv2"], capture_output=True, timeout=300)
+        proc = subprocess.run([str(python), "-c", "import boxmot, torch, cv2"], capture_output=True, timeout=300,
+                              env=_child_env())
     except (OSError, subprocess.TimeoutExpired):
         return False
     return proc.returncode == 0
@@ -89,7 +96,7 @@ def boxmot_python(peers_dir: str | Path, setup: bool = True) -> Path:
                  *[[str(python), "-m", "pip", "install", "--quiet", *group] for group in REQUIREMENTS]]
         for cmd in steps:
             log.info("boxmot peers: %s", " ".join(cmd[1:] if cmd[0] == sys.executable else ["pip", *cmd[3:]]))
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800, env=_child_env())
             if proc.returncode != 0:
                 tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-5:])
                 raise PeerUnavailableError(f"setting up the boxmot peers' environment failed at "
@@ -133,11 +140,22 @@ def run_boxmot(det: MotDetectionFile, seq: MotSequence, python: Path,
     with tempfile.TemporaryDirectory(prefix="siamstream-boxmot-") as tmp:
         work = Path(tmp)
         np.save(work / "dets.npy", detection_array(det, seq.length))
-        frames = seq.frames_uri if "://" in seq.frames_uri else str(Path(seq.frames_uri).resolve())
+        frames = seq.frames_uri
+        if Path(frames).is_dir():  # the images in the order siamstream's own image-folder source reads them
+            from pipeline.sources import folder_images
+
+            (work / "frames.txt").write_text("".join(f"{p.resolve()}\n" for p in folder_images(Path(frames))))
+            frames = f"@{work / 'frames.txt'}"
+        elif Path(frames).exists():
+            frames = str(Path(frames).resolve())
         cmd = [str(python), str(RUNNER), "--dets", str(work / "dets.npy"), "--frames", frames,
                "--length", str(seq.length), "--fps", str(seq.frame_rate), "--trackers", ",".join(trackers),
                "--out", str(work / "out")]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, env=_child_env())
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise PeerUnavailableError(f"the boxmot runner could not run on {seq.name} ({exc}); check {python}, "
+                                       f"or set {ENV_VAR}") from None
         if proc.returncode != 0:
             tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-8:])
             raise PeerUnavailableError(f"the boxmot runner failed on {seq.name} (exit {proc.returncode}):\n{tail}")
@@ -146,5 +164,8 @@ def run_boxmot(det: MotDetectionFile, seq: MotSequence, python: Path,
         for name in trackers:
             rows = np.load(work / "out" / f"{name}.npy").astype(np.float64).reshape(-1, 7)
             t = timing[name]
+            if int(t["frames"]) != seq.length:
+                log.warning("%s: boxmot read %d frames, seqinfo.ini says %d", seq.frames_uri, t["frames"],
+                            seq.length)
             runs.append(PeerRun(f"boxmot-{name}", rows, int(t["frames"]), float(t["seconds"])))
     return runs

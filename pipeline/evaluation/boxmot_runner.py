@@ -5,8 +5,9 @@ boxmot cannot live in siamstream's environment (it needs ``opencv-python<5`` and
 imports nothing from siamstream: only numpy, OpenCV and boxmot.
 
 Input: ``--dets`` a ``.npy`` float64 array ``(N, 6)``: ``frame, x, y, w, h, score`` (1-based frames, ``tlwh``
-pixels), the detections every tracker of the benchmark gets; ``--frames`` the sequence's frames (a video file or a
-folder of images, in name order), for the trackers' camera-motion compensation. Output in ``--out``: one
+pixels), the detections every tracker of the benchmark gets; ``--frames`` the sequence's frames, for the trackers'
+camera-motion compensation: a video file or URL, or ``@LIST`` a text file naming the frame images one per line, in
+order (siamstream lists an image folder the way its own image-folder source reads it). Output in ``--out``: one
 ``NAME.npy`` per tracker, float64 ``(M, 7)`` MOT rows ``frame, id, x, y, w, h, conf`` (the tracker's boxes), and
 ``timing.json``: ``{NAME: {"seconds": time inside update() only, "frames": frames run}}``. One thread for torch and
 OpenCV, so the trackers' frames per second compare with the other peers'.
@@ -23,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp")
 # boxmot tracker classes run without a ReID model (ReID weights would be downloaded: not offline).
 TRACKERS: dict[str, tuple[str, str, dict[str, object]]] = {
     "bytetrack": ("boxmot", "ByteTrack", {}),
@@ -34,21 +34,20 @@ TRACKERS: dict[str, tuple[str, str, dict[str, object]]] = {
 
 
 def frames(uri: str, length: int) -> Iterator[np.ndarray]:
-    """BGR frames 1..length of a video file or an image folder."""
+    """BGR frames 1..length of ``@LIST`` (a file naming the images in order) or a video file / URL."""
     import cv2
 
-    path = Path(uri)
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTS)
-        for p in files[:length]:
-            img = cv2.imread(str(p), cv2.IMREAD_COLOR)
+    if uri.startswith("@"):
+        files = [line for line in Path(uri[1:]).read_text().splitlines() if line]
+        for name in files[:length]:
+            img = cv2.imread(name, cv2.IMREAD_COLOR)
             if img is None:
-                raise SystemExit(f"boxmot runner: {p}: not a readable image")
+                raise SystemExit(f"boxmot runner: {name}: not a readable image")
             yield img
         return
-    cap = cv2.VideoCapture(str(path))
+    cap = cv2.VideoCapture(int(uri) if uri.isdigit() else uri)
     if not cap.isOpened():
-        raise SystemExit(f"boxmot runner: {path}: cannot open the video")
+        raise SystemExit(f"boxmot runner: {uri}: cannot open the video")
     try:
         for _ in range(length):
             ok, img = cap.read()
@@ -67,6 +66,7 @@ def run(name: str, dets: np.ndarray, uri: str, length: int, fps: float) -> tuple
     cls = getattr(importlib.import_module(module), cls_name)
     if "frame_rate" in inspect.signature(cls.__init__).parameters:  # ByteTrack, BotSort: buffers in frames
         kwargs = {**kwargs, "frame_rate": max(1, round(fps))}
+    print(f"boxmot runner: {name}: {cls_name}({', '.join(f'{k}={v}' for k, v in kwargs.items())})", flush=True)
     tracker = cls(**kwargs)
     by_frame = {int(f): dets[dets[:, 0] == f] for f in np.unique(dets[:, 0])}
     rows, seconds, count = [], 0.0, 0
@@ -78,9 +78,10 @@ def run(name: str, dets: np.ndarray, uri: str, length: int, fps: float) -> tuple
         inp[:, 2:4] = d[:, 1:3] + d[:, 3:5]
         inp[:, 4] = d[:, 5]
         start = time.perf_counter()
-        out = tracker.update(inp, image)
+        raw = tracker.update(inp, image)
         seconds += time.perf_counter() - start
-        out = np.asarray(out, np.float64).reshape(-1, out.shape[1] if np.ndim(out) == 2 and len(out) else 8)
+        out = np.asarray(raw, np.float64)
+        out = out.reshape(-1, out.shape[1] if out.ndim == 2 and len(out) else 8)
         if len(out):
             r = np.empty((len(out), 7), np.float64)
             r[:, 0] = t

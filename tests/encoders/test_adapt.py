@@ -28,19 +28,23 @@ def textures(n: int, side: int = 96, seed: int = 0) -> list[np.ndarray]:
     return out
 
 
-def painted_distance(model: torch.nn.Module, cfg: AdaptConfig, images: list[np.ndarray], seed: int) -> float:
-    """Mean squared move of the cells inside painted defects, relative to the clean features' squared norm, on
-    batches drawn with ``seed`` (not the training seed)."""
+def painted_distance(model: torch.nn.Module, cfg: AdaptConfig, images: list[np.ndarray],
+                     seed: int) -> tuple[float, float]:
+    """Mean squared move of the cells inside painted defects, relative to the clean features' squared norm, and
+    the same relative to the move a photometric jitter causes, on batches drawn with ``seed`` (not the training
+    seed)."""
     crops = _Crops(images, AdaptConfig(**{**cfg.__dict__, "seed": seed, "batch": 16}))
-    moved, norm = [], []
+    moved, jittered, norm = [], [], []
     with torch.no_grad():
         for _ in range(3):
-            clean, _jit, bad, mask = crops.next()
-            fc, fb = _patches(model, clean), _patches(model, bad)
+            clean, jit, bad, mask = crops.next()
+            fc, fj, fb = _patches(model, clean), _patches(model, jit), _patches(model, bad)
             inside = torch.nn.functional.adaptive_avg_pool2d(mask, tuple(fc.shape[2:])) > 0.25
             moved.append((fb - fc).pow(2).sum(1)[inside[:, 0]])
+            jittered.append((fj - fc).pow(2).sum(1).mean())
             norm.append(fc.pow(2).sum(1).mean())
-    return float(torch.cat(moved).mean() / torch.stack(norm).mean())
+    painted = torch.cat(moved).mean()
+    return float(painted / torch.stack(norm).mean()), float(painted / torch.stack(jittered).mean())
 
 
 def test_adaptation_trains_the_blocks_only_and_separates_painted_patches() -> None:
@@ -48,19 +52,21 @@ def test_adaptation_trains_the_blocks_only_and_separates_painted_patches() -> No
     cfg = AdaptConfig(steps=40, batch=4, crop=64, lr=1e-3, w_anchor=0.1, log_every=10)
     model = pretrained_lite0(stage=4, patch_stage=4, patch_detail_stage=3)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    before_distance = painted_distance(model.eval(), cfg, images, seed=99)
+    before_distance, before_contrast = painted_distance(model.eval(), cfg, images, seed=99)
     lines: list[str] = []
     result = adapt_patch_trunk(model, images, cfg, progress=lines.append)
     after = model.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(k.startswith("backbone.blocks.") for k in changed)
     assert not any("running_" in k for k in changed)  # BatchNorm statistics stay frozen
-    assert not model.training
+    assert not model.training and all(p.requires_grad for p in model.parameters())  # flags as they were
     assert result.steps == 40 and result.images == 8 and result.margin > 0
     assert len(lines) == 4 and "step 40/40" in lines[-1]
     assert set(result.final) == {"invariance", "separation", "locality", "anchor", "loss"}
-    # Painted cells of batches the run never drew moved further from their clean selves than before.
-    assert painted_distance(model, cfg, images, seed=99) > 1.2 * before_distance
+    # Painted cells of batches the run never drew moved further from their clean selves than before, and further
+    # compared with what a lighting change does: the trunk did not just grow more sensitive to everything.
+    after_distance, after_contrast = painted_distance(model, cfg, images, seed=99)
+    assert after_distance > 1.2 * before_distance and after_contrast > 1.2 * before_contrast
 
 
 def test_adapt_to_onnx_records_the_adaptation(tmp_path: Path) -> None:
@@ -82,6 +88,7 @@ def test_adapt_to_onnx_records_the_adaptation(tmp_path: Path) -> None:
     ({"kinds": ()}, "kinds"),
     ({"w_separation": 0.0}, "w_separation"),
     ({"window_fraction": 1.5}, "window_fraction"),
+    ({"device": "gpu"}, "device"),
 ])
 def test_bad_settings_are_named(kwargs: dict[str, object], match: str) -> None:
     with pytest.raises(AdaptError, match=match):

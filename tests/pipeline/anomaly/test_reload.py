@@ -210,7 +210,7 @@ def test_concurrent_saves_never_hand_over_half_a_bank(tmp_path: Path) -> None:
             t.start()
         for t in threads:
             t.join(timeout=60)
-        assert r.alive  # no save, however it interleaved with a poll, stopped the watcher
+        assert r.alive and r.unexpected_errors == 0  # no save, however it interleaved with a poll, upset it
     finally:
         r.stop()
     assert not any(t.is_alive() for t in threads) and not r.alive
@@ -227,7 +227,7 @@ def test_concurrent_saves_never_hand_over_half_a_bank(tmp_path: Path) -> None:
 
 
 
-def test_the_watcher_survives_an_unexpected_error_and_keeps_polling(tmp_path: Path) -> None:
+def test_a_failing_consumer_is_reported_once_and_the_watcher_keeps_polling(tmp_path: Path) -> None:
     path = tmp_path / "bank"
     marked_bank(10).save(path)
     got = Received()
@@ -236,16 +236,46 @@ def test_the_watcher_survives_an_unexpected_error_and_keeps_polling(tmp_path: Pa
     def flaky(bank: Bank) -> None:
         calls["n"] += 1
         if calls["n"] == 1:
-            raise RuntimeError("consumer hiccup")  # not a BankError: a bug elsewhere must not stop reloads
+            raise RuntimeError("consumer hiccup")  # not a BankError: still reported, and reloads go on
         got.on_bank(bank)
 
     r = BankReloader(path, 0.01, flaky, got.on_error).start()
     try:
         marked_bank(11).save(path)
         deadline = time.monotonic() + 10
+        while not got.errors and time.monotonic() < deadline:
+            time.sleep(0.01)
+        marked_bank(12).save(path)
         while not got.banks and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert r.alive and got.sizes == [11] and calls["n"] >= 2
+        assert r.alive and got.errors == ["consumer hiccup"] and got.sizes == [12] and calls["n"] == 2
+    finally:
+        r.stop()
+
+
+def test_an_unexpected_error_in_a_poll_is_counted_and_the_watcher_goes_on(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "bank"
+    marked_bank(10).save(path)
+    got = Received()
+    r = reloader(path, got, interval_s=0.01)
+    real = r.check
+    calls = {"n": 0}
+
+    def check() -> bool:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise OSError("disk hiccup")
+        return real()
+
+    monkeypatch.setattr(r, "check", check)
+    r.start()
+    try:
+        marked_bank(11).save(path)
+        deadline = time.monotonic() + 10
+        while not got.banks and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert r.alive and r.unexpected_errors == 1 and got.sizes == [11]
     finally:
         r.stop()
 

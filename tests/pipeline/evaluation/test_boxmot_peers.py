@@ -36,12 +36,14 @@ def test_detection_array_is_the_det_file(tmp_path: Path) -> None:
     assert detection_array(det, 2).shape == (4, 6)  # frames past the length are left out
 
 
-def test_runner_reads_videos_and_image_folders(tmp_path: Path) -> None:
+def test_runner_reads_frame_lists_and_names_a_missing_video(tmp_path: Path) -> None:
     folder = tmp_path / "img1"
     folder.mkdir()
     for i in range(3):
         cv2.imwrite(str(folder / f"{i + 1:06d}.png"), np.full((16, 24, 3), 40 * i, np.uint8))
-    got = list(boxmot_runner.frames(str(folder), 2))
+    listing = tmp_path / "frames.txt"
+    listing.write_text("".join(f"{p}\n" for p in sorted(folder.iterdir())))
+    got = list(boxmot_runner.frames(f"@{listing}", 2))
     assert len(got) == 2 and got[1].shape == (16, 24, 3) and got[1][0, 0, 0] == 40
     with pytest.raises(SystemExit, match="cannot open the video"):
         list(boxmot_runner.frames(str(tmp_path / "missing.mp4"), 2))
@@ -90,6 +92,17 @@ def test_boxmot_trackers_run_in_their_environment(tmp_path: Path) -> None:
     writer.release()
     seq = MotSequence(name="Tiny", root=tmp_path, frame_rate=10.0, length=LENGTH, width=200, height=80,
                       frames_uri=str(video), det_path=tmp_path / "det.txt", gt_path=None)
+    folder = tmp_path / "img1"  # the same frames as an image folder, natural order (2 before 10)
+    folder.mkdir()
+    cap = cv2.VideoCapture(str(video))
+    for t in range(1, LENGTH + 1):
+        ok, img = cap.read()
+        assert ok
+        cv2.imwrite(str(folder / f"{t}.png"), img)
+    cap.release()
+    from_folder = run_boxmot(det, MotSequence(**{**seq.__dict__, "frames_uri": str(folder)}), python,
+                             trackers=("botsort",))
+    assert from_folder[0].frames == LENGTH and len(set(from_folder[0].rows[:, 1].astype(int))) == 2
     runs = run_boxmot(det, seq, python)
     assert [r.name for r in runs] == [f"boxmot-{t}" for t in TRACKERS]
     for run in runs:
@@ -99,3 +112,39 @@ def test_boxmot_trackers_run_in_their_environment(tmp_path: Path) -> None:
         assert len(set(run.rows[:, 1].astype(int))) == 2, run.name
     with pytest.raises(PeerUnavailableError, match="boxmot runner failed"):
         run_boxmot(det, MotSequence(**{**seq.__dict__, "frames_uri": str(tmp_path / "none.mp4")}), python)
+
+
+class _StubTracker:
+    """Stands in for a boxmot tracker: echoes each detection as a track, id = its index + 1, as boxmot's numpy
+    interface does (x1, y1, x2, y2, id, conf, cls, det_ind); nothing at all in frame 2."""
+
+    def __init__(self, frame_rate: int) -> None:
+        self.frame_rate = frame_rate
+        self.frame = 0
+
+    def update(self, dets: np.ndarray, image: np.ndarray) -> np.ndarray:
+        self.frame += 1
+        assert image.ndim == 3 and dets.shape[1] == 6
+        if self.frame == 2:
+            return np.asarray([])
+        n = len(dets)
+        return np.column_stack([dets[:, :4], np.arange(1, n + 1), dets[:, 4], np.zeros(n), np.arange(n)])
+
+
+def test_runner_maps_boxmot_columns_to_mot_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    module = types.ModuleType("stub_boxmot")
+    module.Stub = _StubTracker  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "stub_boxmot", module)
+    monkeypatch.setitem(boxmot_runner.TRACKERS, "stub", ("stub_boxmot", "Stub", {}))
+    images = []
+    for i in range(3):
+        images.append(tmp_path / f"{i + 1}.png")
+        cv2.imwrite(str(images[-1]), np.zeros((20, 30, 3), np.uint8))
+    (tmp_path / "frames.txt").write_text("".join(f"{p}\n" for p in images))
+    dets = np.array([[1, 5, 6, 10, 20, 0.9], [1, 50, 6, 10, 20, 0.8], [2, 6, 6, 10, 20, 0.9], [3, 7, 6, 10, 20, 0.7]])
+    rows, seconds, count = boxmot_runner.run("stub", dets, f"@{tmp_path / 'frames.txt'}", 3, 7.0)
+    assert count == 3 and seconds >= 0
+    np.testing.assert_allclose(rows, [[1, 1, 5, 6, 10, 20, 0.9], [1, 2, 50, 6, 10, 20, 0.8],
+                                      [3, 1, 7, 6, 10, 20, 0.7]], rtol=1e-6)
