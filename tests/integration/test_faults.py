@@ -9,7 +9,6 @@ tests say so and skip elsewhere) and ``/dev/full``, which fails every write with
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -30,6 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.sinks import EventsJsonlSink, MotTxtSink, SinkError
 from pipeline.types import AnomalyEvent, Detections, Frame, FrameResult, TrackObservation, TrackState
+from tests.camera_servers import send_jpeg, serve_mjpeg
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "deploy" / "configs" / "conveyor.toml"
@@ -68,22 +68,7 @@ class MjpegCamera:
         self.url = f"http://127.0.0.1:{self.port}/stream.mjpg"
 
     def _listen(self, port: int) -> ThreadingHTTPServer:
-        camera = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                self.send_response(200)
-                self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
-                self.end_headers()
-                with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the client released it
-                    camera._stream(self)
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        threading.Thread(target=server.serve_forever, name="mjpeg-camera", daemon=True).start()
-        return server
+        return serve_mjpeg(self._stream, port)
 
     def _stream(self, handler: BaseHTTPRequestHandler) -> None:
         while not self.closed.is_set():
@@ -100,10 +85,7 @@ class MjpegCamera:
                 else:
                     self.closed.wait()  # hung: the connection stays open, silent
                 return
-            jpeg = self.jpegs[index % len(self.jpegs)]
-            handler.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n%s\r\n"
-                                % (len(jpeg), jpeg))
-            handler.wfile.flush()
+            send_jpeg(handler, self.jpegs[index % len(self.jpegs)])
             time.sleep(1.0 / self.fps)
 
     def _outage(self) -> None:

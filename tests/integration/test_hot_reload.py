@@ -9,7 +9,6 @@ stream while `bank add` runs, then lets the rest of the frames through; the run 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -19,7 +18,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ from pipeline.anomaly.bank import Bank, append_samples
 from pipeline.config import Config, replace
 from pipeline.encoder import OnnxEncoder
 from pipeline.synthetic import KINDS, ProductionLineScene, SceneConfig, render_part
+from tests.camera_servers import send_jpeg, serve_mjpeg
 
 REPO = Path(__file__).resolve().parents[2]
 FPS = 10.0
@@ -49,22 +49,7 @@ class HeldCamera:
         self.flowing = threading.Event()
         self.flowing.set()
         self.closed = threading.Event()
-        camera = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                self.send_response(200)
-                self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
-                self.end_headers()
-                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                    camera._stream(self)
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, name="camera", daemon=True).start()
+        self._server = serve_mjpeg(self._stream)
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}/line.mjpg"
 
     def _stream(self, handler: BaseHTTPRequestHandler) -> None:
@@ -73,9 +58,7 @@ class HeldCamera:
                 continue
             jpeg = self.jpegs[self.sent % len(self.jpegs)]
             self.sent += 1
-            handler.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n%s\r\n"
-                                % (len(jpeg), jpeg))
-            handler.wfile.flush()
+            send_jpeg(handler, jpeg)
             time.sleep(1.0 / FPS)
 
     def hold(self) -> None:
