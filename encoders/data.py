@@ -25,6 +25,9 @@ BORDER_MODES: dict[str, int] = {
     "replicate": cv2.BORDER_REPLICATE,
     "constant": cv2.BORDER_CONSTANT,
 }
+# small_defect: the window a defect is painted in, as a fraction of the image's sides (defects well under 1% of
+# the image, as real surface defects are).
+SMALL_DEFECT_WINDOW = 0.12
 # A synthetic defect must move the pixels under its mask by at least this much on average (grey levels).
 MIN_DEFECT_CONTRAST = 10.0
 
@@ -567,7 +570,7 @@ def synthetic_defect(img: np.ndarray, rng: np.random.Generator, kind: str | None
 
 
 def small_defect(img: np.ndarray, rng: np.random.Generator, kind: str | None = None,
-                 window_fraction: float = 0.12) -> tuple[np.ndarray, np.ndarray]:
+                 window_fraction: float = SMALL_DEFECT_WINDOW) -> tuple[np.ndarray, np.ndarray]:
     """One synthetic defect painted inside a random window of ``window_fraction`` of the image's height and
     width: ``(defective copy, bool mask (H, W))``. Nothing outside the mask changes."""
     if not 0 < window_fraction <= 1:

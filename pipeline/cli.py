@@ -263,7 +263,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     if not enc.patch_stage:
         raise ConfigError("[encoder] patch_stage = 0: adaptation tunes the patch features; set patch_stage (e.g. 4)")
     out = Path(args.out)
-    check_writable_dir(out.parent if str(out.parent) else Path("."))
+    check_writable_dir(out.parent)
     log.info("adapt: %d good images from %s at %dx%d (height x width), %d steps", len(paths), good, *size, args.steps)
     images = [read_rgb(p, size) for p in paths]
     path, result = adapt_to_onnx(images, out, stage=enc.stage, pooling=enc.pooling, patch_stage=enc.patch_stage,
@@ -570,7 +570,7 @@ def build_parser() -> argparse.ArgumentParser:
         b.add_argument("--out", help="keep the run, model and plots here (default: a temporary folder)")
         b.add_argument("--threads", type=int, default=0, help="torch / ONNX Runtime CPU threads (0: default)")
     b_mot = bench_sub.add_parser("mot", help="MOT15 PETS09-S2L1 and TUD-Campus: siamstream vs ByteTrack, "
-                                             "DeepSORT and IoU-only on the same detections")
+                                             "DeepSORT, boxmot's trackers and IoU-only on the same detections")
     common(b_mot)
     b_mot.add_argument("--peers", help="comma-separated peers to run (default: iou,bytetrack,deepsort,boxmot; boxmot "
                                        "runs in its own environment, set up on first use)")

@@ -85,7 +85,7 @@ class BankReloader:
 
     def _broken(self, stamp: tuple[int, ...], exc: Exception) -> bool:
         self._seen = stamp  # report a broken bank once, not every poll
-        log.error("bank reload: %s; the previous bank stays in use", exc)
+        log.error("bank reload: %s; the previous bank stays in use", exc, exc_info=not isinstance(exc, BankError))
         self.on_error(str(exc))
         return False
 

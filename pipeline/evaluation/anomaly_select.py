@@ -21,7 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from encoders.data import small_defect
+from encoders.data import SMALL_DEFECT_WINDOW, small_defect
 from pipeline.anomaly.bank import build_bank
 from pipeline.anomaly.maps import anomaly_maps, map_scores, mask_border
 from pipeline.encoder import Encoder
@@ -29,7 +29,8 @@ from pipeline.evaluation.anomaly_eval import ManifestError, ManifestRow, image_p
 
 __all__ = ["WINDOW_FRACTION", "SyntheticScore", "SyntheticSet", "score_synthetic", "small_defect", "synthetic_set"]
 
-WINDOW_FRACTION = 0.12
+WINDOW_FRACTION = SMALL_DEFECT_WINDOW
+
 
 @dataclass(frozen=True)
 class SyntheticSet:
