@@ -22,6 +22,7 @@ from pipeline.anomaly.inspector import PartInspector
 from pipeline.config import (
     AlertsConfig,
     Config,
+    ConfigError,
     DetectorConfig,
     EncoderConfig,
     OutputConfig,
@@ -32,7 +33,8 @@ from pipeline.crops import crop_batch
 from pipeline.detect import Detector
 from pipeline.detect.background import BackgroundSubtractionDetector
 from pipeline.detect.onnx_detector import OnnxDetector
-from pipeline.encoder import OnnxEncoder
+from pipeline.encoder import Encoder, OnnxEncoder
+from pipeline.encoder_torch import TorchEncoder
 from pipeline.metrics import PipelineMetrics
 from pipeline.runner import Pipeline, edge_mask
 from pipeline.sinks import AnnotatedVideoSink, EventsJsonlSink, MotTxtSink, Sink, check_writable_dir
@@ -47,9 +49,20 @@ log = logging.getLogger(__name__)
 
 
 
-def build_encoder(cfg: EncoderConfig, size: tuple[int, int] | None = None) -> OnnxEncoder:
+def build_encoder(cfg: EncoderConfig, size: tuple[int, int] | None = None) -> Encoder:
     """The configured ONNX model, or the built-in pretrained EfficientNet-Lite0 exported once into the cache
-    (at ``size`` ``(height, width)`` when given, for whole images, else ``input_size`` square crops)."""
+    (at ``size`` ``(height, width)`` when given, for whole images, else ``input_size`` square crops).
+    ``engine = "torch"`` runs the built-in network in PyTorch instead (same weights, same ``encoder_id``)."""
+    if cfg.engine == "torch":
+        if cfg.model:
+            raise ConfigError(f"[encoder] engine = 'torch' runs the built-in encoder, but model = {cfg.model!r} is "
+                              f"set; use engine = 'onnxruntime' for an ONNX model, or set model = \"\"")
+        from encoders.models import pretrained_lite0
+
+        net = pretrained_lite0(stage=cfg.stage, pooling=cfg.pooling, patch_stage=cfg.patch_stage,
+                               patch_detail_stage=cfg.patch_detail_stage)
+        return TorchEncoder(net, size or (cfg.input_size, cfg.input_size), device=cfg.device, threads=cfg.threads,
+                            max_batch=cfg.max_batch)
     path = cfg.model
     if not path:
         from encoders.export import ensure_pretrained_onnx
@@ -83,7 +96,7 @@ def build_tracker(cfg: TrackerConfig) -> Tracker:
     return Tracker(**asdict(cfg))
 
 
-def build_pipeline(cfg: Config, encoder: OnnxEncoder, metrics: PipelineMetrics, bank: Bank | None,
+def build_pipeline(cfg: Config, encoder: Encoder, metrics: PipelineMetrics, bank: Bank | None,
                    out_dir: Path) -> Pipeline:
     inspector = None
     evidence_dir = None
@@ -103,7 +116,7 @@ def build_pipeline(cfg: Config, encoder: OnnxEncoder, metrics: PipelineMetrics, 
                     edge_margin=cfg.anomaly.edge_margin, evidence_dir=evidence_dir)
 
 
-def load_bank(path: str, encoder: OnnxEncoder) -> Bank | None:
+def load_bank(path: str, encoder: Encoder) -> Bank | None:
     if not path:
         return None
     bank = Bank.load(path)
@@ -183,7 +196,7 @@ class GoodSamples:
         return len(np.unique(self.groups))
 
 
-def _empty(encoder: OnnxEncoder, level: str) -> GoodSamples:
+def _empty(encoder: Encoder, level: str) -> GoodSamples:
     dim = encoder.patch_dim if level == "patch" else encoder.embedding_dim
     p = encoder.patch_grid[0] * encoder.patch_grid[1] if level == "patch" else 1
     return GoodSamples(np.zeros((0, p, dim), np.float32), np.zeros(0, np.int64))
@@ -195,7 +208,7 @@ def _even(indices: list[int], n: int) -> list[int]:
     return [indices[i] for i in np.linspace(0, len(indices) - 1, n).round().astype(int)]
 
 
-def good_samples_from_frames(frames: Iterable[Frame], cfg: Config, encoder: OnnxEncoder,
+def good_samples_from_frames(frames: Iterable[Frame], cfg: Config, encoder: Encoder,
                              progress_every_s: float = 5.0) -> GoodSamples:
     """Detect, track and embed good parts in a stream; one group per confirmed track.
 
@@ -230,7 +243,7 @@ def good_samples_from_frames(frames: Iterable[Frame], cfg: Config, encoder: Onnx
     return GoodSamples(np.stack([feats[i] for i in keep]).astype(np.float32), g[keep])
 
 
-def good_samples_from_images(folder: Path, encoder: OnnxEncoder, level: str, batch: int = 32) -> GoodSamples:
+def good_samples_from_images(folder: Path, encoder: Encoder, level: str, batch: int = 32) -> GoodSamples:
     """Whole images of good parts (one part per image, one group per image)."""
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
     h, w = encoder.input_size
@@ -251,7 +264,7 @@ def good_samples_from_images(folder: Path, encoder: OnnxEncoder, level: str, bat
     return GoodSamples(f, np.arange(len(f), dtype=np.int64))
 
 
-def bank_from_samples(samples: GoodSamples, cfg: Config, encoder: OnnxEncoder, source: str) -> Bank:
+def bank_from_samples(samples: GoodSamples, cfg: Config, encoder: Encoder, source: str) -> Bank:
     return build_bank(samples.features, samples.groups, encoder.encoder_id, encoder.input_size,
                       level=cfg.bank.level, index_type=cfg.bank.index, k=cfg.anomaly.k, folds=cfg.bank.folds,
                       false_alarm_rate=cfg.bank.false_alarm_rate, max_vectors=cfg.bank.max_vectors,

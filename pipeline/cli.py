@@ -34,7 +34,7 @@ from pipeline.sources import SourceError
 
 if TYPE_CHECKING:
     from pipeline.app import GoodSamples
-    from pipeline.encoder import OnnxEncoder
+    from pipeline.encoder import Encoder
 
 log = logging.getLogger("siamstream")
 
@@ -112,7 +112,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 130 if summary.interrupted else 0
 
 
-def _good_samples(source_uri: str, detect: bool, cfg: Config, encoder: OnnxEncoder) -> GoodSamples:
+def _good_samples(source_uri: str, detect: bool, cfg: Config, encoder: Encoder) -> GoodSamples:
     """Good samples from a folder of part images, or detected and tracked in a video / image sequence."""
     from pipeline import app
     from pipeline.sources import open_source
@@ -397,7 +397,8 @@ def cmd_eval_mot(args: argparse.Namespace) -> int:
     save_timeline_png(run.rows, out / "timeline.png", title=f"{seq.name}: siamstream track ids")
     print(f"tracks     {tracks_txt} ({len(run.rows)} boxes, {len(set(run.rows[:, 1].astype(int)))} ids), "
           f"{out / 'timeline.png'}, {out / 'annotated.mp4'} (first {min(args.video_frames, run.frames)} frames)")
-    print(f"speed      tracker {run.tracker_fps:.0f} frames/s; with the encoder {run.fps_with_embedder:.1f} frames/s")
+    print(f"speed      tracker {run.tracker_fps:.0f} frames/s; with the encoder {run.fps_with_embedder:.1f} frames/s, "
+          f"{run.crops_per_s:.0f} crops/s ({run.crops} crops, encoder on {encoder.provider})")
     if seq.gt_path is None:
         print(f"{seq.name} has no gt/gt.txt: nothing to score")
         print(json_line({}))
@@ -418,7 +419,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.bench == "encoder":
         from pipeline.benchmarks import encoder
 
-        return encoder.main(batch=args.batch, threads=args.threads or 2, repeats=args.repeats)
+        return encoder.main(batch=args.batch, threads=args.threads or 2, repeats=args.repeats, device=args.device)
     if args.bench == "oneshot":
         from pipeline.benchmarks import oneshot as bench_oneshot
 
@@ -554,10 +555,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="benchmarks: a table, then one JSON line of figures")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
-    b_enc = bench_sub.add_parser("encoder", help="ONNX Runtime vs PyTorch eager: parity and crops per second")
+    b_enc = bench_sub.add_parser("encoder", help="the ONNX Runtime and PyTorch engines: parity and crops per second")
     b_enc.add_argument("--batch", type=int, default=32)
     b_enc.add_argument("--threads", type=int, default=2, help="CPU threads for both engines (default 2)")
     b_enc.add_argument("--repeats", type=int, default=20)
+    b_enc.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                       help="cuda: PyTorch on the GPU, ONNX Runtime on its CUDA provider when it has one")
     b_one = bench_sub.add_parser("oneshot", help="train on Omniglot background sets, 20-way one-shot on all_runs")
     b_ver = bench_sub.add_parser("verify", help="AT&T faces verification, cross-validated over subjects")
     b_ver.add_argument("--folds", type=int, default=5)

@@ -74,6 +74,7 @@ class DetectorConfig:
 class EncoderConfig:
     model: str = _f("")
     cache_dir: str = _f("~/.cache/siamstream")
+    engine: str = _f("onnxruntime", choices=("onnxruntime", "torch"))
     device: str = _f("auto", choices=("auto", "cpu", "cuda"))
     threads: int = _f(0, 0, 256)
     input_size: int = _f(128, 32, 1024)

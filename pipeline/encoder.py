@@ -39,7 +39,11 @@ class Encoder(Protocol):
     input_size: tuple[int, int]  # (H, W)
     embedding_dim: int
     patch_dim: int  # channels of the patch output, 0 without one
+    patch_grid: tuple[int, int]  # (h, w) of the patch output, (0, 0) without one
     encoder_id: str
+    provider: str  # what runs it, e.g. "CPUExecutionProvider" or "torch-cuda"
+    name: str  # for logs: the model file's name, or the built-in network's
+    metadata: dict[str, str]
 
     def embed(self, crops: CropBatch, with_patches: bool = True) -> Embeddings: ...
 
@@ -170,6 +174,7 @@ class OnnxEncoder:
         if device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {device!r}")
         self.path = Path(path)
+        self.name = self.path.name
         if not self.path.is_file():
             raise EncoderContractError(f"{self.path}: encoder model not found; set [encoder] model to an ONNX "
                                        f"file, or leave it empty for the built-in pretrained encoder")

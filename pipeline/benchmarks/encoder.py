@@ -1,9 +1,11 @@
-"""``siamstream bench encoder``: the pipeline's encoder in ONNX Runtime against the same network in PyTorch eager.
+"""``siamstream bench encoder``: the pipeline's two encoder engines, ONNX Runtime and PyTorch, on the same network.
 
-Same model (the built-in EfficientNet-Lite0 with its patch output, or a trained run), same crops (real crops of
-the synthetic production line, no files needed), same batch, same number of CPU threads. The two engines run
-in alternation, one batch each, so that load from other processes hits both alike; the figure is the median
-over repetitions. Both sides include turning uint8 crops into the model's float input.
+Same model (the built-in EfficientNet-Lite0 with its patch output), same crops (real crops of the synthetic
+production line, no files needed), same batch, same number of CPU threads. The two engines run in alternation,
+one batch each, so that load from other processes hits both alike; the figure is the median over repetitions.
+Both sides take uint8 crops from host memory and return features to host memory, as the pipeline does.
+``--device cuda`` puts PyTorch on the GPU, and ONNX Runtime on its CUDA provider when it has one (the table
+says where each ran).
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ class EncoderBenchResult:
     threads: int
     repeats: int
     parity_max_abs: float
+    ort_provider: str
+    torch_device: str
     ort_seconds: float  # median per batch
     torch_seconds: float
 
@@ -59,47 +63,46 @@ def scene_crops(n: int, size: int, seed: int = 0) -> np.ndarray:
     raise RuntimeError(f"the synthetic scene shows fewer than {n} whole parts")
 
 
-def run(batch: int = 32, threads: int = 2, repeats: int = 20, cache_dir: Path | None = None) -> EncoderBenchResult:
-    """Time the built-in encoder (the ``[encoder]`` defaults: EfficientNet-Lite0 with its patch output)."""
+def run(batch: int = 32, threads: int = 2, repeats: int = 20, device: str = "cpu",
+        cache_dir: Path | None = None) -> EncoderBenchResult:
+    """Time the built-in encoder (the ``[encoder]`` defaults: EfficientNet-Lite0 with its patch output) in both
+    engines. ``device`` is given to both: on ``"cuda"`` ONNX Runtime takes its CUDA provider when it has one."""
     import torch
 
-    from encoders.data import to_tensor
     from encoders.export import ensure_pretrained_onnx
     from encoders.models import pretrained_lite0
     from pipeline.config import EncoderConfig
-    from pipeline.encoder import OnnxEncoder
+    from pipeline.encoder import OnnxEncoder, select_providers
+    from pipeline.encoder_torch import TorchEncoder
     from pipeline.types import CropBatch
 
     ecfg = EncoderConfig()
     cache = Path(cache_dir or Path(ecfg.cache_dir).expanduser())
     model_path = ensure_pretrained_onnx(cache, ecfg.stage, ecfg.pooling, ecfg.input_size, ecfg.patch_stage)
-    net = pretrained_lite0(stage=ecfg.stage, pooling=ecfg.pooling, patch_stage=ecfg.patch_stage).eval()
+    net = pretrained_lite0(stage=ecfg.stage, pooling=ecfg.pooling, patch_stage=ecfg.patch_stage)
     size = ecfg.input_size
     torch.set_num_threads(threads)
-    encoder = OnnxEncoder(model_path, device="cpu", threads=threads, max_batch=batch)
+    ort_device = "auto" if device == "cuda" else device
+    if device == "cuda" and select_providers("auto")[0] != "CUDAExecutionProvider":
+        log.warning("ONNX Runtime has no usable CUDA provider here: it runs on the CPU with %d threads", threads)
+    encoder = OnnxEncoder(model_path, device=ort_device, threads=threads, max_batch=batch)
+    engine = TorchEncoder(net, (size, size), device=device, threads=threads, max_batch=batch)
+    if engine.encoder_id != encoder.encoder_id:
+        raise RuntimeError("the PyTorch network and the exported ONNX model have different weights")
     crops = scene_crops(batch, size)
     xyxy = np.zeros((batch, 4), np.float32)
     xyxy[:, 2:] = size
     crop_batch = CropBatch(crops, xyxy)
 
-    def torch_embed() -> tuple[np.ndarray, np.ndarray | None]:
-        with torch.inference_mode():
-            out = net(to_tensor(crops))
-        if isinstance(out, tuple):
-            emb, patches = out
-            p = patches.flatten(2).transpose(1, 2).numpy()  # (N, h*w, C), as the pipeline's records
-            return emb.numpy(), p
-        return out.numpy(), None
-
-    ref_emb, ref_patches = torch_embed()
+    ref = engine.embed(crop_batch)
     got = encoder.embed(crop_batch)
-    parity = float(np.max(np.abs(ref_emb - got.vectors)))
-    if ref_patches is not None and got.patches is not None:
-        parity = max(parity, float(np.max(np.abs(ref_patches - got.patches))))
+    parity = float(np.max(np.abs(ref.vectors - got.vectors)))
+    if ref.patches is not None and got.patches is not None:
+        parity = max(parity, float(np.max(np.abs(ref.patches - got.patches))))
 
-    for _ in range(2):  # warm-up: first runs allocate and pick kernels
+    for _ in range(3):  # warm-up: first runs allocate and pick kernels
         encoder.embed(crop_batch)
-        torch_embed()
+        engine.embed(crop_batch)
     ort_times, torch_times = [], []
     for i in range(repeats):
         for which in ((0, 1) if i % 2 == 0 else (1, 0)):  # alternate who goes first
@@ -108,23 +111,25 @@ def run(batch: int = 32, threads: int = 2, repeats: int = 20, cache_dir: Path | 
                 encoder.embed(crop_batch)
                 ort_times.append(time.perf_counter() - start)
             else:
-                torch_embed()
+                engine.embed(crop_batch)  # returns host arrays: the device work is finished
                 torch_times.append(time.perf_counter() - start)
     return EncoderBenchResult(model=str(model_path), batch=batch, threads=threads, repeats=repeats,
-                              parity_max_abs=parity, ort_seconds=statistics.median(ort_times),
+                              parity_max_abs=parity, ort_provider=encoder.provider, torch_device=engine.device,
+                              ort_seconds=statistics.median(ort_times),
                               torch_seconds=statistics.median(torch_times))
 
 
-def main(batch: int = 32, threads: int = 2, repeats: int = 20) -> int:
-    result = run(batch=batch, threads=threads, repeats=repeats)
+def main(batch: int = 32, threads: int = 2, repeats: int = 20, device: str = "cpu") -> int:
+    result = run(batch=batch, threads=threads, repeats=repeats, device=device)
     print(f"encoder benchmark: {result.model}, batch {result.batch}, {result.threads} CPU threads, "
-          f"median of {result.repeats} alternating runs")
-    print(table(["engine", "ms per batch", "crops/s"], [
-        ["ONNX Runtime (CPU)", result.ort_seconds * 1e3, result.ort_crops_per_s],
-        ["PyTorch eager", result.torch_seconds * 1e3, result.torch_crops_per_s],
+          f"median of {result.repeats} alternating runs (crops in host memory, features back in host memory)")
+    print(table(["engine", "runs on", "ms per batch", "crops/s"], [
+        ["ONNX Runtime", result.ort_provider, result.ort_seconds * 1e3, result.ort_crops_per_s],
+        ["PyTorch (engine = 'torch')", result.torch_device, result.torch_seconds * 1e3, result.torch_crops_per_s],
     ]))
     print(f"parity (max abs difference of embeddings and patch features): {result.parity_max_abs:.2e}")
     print(json_line({"parity_max_abs": result.parity_max_abs, "ort_crops_per_s": round(result.ort_crops_per_s, 1),
                      "torch_crops_per_s": round(result.torch_crops_per_s, 1), "batch": result.batch,
-                     "threads": result.threads}))
+                     "threads": result.threads, "ort_provider": result.ort_provider,
+                     "torch_device": result.torch_device}))
     return 0

@@ -9,7 +9,7 @@ from pathlib import Path
 from pipeline.anomaly.bank import Bank
 from pipeline.benchmarks.report import table
 from pipeline.config import Config
-from pipeline.encoder import OnnxEncoder
+from pipeline.encoder import Encoder
 from pipeline.evaluation.anomaly_eval import (
     AnomalyEvaluation,
     ManifestRow,
@@ -37,7 +37,7 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def evaluation_encoder(cfg: Config, rows: list[ManifestRow], size: tuple[int, int] | None = None,
-                       model: str | None = None) -> OnnxEncoder:
+                       model: str | None = None) -> Encoder:
     """``model`` (an ONNX file with a 'patches' output), else ``[encoder] model``, else the built-in encoder
     exported at ``size`` (default: the size of the manifest's first validation image, so whole images are seen
     at their own resolution)."""
@@ -48,7 +48,7 @@ def evaluation_encoder(cfg: Config, rows: list[ManifestRow], size: tuple[int, in
     if not encoder_cfg.model and size is None:
         size = image_size(next(r.image for r in rows if r.split == "validation"))
     encoder = app.build_encoder(encoder_cfg, size=size)
-    log.info("encoder %s on %s: input %dx%d, patch grid %dx%d of %d features", encoder.path.name, encoder.provider,
+    log.info("encoder %s on %s: input %dx%d, patch grid %dx%d of %d features", encoder.name, encoder.provider,
              *encoder.input_size, *encoder.patch_grid, encoder.patch_dim)
     return encoder
 

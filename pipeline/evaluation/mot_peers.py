@@ -78,6 +78,7 @@ class PeerRun:
         embed_seconds: wall time computing appearance embeddings (cropping + CNN); 0 for peers without.
         online_rows: siamstream's per-frame output before the offline clean-up that made ``rows``
             (:mod:`pipeline.tracking.postprocess`); ``None`` for peers and when there was none.
+        crops: crops embedded (one per detection given to the embedder); 0 for peers without one.
     """
 
     name: str
@@ -86,6 +87,7 @@ class PeerRun:
     tracker_seconds: float
     embed_seconds: float = 0.0
     online_rows: Float64Array | None = None
+    crops: int = 0
 
     @property
     def tracker_fps(self) -> float:
@@ -97,6 +99,11 @@ class PeerRun:
         """Frames per second of tracker plus embedder (equal to :attr:`tracker_fps` without an embedder)."""
         total = self.tracker_seconds + self.embed_seconds
         return self.frames / total if total > 0 else float("inf")
+
+    @property
+    def crops_per_s(self) -> float:
+        """Crops cut and embedded per second of embedding time (0 without an embedder)."""
+        return self.crops / self.embed_seconds if self.embed_seconds > 0 else 0.0
 
 
 def _import(module: str, package: str, peer: str) -> ModuleType:

@@ -46,7 +46,7 @@ def track_sequence(seq: MotSequence, detections: MotDetectionFile, encoder: Enco
     candidates: list[tuple[float, ...]] = []  # tentative and confirmed, for the offline clean-up
     confirmed: set[int] = set()
     tracker_s = embed_s = 0.0
-    frames = 0
+    frames = crops = 0
     try:
         for frame in source:
             if frame.index >= seq.length:
@@ -57,6 +57,7 @@ def track_sequence(seq: MotSequence, detections: MotDetectionFile, encoder: Enco
             start = time.perf_counter()
             if len(dets):
                 emb = encoder.embed(crop_batch(frame, dets, size, crop_padding), with_patches=False)
+                crops += len(dets)
             else:
                 emb = Embeddings(np.zeros((0, encoder.embedding_dim), np.float32))
             mid = time.perf_counter()
@@ -86,4 +87,4 @@ def track_sequence(seq: MotSequence, detections: MotDetectionFile, encoder: Enco
         max_gap = max(0, int(tracker.max_lost_seconds * seq.frame_rate))
         out_rows = interpolate_gaps(keep_confirmed(np.asarray(candidates, np.float64).reshape(-1, 7), confirmed),
                                     max_gap)
-    return PeerRun("siamstream", out_rows, frames, tracker_s, embed_s, online_rows=online)
+    return PeerRun("siamstream", out_rows, frames, tracker_s, embed_s, online_rows=online, crops=crops)

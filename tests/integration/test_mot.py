@@ -29,6 +29,9 @@ def test_eval_mot_tracks_scores_and_writes_outputs(tmp_path: Path, shared_data: 
     assert set(figures) == {"HOTA", "MOTA", "IDF1", "IDSW"}
     # Far above an empty or random output (HOTA 0), as every published tracker on these detections is
     assert figures["HOTA"] > 30 and figures["IDF1"] > 40 and figures["MOTA"] > 30
+    speed = next(line for line in proc.stdout.splitlines() if line.startswith("speed"))
+    det_rows = np.loadtxt(seq / "det" / "det.txt", delimiter=",", ndmin=2)
+    assert f"({len(det_rows)} crops, encoder on CPUExecutionProvider)" in speed  # one crop per detection
     rows = np.loadtxt(tmp_path / "TUD-Campus.txt", delimiter=",", ndmin=2)
     assert rows.shape[1] == 10 and rows[:, 0].min() >= 1 and rows[:, 0].max() <= 71
     assert len(np.unique(rows[:, 1])) >= 5  # 8 people walk through
