@@ -26,7 +26,6 @@ from pipeline.types import CropBatch, Embeddings
 log = logging.getLogger(__name__)
 
 _ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8}
-_CUDA_LIBS = ("libcuda.so.1", "libcudart.so.12", "libcublas.so.12", "libcudnn.so.9")
 
 
 class EncoderContractError(ValueError):
@@ -108,13 +107,26 @@ def read_contract(session: object, path: str) -> ModelContract:
                          out.name, int(oshape[1]), patch.name if patch is not None else "", pc, grid)
 
 
+def cuda_libraries() -> tuple[str, ...]:
+    """The libraries ONNX Runtime's CUDA provider links: the driver, cuDNN 9, and the CUDA runtime and cuBLAS of
+    the CUDA major version this onnxruntime build was made for (PyPI's onnxruntime-gpu 1.31: CUDA 13)."""
+    try:
+        from onnxruntime.capi import build_and_package_info
+    except ImportError:  # builds without the module: the CUDA 12 builds of onnxruntime-gpu before it existed
+        build_and_package_info = None
+    version = str(getattr(build_and_package_info, "cuda_version", "") or "12")
+    major = version.split(".")[0]
+    return ("libcuda.so.1", f"libcudart.so.{major}", f"libcublas.so.{major}", f"libcublasLt.so.{major}",
+            "libcudnn.so.9")
+
+
 def cuda_usable() -> tuple[bool, str]:
     """Whether the CUDA libraries ONNX Runtime's CUDA provider loads are present (no CUDA error spam)."""
     import onnxruntime as ort
 
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         return False, "this onnxruntime build has no CUDA provider"
-    for lib in _CUDA_LIBS:
+    for lib in cuda_libraries():
         try:
             ctypes.CDLL(lib)
         except OSError:

@@ -135,3 +135,19 @@ def test_pretrained_encoder_contract_and_batch_invariance(pretrained_onnx: Path)
     first = enc.embed(CropBatch(batch.images[:1], batch.xyxy[:1])).vectors
     np.testing.assert_allclose(v[:1], first, atol=1e-5)
     assert enc.embed(CropBatch(np.zeros((0, 128, 128, 3), np.uint8), np.zeros((0, 4)))).vectors.shape == (0, 112)
+
+
+def test_cuda_libraries_checked_are_the_ones_the_cuda_provider_links() -> None:
+    """The CUDA check must look for the libraries this onnxruntime build needs (CUDA 13 for onnxruntime-gpu
+    1.31), or a GPU host with the right CUDA runs the encoder on the CPU and a host with the wrong one fails late."""
+    import onnxruntime
+
+    from pipeline.encoder import cuda_libraries
+
+    lib = Path(onnxruntime.__file__).parent / "capi" / "libonnxruntime_providers_cuda.so"
+    if not lib.is_file():
+        pytest.skip("this onnxruntime build has no CUDA provider library")
+    linked = lib.read_bytes()
+    for name in cuda_libraries():
+        if not name.startswith("libcudnn"):  # cuDNN is opened at run time, not linked by name
+            assert name.encode() + b"\0" in linked, f"{name} is not named in {lib.name}"
