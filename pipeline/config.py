@@ -356,6 +356,10 @@ def _check_together(cfg: Config, origin: str) -> None:
         raise ConfigError(f"{origin}: [encoder] patch_detail_stage = {cfg.encoder.patch_detail_stage} must come before "
                           f"patch_stage = {cfg.encoder.patch_stage}; allowed: 0 (none) .. "
                           f"{max(cfg.encoder.patch_stage - 1, 0)}")
+    if cfg.encoder.engine == "torch" and cfg.encoder.model:
+        raise ConfigError(f"{origin}: [encoder] engine = 'torch' runs the built-in encoder, but model = "
+                          f"{cfg.encoder.model!r} is set; allowed: engine = 'onnxruntime' for an ONNX model, or "
+                          f"model = \"\" with engine = 'torch'")
     if len(cfg.output.video_fourcc) != 4:
         raise ConfigError(f"{origin}: [output] video_fourcc: got {cfg.output.video_fourcc!r}, allowed: a 4-character "
                           f"codec code such as 'mp4v' or 'MJPG'")

@@ -107,17 +107,61 @@ def read_contract(session: object, path: str) -> ModelContract:
                          out.name, int(oshape[1]), patch.name if patch is not None else "", pc, grid)
 
 
+def elf_needed(path: str | Path) -> list[str]:
+    """The ``DT_NEEDED`` entries of a 64-bit little-endian ELF shared library: the libraries the loader must find
+    for it to load. Reads the program headers, the dynamic segment and its string table only.
+
+    Raises:
+        ValueError: not such an ELF file, or no dynamic segment.
+    """
+    import struct
+
+    with open(path, "rb") as fh:
+        head = fh.read(64)
+        if len(head) < 64 or head[:4] != b"\x7fELF" or head[4] != 2 or head[5] != 1:
+            raise ValueError(f"{path}: not a 64-bit little-endian ELF file")
+        phoff, = struct.unpack_from("<Q", head, 0x20)
+        phentsize, phnum = struct.unpack_from("<HH", head, 0x36)
+        fh.seek(phoff)
+        table = fh.read(phentsize * phnum)
+        segments = [struct.unpack_from("<IIQQQQQQ", table, i * phentsize) for i in range(phnum)]
+        dynamic = next((seg for seg in segments if seg[0] == 2), None)  # PT_DYNAMIC
+        if dynamic is None:
+            raise ValueError(f"{path}: no dynamic segment")
+        fh.seek(dynamic[2])
+        raw = fh.read(dynamic[5])
+        entries = [struct.unpack_from("<qQ", raw, i) for i in range(0, len(raw) - 15, 16)]
+        strtab = next((val for tag, val in entries if tag == 5), None)  # DT_STRTAB (a virtual address)
+        strsz = next((val for tag, val in entries if tag == 10), 0)  # DT_STRSZ
+        load = next((seg for seg in segments if seg[0] == 1 and seg[3] <= (strtab or -1) < seg[3] + seg[5]), None)
+        if strtab is None or load is None:
+            raise ValueError(f"{path}: no string table for its dynamic segment")
+        fh.seek(strtab - load[3] + load[2])  # virtual address -> file offset, through its PT_LOAD segment
+        strings = fh.read(strsz)
+    names = []
+    for tag, val in entries:
+        if tag == 0:  # DT_NULL ends the table
+            break
+        if tag == 1:  # DT_NEEDED
+            names.append(strings[val:strings.index(b"\0", val)].decode())
+    return names
+
+
+# cuDNN is opened by the CUDA provider at run time rather than linked; onnxruntime-gpu 1.19 and later use cuDNN 9.
+_CUDNN = "libcudnn.so.9"
+
+
 def cuda_libraries() -> tuple[str, ...]:
-    """The libraries ONNX Runtime's CUDA provider links: the driver, cuDNN 9, and the CUDA runtime and cuBLAS of
-    the CUDA major version this onnxruntime build was made for (PyPI's onnxruntime-gpu 1.31: CUDA 13)."""
+    """The CUDA libraries ONNX Runtime's CUDA provider needs: those its provider library links (read from the
+    library itself, so they follow the CUDA version onnxruntime was built for; 1.31 links CUDA 13's), and cuDNN."""
+    import onnxruntime as ort
+
+    provider = Path(ort.__file__).parent / "capi" / "libonnxruntime_providers_cuda.so"
     try:
-        from onnxruntime.capi import build_and_package_info
-    except ImportError:  # builds without the module: the CUDA 12 builds of onnxruntime-gpu before it existed
-        build_and_package_info = None
-    version = str(getattr(build_and_package_info, "cuda_version", "") or "12")
-    major = version.split(".")[0]
-    return ("libcuda.so.1", f"libcudart.so.{major}", f"libcublas.so.{major}", f"libcublasLt.so.{major}",
-            "libcudnn.so.9")
+        linked = [n for n in elf_needed(provider) if n.startswith(("libcu", "libnv"))]
+    except (OSError, ValueError):  # no provider library (a CPU build), or an unreadable one: the check says so
+        linked = []
+    return (*linked, _CUDNN) if linked else ()
 
 
 def cuda_usable() -> tuple[bool, str]:
@@ -126,7 +170,10 @@ def cuda_usable() -> tuple[bool, str]:
 
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         return False, "this onnxruntime build has no CUDA provider"
-    for lib in cuda_libraries():
+    libraries = cuda_libraries()
+    if not libraries:
+        return False, "the CUDA provider library of this onnxruntime build is missing or unreadable"
+    for lib in libraries:
         try:
             ctypes.CDLL(lib)
         except OSError:

@@ -44,6 +44,10 @@ def torch_device(device: str) -> str:
 
 
 MIN_BUCKET = 8  # the smallest captured batch: fewer shapes to prepare, and 8 crops cost little more than 1
+# Graphs are captured for buckets up to this many input pixels (64 crops of 128 x 128, the default); larger
+# batches, e.g. whole images, run eagerly: their kernels are big enough that launching them costs little,
+# and a graph would hold their activations' memory for the life of the process.
+MAX_GRAPH_PIXELS = 64 * 128 * 128
 
 
 def _bucket(n: int, max_batch: int) -> int:
@@ -58,17 +62,23 @@ def buckets(max_batch: int) -> list[int]:
                   {_bucket(max_batch, max_batch)})
 
 
+def graph_buckets(max_batch: int, input_size: tuple[int, int]) -> list[int]:
+    """The buckets captured as CUDA graphs: those of at most :data:`MAX_GRAPH_PIXELS` input pixels."""
+    return [b for b in buckets(max_batch) if b * input_size[0] * input_size[1] <= MAX_GRAPH_PIXELS]
+
+
 class TorchEncoder:
     """Embeds crops with a PyTorch :class:`encoders.models.EmbeddingNet` (the same contract as
     :class:`pipeline.encoder.OnnxEncoder`: uint8 RGB crops in, unit-norm embeddings and patch features out).
 
     On CUDA the network runs as CUDA graphs, one per batch size bucket (powers of two from 8 up to
-    ``max_batch``; a batch is padded up to its bucket), all captured when the encoder is built. A frame's handful
-    of crops is otherwise bound by the launch of a hundred small kernels one by one: measured on an H100, 4 ms
-    per call whatever the batch, against 0.65 ms for 8 crops and 1.5 ms for 32 as graphs. Each new batch shape
-    also costs about 2 s the first time it runs (kernel loading and selection); capturing at build time pays that
-    before the stream starts instead of stalling it. TF32 is off, so the features match the ONNX model's on the
-    CPU to float32 rounding and banks stay interchangeable between engines.
+    ``max_batch``, as long as a bucket holds at most :data:`MAX_GRAPH_PIXELS` input pixels; a batch is padded up
+    to its bucket), all captured when the encoder is built. A frame's handful of crops is otherwise bound by the
+    launch of a hundred small kernels one by one: on an H100, about 4 ms per call whatever the batch, against
+    1 ms for a frame's crops as a graph (``siamstream bench encoder --device cuda``). Each new batch shape also
+    costs about 2 s the first time it runs (kernel loading and selection); capturing at build time pays that
+    before the stream starts instead of stalling it. Larger batches run eagerly. TF32 is off, so the features
+    match the ONNX model's on the CPU to float32 rounding and banks stay interchangeable between engines.
 
     Args:
         net: the network; it is put in eval mode and moved to the device.
@@ -103,6 +113,7 @@ class TorchEncoder:
         self._lock = threading.Lock()  # graphs replay into shared buffers: one batch at a time
         self._graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, tuple[torch.Tensor, ...]]] = {}
         self._pool = torch.cuda.graph_pool_handle() if self.device == "cuda" else None
+        self._graph_buckets: list[int] = []
         with self._exact(), torch.inference_mode():
             out = self.net(torch.zeros(1, 3, *self.input_size, device=self.device))
         emb, patches = (out[0], out[1]) if isinstance(out, tuple) else (out, None)
@@ -111,11 +122,15 @@ class TorchEncoder:
         self.patch_grid = (int(patches.shape[2]), int(patches.shape[3])) if patches is not None else (0, 0)
         if self.device == "cuda":
             start = time.perf_counter()
-            for bucket in buckets(max_batch):
+            self._graph_buckets = graph_buckets(max_batch, self.input_size)
+            for bucket in self._graph_buckets:
                 self._graph(bucket)
-            log.info("encoder on PyTorch cuda (%s): CUDA graphs for batches of %s captured in %.1f s",
-                     torch.cuda.get_device_name(0), ", ".join(map(str, sorted(self._graphs))),
-                     time.perf_counter() - start)
+            torch.cuda.empty_cache()  # the warm-ups' memory; the graphs keep their own pool
+            log.info("encoder on PyTorch cuda (%s): CUDA graphs for batches of %s captured in %.1f s%s",
+                     torch.cuda.get_device_name(0), ", ".join(map(str, self._graph_buckets)) or "none",
+                     time.perf_counter() - start,
+                     "" if self._graph_buckets and self._graph_buckets[-1] == max_batch else
+                     f"; larger batches (up to {max_batch}) run eagerly")
         else:
             log.info("encoder on PyTorch cpu (%d threads)", torch.get_num_threads())
 
@@ -151,24 +166,27 @@ class TorchEncoder:
             self._graphs[bucket] = (graph, static_in, static_out)
         return self._graphs[bucket]
 
-    def _forward(self, chunk: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    def _forward(self, chunk: np.ndarray, want_patches: bool) -> tuple[np.ndarray, np.ndarray | None]:
         import torch
 
         host = torch.from_numpy(chunk)
         n = len(chunk)
-        if self.device == "cuda":
-            graph, static_in, static_out = self._graph(_bucket(n, self.max_batch))
+        bucket = _bucket(n, self.max_batch)
+        if self.device == "cuda" and bucket in self._graph_buckets:
+            graph, static_in, static_out = self._graph(bucket)
             static_in[:n].copy_(host)
             graph.replay()
             outs = [t[:n] for t in static_out]
-        else:
+        elif self.device == "cuda":
             with self._exact():
-                outs = list(self._run(host))
+                outs = list(self._run(host.to(self.device)))
+        else:
+            outs = list(self._run(host))
         emb = outs[0].float().cpu().numpy()
-        local = outs[1] if len(outs) > 1 else None
+        if not want_patches or len(outs) < 2:
+            return emb, None
         # (B, C, h, w) -> (B, h*w, C): one row per patch, row-major over the grid
-        patches = local.flatten(2).transpose(1, 2).float().cpu().numpy() if local is not None else None
-        return emb, patches
+        return emb, outs[1].flatten(2).transpose(1, 2).float().cpu().numpy()
 
     def embed(self, crops: CropBatch, with_patches: bool = True) -> Embeddings:
         """Embed a frame's crops: ``(N, D)`` float32 rows with unit L2 norm, plus ``(N, P, C)`` patch
@@ -185,7 +203,7 @@ class TorchEncoder:
         with self._lock, torch.inference_mode():
             for start in range(0, n, self.max_batch):
                 chunk = np.ascontiguousarray(crops.images[start:start + self.max_batch])
-                emb, local = self._forward(chunk)
+                emb, local = self._forward(chunk, want_patches)
                 out[start:start + len(chunk)] = emb
                 if patches is not None and local is not None:
                     patches[start:start + len(chunk)] = local

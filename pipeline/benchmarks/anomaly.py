@@ -122,7 +122,7 @@ class Workspace:
                                       patch_stage=enc.patch_stage, patch_detail_stage=enc.patch_detail_stage,
                                       cfg=self.adapt, progress=log.info)
             self.adapt_seconds[entry.name] = result.seconds
-        return replace(cfg, "encoder", model=str(path))
+        return replace(cfg, "encoder", model=str(path), engine="onnxruntime")
 
 
 def entry_size(entry: Entry, rows: list[ManifestRow]) -> tuple[int, int]:

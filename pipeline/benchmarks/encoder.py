@@ -86,7 +86,8 @@ def run(batch: int = 32, threads: int = 2, repeats: int = 20, device: str = "cpu
     if device == "cuda" and select_providers("auto")[0] != "CUDAExecutionProvider":
         log.warning("ONNX Runtime has no usable CUDA provider here: it runs on the CPU with %d threads", threads)
     encoder = OnnxEncoder(model_path, device=ort_device, threads=threads, max_batch=batch)
-    engine = TorchEncoder(net, (size, size), device=device, threads=threads, max_batch=batch)
+    # the pipeline's max_batch: a batch is padded up to its CUDA graph bucket as in a run
+    engine = TorchEncoder(net, (size, size), device=device, threads=threads, max_batch=ecfg.max_batch)
     if engine.encoder_id != encoder.encoder_id:
         raise RuntimeError("the PyTorch network and the exported ONNX model have different weights")
     crops = scene_crops(batch, size)

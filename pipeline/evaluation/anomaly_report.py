@@ -44,7 +44,8 @@ def evaluation_encoder(cfg: Config, rows: list[ManifestRow], size: tuple[int, in
     from pipeline import app
     from pipeline.config import replace
 
-    encoder_cfg = replace(cfg, "encoder", model=model).encoder if model else cfg.encoder
+    # a model file is ONNX: ONNX Runtime runs it, whatever [encoder] engine says for the built-in encoder
+    encoder_cfg = replace(cfg, "encoder", model=model, engine="onnxruntime").encoder if model else cfg.encoder
     if not encoder_cfg.model and size is None:
         size = image_size(next(r.image for r in rows if r.split == "validation"))
     encoder = app.build_encoder(encoder_cfg, size=size)

@@ -22,7 +22,8 @@ def test_eval_mot_tracks_scores_and_writes_outputs(tmp_path: Path, shared_data: 
                                                    pretrained_onnx: Path) -> None:
     seq = shared_data("mot15", "TUD-Campus")
     proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "-q", "eval", "mot", "--seq", str(seq), "--out",
-                           str(tmp_path), "--set", f'encoder.model="{pretrained_onnx}"'], cwd=REPO,
+                           str(tmp_path), "--set", f'encoder.model="{pretrained_onnx}"', "--set",
+                           'encoder.device="cpu"'], cwd=REPO,
                           capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert proc.returncode == 0, proc.stderr
     figures = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -137,17 +137,40 @@ def test_pretrained_encoder_contract_and_batch_invariance(pretrained_onnx: Path)
     assert enc.embed(CropBatch(np.zeros((0, 128, 128, 3), np.uint8), np.zeros((0, 4)))).vectors.shape == (0, 112)
 
 
-def test_cuda_libraries_checked_are_the_ones_the_cuda_provider_links() -> None:
-    """The CUDA check must look for the libraries this onnxruntime build needs (CUDA 13 for onnxruntime-gpu
-    1.31), or a GPU host with the right CUDA runs the encoder on the CPU and a host with the wrong one fails late."""
+def test_elf_needed_reads_the_dynamic_table(tmp_path: Path) -> None:
+    import glob
+    import shutil
+    import subprocess
+
     import onnxruntime
 
-    from pipeline.encoder import cuda_libraries
+    from pipeline.encoder import elf_needed
+
+    ext = glob.glob(str(Path(onnxruntime.__file__).parent / "capi" / "onnxruntime_pybind11_state*.so"))[0]
+    needed = elf_needed(ext)
+    assert "libc.so.6" in needed and "libstdc++.so.6" in needed
+    if shutil.which("readelf"):
+        out = subprocess.run(["readelf", "-d", ext], capture_output=True, text=True, check=True).stdout
+        assert needed == [line.split("[", 1)[1].rstrip("]") for line in out.splitlines() if "(NEEDED)" in line]
+    (tmp_path / "x.so").write_bytes(b"not an ELF file at all, but long enough to hold a header" * 2)
+    with pytest.raises(ValueError, match="not a 64-bit little-endian ELF"):
+        elf_needed(tmp_path / "x.so")
+
+
+def test_cuda_libraries_checked_are_the_ones_the_cuda_provider_links() -> None:
+    """The CUDA check must look for exactly the libraries this onnxruntime build loads (CUDA 13's for
+    onnxruntime-gpu 1.31, curand included), or a GPU host runs the encoder on the CPU without saying why."""
+    import onnxruntime
+
+    from pipeline.encoder import cuda_libraries, elf_needed
 
     lib = Path(onnxruntime.__file__).parent / "capi" / "libonnxruntime_providers_cuda.so"
     if not lib.is_file():
         pytest.skip("this onnxruntime build has no CUDA provider library")
-    linked = lib.read_bytes()
-    for name in cuda_libraries():
-        if not name.startswith("libcudnn"):  # cuDNN is opened at run time, not linked by name
-            assert name.encode() + b"\0" in linked, f"{name} is not named in {lib.name}"
+    needed = elf_needed(lib)
+    checked = cuda_libraries()
+    assert [n for n in needed if n.startswith(("libcu", "libnv"))] == list(checked[:-1])
+    assert checked[-1] == "libcudnn.so.9"
+    if onnxruntime.__version__ == "1.31.1":  # what the project installs: CUDA 13's runtime, cuBLAS, and curand 10
+        assert {"libcudart.so.13", "libcublas.so.13", "libcublasLt.so.13", "libcurand.so.10"} <= set(checked)
+        assert "libcudart.so.12" not in checked  # named in the library's strings, but not linked

@@ -92,6 +92,15 @@ def test_batches_are_padded_to_power_of_two_buckets() -> None:
     assert buckets(1) == [1]
 
 
+def test_only_batches_of_crops_are_captured_as_graphs() -> None:
+    from pipeline.encoder_torch import graph_buckets
+
+    assert graph_buckets(64, (128, 128)) == [8, 16, 32, 64]  # the default crops: every bucket
+    assert graph_buckets(4096, (128, 128)) == [8, 16, 32, 64]  # larger batches run eagerly
+    assert graph_buckets(64, (420, 560)) == []  # whole tire images at 560x420: eagerly, no graph memory held
+    assert graph_buckets(64, (224, 224)) == [8, 16]
+
+
 @pytest.mark.gpu
 def test_torch_engine_on_cuda_matches_cpu() -> None:
     import torch
@@ -109,3 +118,27 @@ def test_torch_engine_on_cuda_matches_cpu() -> None:
         np.testing.assert_allclose(a.vectors, b.vectors, atol=1e-4)
         np.testing.assert_allclose(a.patches, b.patches, atol=2e-4)
     assert sorted(gpu._graphs) == [8, 16]
+    # Images too large for a graph bucket run eagerly, with the same numerics.
+    big_gpu = TorchEncoder(pretrained_lite0(stage=5, pooling="gem", patch_stage=4), (512, 512), device="cuda",
+                           max_batch=8)
+    big_cpu = TorchEncoder(pretrained_lite0(stage=5, pooling="gem", patch_stage=4), (512, 512), device="cpu",
+                           threads=1)
+    assert not big_gpu._graphs
+    rng = np.random.default_rng(3)
+    images = CropBatch(rng.integers(0, 256, (3, 512, 512, 3), dtype=np.uint8),
+                       np.tile(np.array([[0, 0, 512, 512]], np.float32), (3, 1)))
+    a, b = big_gpu.embed(images), big_cpu.embed(images)
+    assert a.patches is not None and b.patches is not None
+    np.testing.assert_allclose(a.vectors, b.vectors, atol=1e-4)
+    np.testing.assert_allclose(a.patches, b.patches, atol=2e-4)
+    assert big_gpu.embed(images, with_patches=False).patches is None
+
+
+def test_config_rejects_engine_torch_with_a_model_file(tmp_path: Path) -> None:
+    from pipeline.config import load_config
+
+    path = tmp_path / "c.toml"
+    path.write_text('[encoder]\nengine = "torch"\nmodel = "mine.onnx"\n')
+    with pytest.raises(ConfigError, match=r"\[encoder\] engine = 'torch' runs the built-in encoder"):
+        load_config(path)
+    assert load_config(path, ['encoder.engine="onnxruntime"']).encoder.model == "mine.onnx"
