@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import logging
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -114,8 +115,13 @@ def elf_needed(path: str | Path) -> list[str]:
     Raises:
         ValueError: not such an ELF file, or no dynamic segment.
     """
-    import struct
+    try:
+        return _elf_needed(path)
+    except struct.error as exc:  # a field read past the end: a truncated or damaged file
+        raise ValueError(f"{path}: truncated or damaged ELF file ({exc})") from None
 
+
+def _elf_needed(path: str | Path) -> list[str]:
     with open(path, "rb") as fh:
         head = fh.read(64)
         if len(head) < 64 or head[:4] != b"\x7fELF" or head[4] != 2 or head[5] != 1:
@@ -124,6 +130,8 @@ def elf_needed(path: str | Path) -> list[str]:
         phentsize, phnum = struct.unpack_from("<HH", head, 0x36)
         fh.seek(phoff)
         table = fh.read(phentsize * phnum)
+        if phentsize < 56 or len(table) < phentsize * phnum:
+            raise ValueError(f"{path}: truncated program header table")
         segments = [struct.unpack_from("<IIQQQQQQ", table, i * phentsize) for i in range(phnum)]
         dynamic = next((seg for seg in segments if seg[0] == 2), None)  # PT_DYNAMIC
         if dynamic is None:
@@ -161,7 +169,10 @@ def cuda_libraries() -> tuple[str, ...]:
         linked = [n for n in elf_needed(provider) if n.startswith(("libcu", "libnv"))]
     except (OSError, ValueError):  # no provider library (a CPU build), or an unreadable one: the check says so
         linked = []
-    return (*linked, _CUDNN) if linked else ()
+    if not linked:
+        return ()
+    cudnn = () if any(n.startswith("libcudnn") for n in linked) else (_CUDNN,)
+    return tuple(dict.fromkeys(("libcuda.so.1", *linked, *cudnn)))  # the driver always, first
 
 
 def cuda_usable() -> tuple[bool, str]:

@@ -167,31 +167,32 @@ class TorchEncoder:
         return self._graphs[bucket]
 
     def _forward(self, chunk: np.ndarray, want_patches: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """One chunk of at most ``max_batch`` uint8 crops -> embeddings, and patch features if wanted."""
         import torch
 
         host = torch.from_numpy(chunk)
         n = len(chunk)
         bucket = _bucket(n, self.max_batch)
-        if self.device == "cuda" and bucket in self._graph_buckets:
-            graph, static_in, static_out = self._graph(bucket)
-            static_in[:n].copy_(host)
-            graph.replay()
-            outs = [t[:n] for t in static_out]
-        elif self.device == "cuda":
-            with self._exact():
-                outs = list(self._run(host.to(self.device)))
-        else:
-            outs = list(self._run(host))
-        emb = outs[0].float().cpu().numpy()
-        if not want_patches or len(outs) < 2:
-            return emb, None
-        # (B, C, h, w) -> (B, h*w, C): one row per patch, row-major over the grid
-        return emb, outs[1].flatten(2).transpose(1, 2).float().cpu().numpy()
+        with torch.inference_mode():
+            if self.device == "cuda" and bucket in self._graph_buckets:
+                graph, static_in, static_out = self._graph(bucket)
+                static_in[:n].copy_(host)
+                graph.replay()
+                outs = [t[:n] for t in static_out]
+            elif self.device == "cuda":
+                with self._exact():
+                    outs = list(self._run(host.to(self.device)))
+            else:
+                outs = list(self._run(host))
+            emb = outs[0].float().cpu().numpy()
+            if not want_patches or len(outs) < 2:
+                return emb, None
+            # (B, C, h, w) -> (B, h*w, C): one row per patch, row-major over the grid
+            return emb, outs[1].flatten(2).transpose(1, 2).float().cpu().numpy()
 
     def embed(self, crops: CropBatch, with_patches: bool = True) -> Embeddings:
         """Embed a frame's crops: ``(N, D)`` float32 rows with unit L2 norm, plus ``(N, P, C)`` patch
         features when the network has them and ``with_patches`` is set."""
-        import torch
 
         n = len(crops)
         want_patches = with_patches and self.patch_dim > 0
@@ -200,7 +201,7 @@ class TorchEncoder:
         patches = np.empty((n, h * w, self.patch_dim), np.float32) if want_patches else None
         if n and crops.images.shape[1:3] != self.input_size:
             raise ValueError(f"crops are {crops.images.shape[1:3]}, the encoder needs {self.input_size}")
-        with self._lock, torch.inference_mode():
+        with self._lock:
             for start in range(0, n, self.max_batch):
                 chunk = np.ascontiguousarray(crops.images[start:start + self.max_batch])
                 emb, local = self._forward(chunk, want_patches)

@@ -48,6 +48,7 @@ def test_torch_engine_matches_the_onnx_export(onnx_patch_model: Path) -> None:
     np.testing.assert_allclose(a.patches, b.patches, atol=1e-4)
     np.testing.assert_allclose(np.linalg.norm(a.vectors, axis=1), 1.0, atol=1e-5)
     assert engine.embed(batch, with_patches=False).patches is None
+    assert engine._forward(batch.images[:2], want_patches=False)[1] is None  # not even copied out
     empty = engine.embed(CropBatch(np.zeros((0, SIZE, SIZE, 3), np.uint8), np.zeros((0, 4), np.float32)))
     assert empty.vectors.shape == (0, engine.embedding_dim)
 
