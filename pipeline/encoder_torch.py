@@ -193,7 +193,6 @@ class TorchEncoder:
     def embed(self, crops: CropBatch, with_patches: bool = True) -> Embeddings:
         """Embed a frame's crops: ``(N, D)`` float32 rows with unit L2 norm, plus ``(N, P, C)`` patch
         features when the network has them and ``with_patches`` is set."""
-
         n = len(crops)
         want_patches = with_patches and self.patch_dim > 0
         h, w = self.patch_grid

@@ -72,7 +72,7 @@ def run(batch: int = 32, threads: int = 2, repeats: int = 20, device: str = "cpu
     from encoders.export import ensure_pretrained_onnx
     from encoders.models import pretrained_lite0
     from pipeline.config import EncoderConfig
-    from pipeline.encoder import OnnxEncoder, select_providers
+    from pipeline.encoder import OnnxEncoder
     from pipeline.encoder_torch import TorchEncoder
     from pipeline.types import CropBatch
 
@@ -82,9 +82,7 @@ def run(batch: int = 32, threads: int = 2, repeats: int = 20, device: str = "cpu
     net = pretrained_lite0(stage=ecfg.stage, pooling=ecfg.pooling, patch_stage=ecfg.patch_stage)
     size = ecfg.input_size
     torch.set_num_threads(threads)
-    ort_device = "auto" if device == "cuda" else device
-    if device == "cuda" and select_providers("auto")[0] != "CUDAExecutionProvider":
-        log.warning("ONNX Runtime has no usable CUDA provider here: it runs on the CPU with %d threads", threads)
+    ort_device = "auto" if device == "cuda" else device  # without a CUDA provider: one log line, and the CPU
     encoder = OnnxEncoder(model_path, device=ort_device, threads=threads, max_batch=batch)
     # the pipeline's max_batch: a batch is padded up to its CUDA graph bucket as in a run
     engine = TorchEncoder(net, (size, size), device=device, threads=threads, max_batch=ecfg.max_batch)
