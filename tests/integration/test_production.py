@@ -1,8 +1,10 @@
 """Production chain on the real conveyor video, every server real and on 127.0.0.1:
 
-``siamstream run`` (the CLI) -> /metrics -> Prometheus (the project's rules plus a fast rule on flagged parts)
--> Alertmanager (the project's config, pointed at a local receiver); and siamstream's own alert sinks ->
-a webhook receiver that is down for part of the run, and mosquitto with a QoS 1 subscriber.
+``siamstream run`` (the CLI) -> /metrics -> Prometheus (the project's rules as shipped, the same rules with their
+``for:`` shortened to a second, and a fast rule on flagged parts) -> Alertmanager (the project's config, pointed
+at a local receiver); and siamstream's own alert sinks -> a webhook receiver that is down for part of the run,
+and mosquitto with a QoS 1 subscriber. A second test stops a run with SIGTERM while the webhook is down and
+checks that the next run delivers what the first one left.
 
 The bank is built from the first 200 frames (phones and a crushed can), and the run covers the whole video,
 where calculators and a card box come by: parts the bank has never seen, so some are flagged.
@@ -13,9 +15,12 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -46,6 +51,16 @@ FAST_RULE = {"groups": [{"name": "siamstream-test", "interval": "1s", "rules": [
     "labels": {"severity": "warning"},
     "annotations": {"summary": "a part was flagged on stream {{ $labels.stream }}"},
 }]}]}
+
+
+
+def fast_copy_of_shipped_rules() -> dict[str, Any]:
+    """The project's rules, expressions unchanged, each waiting 1 s (``for:``) instead of minutes, in a group of
+    its own: what makes a shipped rule fire within a test."""
+    shipped = yaml.safe_load((DEPLOY / "prometheus" / "rules" / "siamstream.rules.yml").read_text())
+    rules = [{**rule, "for": "1s"} for group in shipped["groups"] for rule in group["rules"]]
+    assert rules and all("alert" in r for r in rules)
+    return {"groups": [{"name": "siamstream-shipped-fast", "interval": "1s", "rules": rules}]}
 
 
 def binary(*names: str) -> str:
@@ -130,10 +145,11 @@ def servers(tmp_path: Path) -> Iterator[dict[str, Any]]:
             stdout=subprocess.DEVNULL, stderr=(tmp_path / "alertmanager.log").open("wb")))
 
         (tmp_path / "fast.rules.yml").write_text(yaml.safe_dump(FAST_RULE))
+        (tmp_path / "shipped-fast.rules.yml").write_text(yaml.safe_dump(fast_copy_of_shipped_rules()))
         prom_cfg = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
         prom_cfg["global"].update(scrape_interval="1s", evaluation_interval="1s")
         prom_cfg["rule_files"] = [str(DEPLOY / "prometheus" / "rules" / "siamstream.rules.yml"),
-                                  str(tmp_path / "fast.rules.yml")]
+                                  str(tmp_path / "fast.rules.yml"), str(tmp_path / "shipped-fast.rules.yml")]
         prom_cfg["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] = [f"127.0.0.1:{am_port}"]
         prom_cfg["scrape_configs"][0]["static_configs"][0]["targets"] = [f"127.0.0.1:{metrics_port}"]
         (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(prom_cfg))
@@ -160,18 +176,46 @@ def servers(tmp_path: Path) -> Iterator[dict[str, Any]]:
         am_receiver.stop()
 
 
-def test_flagged_parts_reach_prometheus_alertmanager_mqtt_and_a_webhook_that_was_down(
-        tmp_path: Path, video: Path, pretrained_onnx: Path, servers: dict[str, Any]) -> None:
-    model = f'encoder.model="{pretrained_onnx}"'
-    bank = tmp_path / "bank"
-    built = siamstream("bank", "build", "--config", str(CONFIG), "--source", str(video), "--out", str(bank),
-                       "--set", model, "--set", "source.max_frames=200", "--set", "bank.false_alarm_rate=0.05")
-    assert built.returncode == 0, built.stderr
+def am_delivered(am_receiver: WebhookReceiver, alertname: str, **labels: str) -> Callable[[], bool]:
+    """Whether Alertmanager has delivered ``alertname`` firing, with these labels, to its webhook receiver."""
+    def check() -> bool:
+        return any(a["labels"].get("alertname") == alertname and a["status"] == "firing"
+                   and all(a["labels"].get(k) == v for k, v in labels.items())
+                   for n in am_receiver.alerts() for a in n.get("alerts", []))
 
+    return check
+
+
+def http_status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as err:
+        return int(err.code)
+
+
+@pytest.fixture(scope="module")
+def conveyor_bank(tmp_path_factory: pytest.TempPathFactory, shared_data: Callable[..., Path],
+                  pretrained_onnx: Path) -> Path:
+    """A bank of the conveyor's first 200 frames (phones and a crushed can), built by the CLI."""
+    video = shared_data("conveyor_video", "cutted.avi")
+    bank = tmp_path_factory.mktemp("conveyor-bank") / "bank"
+    built = siamstream("bank", "build", "--config", str(CONFIG), "--source", str(video), "--out", str(bank),
+                       "--set", f'encoder.model="{pretrained_onnx}"', "--set", "source.max_frames=200",
+                       "--set", "bank.false_alarm_rate=0.05")
+    assert built.returncode == 0, built.stderr
+    return bank
+
+
+def test_flagged_parts_reach_prometheus_alertmanager_mqtt_and_a_webhook_that_was_down(
+        tmp_path: Path, video: Path, pretrained_onnx: Path, conveyor_bank: Path, servers: dict[str, Any]) -> None:
+    promtool = binary("promtool")
+    am_receiver = servers["am_receiver"]
     receiver = WebhookReceiver()  # siamstream's webhook: down (nothing listening) when the run starts
     metrics_port = servers["metrics_port"]
     out, spool = tmp_path / "run", tmp_path / "spool"
-    settings = [model, f'anomaly.bank="{bank}"', f"metrics.port={metrics_port}", "output.video=false",
+    settings = [f'encoder.model="{pretrained_onnx}"', f'anomaly.bank="{conveyor_bank}"',
+                f"metrics.port={metrics_port}", "output.video=false",
                 f'alerts.webhook_url="{receiver.url}"', 'alerts.mqtt_host="127.0.0.1"',
                 f"alerts.mqtt_port={servers['broker'].port}", f'alerts.mqtt_topic="{TOPIC}"',
                 f'alerts.spool_dir="{spool}"', "alerts.backoff_initial_s=0.2", "alerts.backoff_max_s=1.0",
@@ -181,19 +225,30 @@ def test_flagged_parts_reach_prometheus_alertmanager_mqtt_and_a_webhook_that_was
          str(out), *(arg for s in settings for arg in ("--set", s))],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    live: dict[str, Any] = {}
     try:
         failures = 'siamstream_alert_delivery_failures_total{sink="webhook",stream="conveyor"}'
         waiting = 'siamstream_alerts_spooled{sink="webhook",stream="conveyor"}'
+        stalled = am_delivered(am_receiver, "SiamstreamAlertDeliveryStalled", sink="webhook", stream="conveyor")
 
         def outage_long_enough() -> bool:
+            if proc.poll() is not None:
+                return True
+            base = f"http://127.0.0.1:{metrics_port}"
+            if "metrics" not in live and scrape(metrics_port).get(
+                    'siamstream_frames_processed_total{stream="conveyor"}', 0) > 0:
+                # What the running pipeline serves, frames flowing: the live exposition and both probes.
+                live.update(metrics=urllib.request.urlopen(f"{base}/metrics", timeout=5).read().decode(),
+                            healthz=http_status(f"{base}/healthz"), readyz=http_status(f"{base}/readyz"))
             m = scrape(metrics_port)
             failed = m.get(failures, 0)
-            return proc.poll() is not None or (failed >= 3 and (m.get(waiting, 0) >= 2 or failed >= 8))
+            return failed >= 3 and (m.get(waiting, 0) >= 2 or failed >= 8) and stalled()
 
-        # Down until three deliveries failed and two alerts wait in the spool, or eight retries failed (the first
-        # part is flagged mid-video)...
-        wait_until(outage_long_enough, 300, "siamstream to fail delivering to the webhook that is down")
-        assert proc.poll() is None, "the run ended before any webhook delivery failed: " + proc.communicate()[1]
+        # Down until three deliveries failed and two alerts wait in the spool (or eight retries failed; the first
+        # part is flagged mid-video), and the project's own delivery rule has fired and reached Alertmanager...
+        wait_until(outage_long_enough, 300, "siamstream to fail delivering to the webhook that is down, and "
+                                            "SiamstreamAlertDeliveryStalled to reach Alertmanager")
+        assert proc.poll() is None, "the run ended before the outage was seen: " + proc.communicate()[1]
         receiver.start()  # ...then back, while the run goes on
         stdout, stderr = proc.communicate(timeout=300)
     finally:
@@ -205,6 +260,13 @@ def test_flagged_parts_reach_prometheus_alertmanager_mqtt_and_a_webhook_that_was
     events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
     assert len(events) == summary["flagged"] >= 1, "the run flagged no part: nothing to alert about"
     flagged_tracks = sorted(e["track_id"] for e in events)
+
+    # The running pipeline: alive, ready (model, bank, frames), and its live /metrics passes promtool's lint.
+    assert (live.get("healthz"), live.get("readyz")) == (200, 200), live
+    assert 'siamstream_bank_size{stream="conveyor"}' in live["metrics"]
+    linted = subprocess.run([promtool, "check", "metrics"], input=live["metrics"], capture_output=True, text=True,
+                            timeout=60)
+    assert linted.returncode == 0 and (linted.stdout + linted.stderr).strip() == "", linted.stdout + linted.stderr
 
     # siamstream's webhook: every flagged part exactly once after de-duplication by alert_id, evidence attached.
     got = receiver.unique()
@@ -244,17 +306,85 @@ def test_flagged_parts_reach_prometheus_alertmanager_mqtt_and_a_webhook_that_was
                                       '{sink="webhook",stream="conveyor"}[10m])')
     assert seen_failures and float(seen_failures[0]["value"][1]) >= 1
     groups = get_json(f"{prometheus}/api/v1/rules")["data"]["groups"]
-    project = next(g for g in groups if g["name"] == "siamstream")
     shipped = yaml.safe_load((DEPLOY / "prometheus" / "rules" / "siamstream.rules.yml").read_text())["groups"]
-    assert [r["name"] for r in project["rules"]] == [r["alert"] for g in shipped for r in g["rules"]]
-    assert all(r["health"] == "ok" for r in project["rules"]), project["rules"]
+    names = [r["alert"] for g in shipped for r in g["rules"]]
+    for group in ("siamstream", "siamstream-shipped-fast"):
+        loaded = next(g for g in groups if g["name"] == group)
+        assert [r["name"] for r in loaded["rules"]] == names
+        assert all(r["health"] == "ok" for r in loaded["rules"]), loaded["rules"]
 
-    # The fast rule fired and Alertmanager delivered it to its webhook receiver.
-    am_receiver = servers["am_receiver"]
+    # Rules fired and Alertmanager delivered them to its webhook receiver: the fast rule on flagged parts, the
+    # project's delivery rule during the outage (checked above), and the project's SiamstreamDown once the run
+    # has ended and its scrapes fail.
+    wait_until(am_delivered(am_receiver, "SiamstreamPartFlagged", stream="conveyor"), 30,
+               "Alertmanager to deliver SiamstreamPartFlagged")
+    wait_until(am_delivered(am_receiver, "SiamstreamDown", job="siamstream"), 30,
+               "Alertmanager to deliver SiamstreamDown after the run ended")
 
-    def am_delivered() -> bool:
-        return any(a["labels"].get("alertname") == "SiamstreamPartFlagged" and a["status"] == "firing"
-                   and a["labels"].get("stream") == "conveyor"
-                   for n in am_receiver.alerts() for a in n.get("alerts", []))
 
-    wait_until(am_delivered, 30, "Alertmanager to deliver SiamstreamPartFlagged")
+def test_sigterm_with_the_webhook_down_keeps_every_alert_for_the_next_run(
+        tmp_path: Path, video: Path, pretrained_onnx: Path, conveyor_bank: Path) -> None:
+    """SIGTERM mid-run flushes the alert sinks too: MQTT delivers every flagged part before the process exits,
+    the webhook's undelivered alerts stay in the spool, and the next run with that spool delivers them."""
+    broker = Mosquitto(tmp_path / "mosquitto").start()
+    subscriber = MqttSubscriber(broker.port, TOPIC, client_id="sigterm-subscriber")
+    receiver = WebhookReceiver()  # down for the whole first run
+    spool = tmp_path / "spool"
+    settings = [f'encoder.model="{pretrained_onnx}"', f'anomaly.bank="{conveyor_bank}"', "metrics.port=0",
+                "output.video=false", "output.progress_every_s=0.2", f'alerts.webhook_url="{receiver.url}"',
+                'alerts.mqtt_host="127.0.0.1"', f"alerts.mqtt_port={broker.port}", f'alerts.mqtt_topic="{TOPIC}"',
+                f'alerts.spool_dir="{spool}"', "alerts.backoff_initial_s=0.2", "alerts.backoff_max_s=1.0",
+                "alerts.close_timeout_s=3"]
+
+    def command(out: Path, *extra: str) -> list[str]:
+        return [sys.executable, "-m", "pipeline.cli", "run", "--config", str(CONFIG), "--source", str(video),
+                "--out", str(out), *(arg for s in (*settings, *extra) for arg in ("--set", s))]
+
+    try:
+        proc = subprocess.Popen(command(tmp_path / "run1"), cwd=REPO, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        assert proc.stderr is not None
+        seen: list[str] = []
+        try:
+            for line in proc.stderr:  # until a progress line reports a flagged part
+                seen.append(line)
+                flagged = re.search(r"frames \d+\S* .* flagged (\d+)", line)
+                if flagged and int(flagged.group(1)) > 0:
+                    break
+            proc.send_signal(signal.SIGTERM)
+            stdout, rest = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        stderr = "".join(seen) + rest
+        assert proc.returncode == 130, stderr
+        assert "Traceback" not in stderr
+        summary = json.loads(stdout.strip().splitlines()[-1])
+        assert 0 < summary["frames"] < 535, "SIGTERM came after the video ended: the test proves nothing"
+        events = [json.loads(line) for line in (tmp_path / "run1" / "events.jsonl").read_text().splitlines()]
+        assert len(events) == summary["flagged"] >= 1
+        flagged_tracks = sorted(e["track_id"] for e in events)
+
+        # MQTT: every flagged part reached the subscriber before the process exited.
+        wait_until(lambda: len(subscriber.unique()) >= len(events), 15, "every alert at the MQTT subscriber")
+        assert sorted(m["track_id"] for m in subscriber.unique().values()) == flagged_tracks
+        # The webhook: nothing delivered, every flagged part on disk, counted as such in the final metrics.
+        final = parse_metrics((tmp_path / "run1" / "metrics.prom").read_text())
+        assert final['siamstream_alerts_spooled{sink="webhook",stream="conveyor"}'] == len(events)
+        assert final['siamstream_alerts_sent_total{sink="webhook",stream="conveyor"}'] == 0
+        spooled = [json.loads(f.read_text()) for f in sorted(spool.rglob("*.json"))]
+        assert sorted(a["track_id"] for a in spooled) == flagged_tracks
+        assert {a["alert_id"] for a in spooled} == set(subscriber.unique())
+
+        # The next run (a few frames, the receiver back) delivers what the first left, and empties the spool.
+        receiver.start()
+        second = subprocess.run(command(tmp_path / "run2", "source.max_frames=5"), cwd=REPO, capture_output=True,
+                                text=True, timeout=300)
+        assert second.returncode == 0, second.stderr
+        assert sorted(a["track_id"] for a in receiver.unique().values()) == flagged_tracks
+        assert set(receiver.unique()) == {a["alert_id"] for a in spooled}
+        assert list(spool.rglob("*.json")) == []
+    finally:
+        receiver.stop()
+        subscriber.close()
+        broker.stop()
