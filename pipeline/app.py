@@ -269,4 +269,4 @@ def bank_from_samples(samples: GoodSamples, cfg: Config, encoder: Encoder, sourc
                       level=cfg.bank.level, index_type=cfg.bank.index, k=cfg.anomaly.k, folds=cfg.bank.folds,
                       false_alarm_rate=cfg.bank.false_alarm_rate, max_vectors=cfg.bank.max_vectors,
                       coreset_fraction=cfg.bank.coreset_fraction, nlist=cfg.bank.nlist, nprobe=cfg.bank.nprobe,
-                      pq_m=cfg.bank.pq_m, sources=[source])
+                      pq_m=cfg.bank.pq_m, sources=[source], cell_norm=cfg.bank.cell_norm)

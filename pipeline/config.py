@@ -141,6 +141,7 @@ class BankConfig:
     max_vectors: int = _f(50_000, 10, None)
     coreset_fraction: float = _f(0.1, 0.001, 1.0)
     crops_per_part: int = _f(16, 1, 100_000)
+    cell_norm: bool = _f(False)
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ import faiss
 import numpy as np
 
 from pipeline.anomaly.calibrate import false_alarm_upper_bound, group_folds, threshold_for_false_alarm_rate
+from pipeline.anomaly.cellnorm import CellNorm, fit_cell_norm, leave_one_out
 from pipeline.anomaly.coreset import chunked_greedy_coreset
 from pipeline.types import Embeddings
 
@@ -73,6 +74,9 @@ class BankMeta:
     nprobe: int = 8  # IVF cells searched per query
     pq_m: int = 0  # IVF-PQ sub-quantisers (must divide the dimension); 0 = dim / 4 rounded to a divisor
     format: int = BANK_FORMAT
+    # Per-cell normalisation of patch scores (:mod:`pipeline.anomaly.cellnorm`): P means and scales, or empty.
+    cell_mean: list[float] = field(default_factory=list)
+    cell_scale: list[float] = field(default_factory=list)
 
 
 def auto_nlist(n: int) -> int:
@@ -201,12 +205,39 @@ class Bank:
         sq, _ = self.index.search(x, k)
         return np.sqrt(np.maximum(sq, 0.0)).mean(axis=1).astype(np.float32)
 
-    def patch_scores(self, features: np.ndarray, k: int | None = None) -> np.ndarray:
-        """Score of every patch of every crop from ``(N, P, C)`` features, ``(N, P)`` float32."""
+    @property
+    def cell_norm(self) -> CellNorm | None:
+        """The per-cell normalisation :meth:`patch_scores` applies, or None."""
+        if not self.meta.cell_mean:
+            return None
+        return CellNorm(np.asarray(self.meta.cell_mean, np.float32), np.asarray(self.meta.cell_scale, np.float32))
+
+    def with_cell_norm(self, norm: CellNorm | None) -> None:
+        """Store ``norm`` (None: none) with the bank; it must have one cell per patch of a crop."""
+        if norm is not None and (self.meta.level != "patch" or norm.cells != self.meta.patches_per_crop):
+            raise BankError(f"a cell normalisation of {norm.cells} cells does not fit this {self.meta.level} bank "
+                            f"of {self.meta.patches_per_crop} patches per crop")
+        self.meta = replace(self.meta, cell_mean=[] if norm is None else [float(v) for v in norm.mean],
+                            cell_scale=[] if norm is None else [float(v) for v in norm.scale])
+
+    def raw_patch_scores(self, features: np.ndarray, k: int | None = None) -> np.ndarray:
+        """k-NN distance of every patch of every crop from ``(N, P, C)`` features, ``(N, P)`` float32."""
         n, p, c = features.shape
         if n == 0:
             return np.zeros((0, p), np.float32)
         return self.scores(features.reshape(n * p, c), k).reshape(n, p)
+
+    def patch_scores(self, features: np.ndarray, k: int | None = None) -> np.ndarray:
+        """Score of every patch of every crop from ``(N, P, C)`` features, ``(N, P)`` float32: the k-NN distance,
+        normalised per cell when the bank carries a :attr:`cell_norm`."""
+        raw = self.raw_patch_scores(features, k)
+        norm = self.cell_norm
+        if norm is None:
+            return raw
+        if raw.shape[1] != norm.cells:
+            raise BankError(f"crops have {raw.shape[1]} patches, the bank's cell normalisation {norm.cells}; the "
+                            f"encoder's input size differs from the bank's, rebuild the bank")
+        return norm.apply(raw)
 
     def score_crops(self, features: np.ndarray, k: int | None = None) -> np.ndarray:
         """Anomaly score per crop from ``(N, P, C)`` features: the largest patch score, ``(N,)`` float32."""
@@ -285,6 +316,13 @@ class Bank:
         except RuntimeError as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unreadable"
             raise BankError(f"{index_file}: corrupt FAISS index ({first}); rebuild the bank") from None
+        if meta.cell_mean or meta.cell_scale:
+            try:
+                if len(meta.cell_mean) != meta.patches_per_crop:
+                    raise ValueError(f"{len(meta.cell_mean)} cells for {meta.patches_per_crop} patches per crop")
+                CellNorm(np.asarray(meta.cell_mean, np.float32), np.asarray(meta.cell_scale, np.float32))
+            except ValueError as exc:
+                raise BankError(f"{meta_file}: corrupt cell normalisation ({exc}); rebuild the bank") from None
         if index.ntotal != meta.sample_count:
             raise BankError(f"{path}: index holds {index.ntotal} vectors, metadata says {meta.sample_count}; "
                             f"the bank is corrupt, rebuild it")
@@ -315,7 +353,7 @@ def build_bank(features: np.ndarray, groups: np.ndarray, encoder_id: str, input_
                level: str = "global", index_type: str = "flat", k: int = 1, folds: int = 5,
                false_alarm_rate: float = 0.01, max_vectors: int = 50_000, coreset_fraction: float = 1.0,
                sources: list[str] | None = None, seed: int = 0, nlist: int = 0, nprobe: int = 8,
-               pq_m: int = 0) -> Bank:
+               pq_m: int = 0, cell_norm: bool = False) -> Bank:
     """Bank of good features with a threshold calibrated on good samples only.
 
     Args:
@@ -328,6 +366,10 @@ def build_bank(features: np.ndarray, groups: np.ndarray, encoder_id: str, input_
     vectors (at most ``max_vectors``). ``folds = 0`` skips the calibration (threshold ``nan``) for callers
     that calibrate on held-out good samples of their own. The fold banks use the final bank's index type, so approximate
     indexes (HNSW, IVF-PQ) are calibrated with the distances they will give at run time.
+
+    With ``cell_norm`` (patch banks, ``folds`` >= 2) the out-of-fold patch scores also give each grid cell its
+    mean and spread over good samples (:mod:`pipeline.anomaly.cellnorm`), stored with the bank, and the
+    threshold is calibrated on scores normalised with the statistics of the other samples (leave one out).
     """
     x = np.ascontiguousarray(features, dtype=np.float32)
     if x.ndim == 2:
@@ -336,7 +378,11 @@ def build_bank(features: np.ndarray, groups: np.ndarray, encoder_id: str, input_
         raise BankError("no good samples: the source gave no detections to build a bank from")
     rng = np.random.default_rng(seed)
     n, p, c = x.shape
-    oof = np.empty(n, np.float32)
+    oof = np.empty((n, p), np.float32)
+    if cell_norm and (level != "patch" or not folds or n < 3):
+        raise BankError("cell normalisation needs a patch bank (level = 'patch'), calibration folds (folds >= 2) and "
+                        f"at least 3 good samples (got level {level!r}, folds {folds}, {n} samples); set "
+                        f"cell_norm = false otherwise")
     if folds and len(np.unique(np.asarray(groups))) < 2:
         raise BankError("good samples come from only one part or image: the threshold is calibrated by scoring "
                         "good parts against other good parts, so give at least 2 (many more for a reliable "
@@ -346,14 +392,17 @@ def build_bank(features: np.ndarray, groups: np.ndarray, encoder_id: str, input_
         rest = np.setdiff1d(np.arange(n), held)
         calib = Bank.create(encoder_id, c, input_size, index_type, k, level, p, nlist, nprobe, pq_m)
         calib.add(_reduce_rows(x[rest], max_vectors, coreset_fraction, rng)[0])
-        oof[held] = calib.score_crops(x[held], k)
-    threshold = threshold_for_false_alarm_rate(oof, false_alarm_rate) if folds else float("nan")
+        oof[held] = calib.raw_patch_scores(x[held], k)
+    norm = fit_cell_norm(oof) if cell_norm else None
+    crop_oof = (leave_one_out(oof) if cell_norm else oof).max(axis=1)
+    threshold = threshold_for_false_alarm_rate(crop_oof, false_alarm_rate) if folds else float("nan")
     n_groups = len(np.unique(np.asarray(groups)))
     bank = Bank.create(encoder_id, c, input_size, index_type, k, level, p, nlist, nprobe, pq_m)
     bank.meta = replace(bank.meta, sources=list(sources or []))
     rows, coverage = _reduce_rows(x, max_vectors, coreset_fraction, rng)
     bank.meta = replace(bank.meta, coreset_fraction=len(rows) / (n * p), coreset_coverage=coverage)
     bank.add(rows, crops=n)
+    bank.with_cell_norm(norm)
     if not folds:  # the caller calibrates (e.g. on a validation split)
         return bank
     # Crops of one part are not independent: the bound counts parts, the conservative sample size.
@@ -390,7 +439,8 @@ def append_samples(bank: Bank, features: np.ndarray, source: str, coreset_fracti
     The new vectors are reduced like the bank's own (a greedy k-center coreset of the same fraction, unless
     ``coreset_fraction`` is given) and the stated coverage becomes the larger of the two. The threshold is
     kept: good samples added to the bank can only lower good parts' scores, so the calibrated false-alarm
-    rate stays an upper bound (rebuild the bank to recalibrate it)."""
+    rate stays an upper bound (rebuild the bank to recalibrate it). A cell normalisation is kept for the same
+    reason."""
     x = np.ascontiguousarray(features, dtype=np.float32)
     if x.ndim == 2:
         x = x[:, None, :]

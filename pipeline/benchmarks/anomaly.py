@@ -14,8 +14,9 @@
 Every candidate uses an IVF-Flat index (about 4 sqrt(n) cells, 8 probed), a greedy k-center coreset (5%, one
 candidate 10%), 1-NN distance, an 8 px border band left out of the image score and a 2% false-alarm target. They
 differ in the input scale (1x, 1.5x, 1.75x or 2x the image's size), the feature stages (one stage, or a finer stage
-concatenated with the next one, PatchCore's two layers), the smoothing of the maps and the coreset size. One
-candidate uses an encoder adapted to the ``train`` images first (:mod:`encoders.adapt`: the trunk fine-tuned on good
+concatenated with the next one, PatchCore's two layers), the smoothing of the maps, the coreset size and whether each
+patch is scored against how good images score at its grid cell (``cellnorm``, :mod:`pipeline.anomaly.cellnorm`).
+Two candidates use an encoder adapted to the ``train`` images first (:mod:`encoders.adapt`: the trunk fine-tuned on good
 crops with synthetic cut-paste, scratch and stain defects, about 5 minutes on 2 CPU cores); synthetic holes are never
 painted in its training, so its ``AUROC hole`` in the selection table is measured on a kind it has not seen. The
 adaptation paints with the same code as the selection (on train crops, not on the validation images), which favours
@@ -77,6 +78,13 @@ CANDIDATES = (
           {"map_sigma": 2.0, "map_border": 8, "k": 1}, scale=2.0),
     Entry("s4 1x sigma4", {"stage": 4, "patch_stage": 4, "patch_detail_stage": 0}, _BANK,
           {"map_sigma": 4.0, "map_border": 8, "k": 1}, scale=1.0),
+    # Each patch scored against how good images score at that cell (pipeline.anomaly.cellnorm).
+    Entry("s4+s3 1.75x sigma2 cellnorm", _S43, {**_BANK, "cell_norm": True},
+          {"map_sigma": 2.0, "map_border": 8, "k": 1}, scale=1.75),
+    Entry("s4+s3 1.75x sigma2 adapted cellnorm", _S43, {**_BANK, "cell_norm": True},
+          {"map_sigma": 2.0, "map_border": 8, "k": 1}, scale=1.75, adapt=True),
+    Entry("s3 2x sigma2 cellnorm", {"stage": 3, "patch_stage": 3, "patch_detail_stage": 0},
+          {**_BANK, "cell_norm": True}, {"map_sigma": 2.0, "map_border": 8, "k": 1}, scale=2.0),
 )
 # Good vectors appended in the timed bank add (the "bank add of 10k vectors").
 ADD_VECTORS = 10_000
@@ -109,7 +117,9 @@ class Workspace:
         cfg = entry_config(base, entry)
         if not entry.adapt:
             return cfg
-        path = self.root / f"adapted-{hashlib.sha256(entry.name.encode()).hexdigest()[:16]}.onnx"
+        # One adapted trunk per encoder and input size: candidates that differ only in scoring share it.
+        key = repr((sorted(entry.encoder.items()), entry_size(entry, rows)))
+        path = self.root / f"adapted-{hashlib.sha256(key.encode()).hexdigest()[:16]}.onnx"
         if not path.is_file():
             from encoders.adapt import adapt_to_onnx
             from pipeline.evaluation.anomaly_eval import read_rgb
@@ -121,7 +131,7 @@ class Workspace:
             _, result = adapt_to_onnx(images, path, stage=enc.stage, pooling=enc.pooling,
                                       patch_stage=enc.patch_stage, patch_detail_stage=enc.patch_detail_stage,
                                       cfg=self.adapt, progress=log.info)
-            self.adapt_seconds[entry.name] = result.seconds
+            self.adapt_seconds[entry.name] = result.seconds  # the first candidate that needed it
         return replace(cfg, "encoder", model=str(path), engine="onnxruntime")
 
 
@@ -161,7 +171,7 @@ def select_recipe(base: Config, rows: list[ManifestRow], work: Workspace,
         scores[entry.name] = score = score_synthetic(
             train, synthetic, encoder, k=a.k, index_type=b.index, coreset_fraction=b.coreset_fraction,
             max_vectors=b.max_vectors, sigma_px=a.map_sigma, border_px=a.map_border, nlist=b.nlist,
-            nprobe=b.nprobe, pq_m=b.pq_m, seed=seed, progress=log.info)
+            nprobe=b.nprobe, pq_m=b.pq_m, cell_norm=b.cell_norm, folds=b.folds, seed=seed, progress=log.info)
         log.info("selection: %s: synthetic image AUROC %.3f, pixel AP %.3f, %.1f ms/image", entry.name,
                  score.image_auroc, score.pixel_ap, score.ms_per_image)
     return Selection(choose(candidates, scores, MS_BUDGET), scores)

@@ -27,6 +27,7 @@ import numpy as np
 
 from pipeline.anomaly.bank import Bank, BankError, build_bank
 from pipeline.anomaly.calibrate import false_alarm_upper_bound, group_folds, threshold_for_false_alarm_rate
+from pipeline.anomaly.cellnorm import fit_cell_norm, leave_one_out
 from pipeline.anomaly.maps import DEFAULT_SIGMA_PX, anomaly_maps, map_scores, mask_border
 from pipeline.encoder import Encoder
 from pipeline.evaluation.anomaly_metrics import Interval
@@ -201,14 +202,17 @@ class AnomalyEvaluation:
 def evaluate_anomaly(rows: list[ManifestRow], encoder: Encoder, *, k: int = 1, index_type: str = "flat",
                      coreset_fraction: float = 0.1, max_vectors: int = 200_000, false_alarm_rate: float = 0.01,
                      sigma_px: float = DEFAULT_SIGMA_PX, border_px: int = 0, calibration_folds: int = 5,
-                     nlist: int = 0, nprobe: int = 8, pq_m: int = 0, batch: int = 8, seed: int = 0,
-                     progress: Callable[[str], None] | None = None) -> tuple[AnomalyEvaluation, Bank]:
+                     nlist: int = 0, nprobe: int = 8, pq_m: int = 0, cell_norm: bool = False, batch: int = 8,
+                     seed: int = 0, progress: Callable[[str], None] | None = None
+                     ) -> tuple[AnomalyEvaluation, Bank]:
     """Build the bank from ``train``, calibrate on held-out good images, score ``test``.
 
     The threshold is the ``1 - false_alarm_rate`` quantile of the held-out good images' scores (validation,
     plus out-of-fold train images when ``calibration_folds`` > 0); with few of them that rate is known only
     loosely, and :attr:`AnomalyEvaluation.validation_fpr_upper_95` says how loosely. ``ms_per_image`` is the
-    test pass (read, embed, k-NN search, map) divided by its images.
+    test pass (read, embed, k-NN search, map) divided by its images. With ``cell_norm`` the out-of-fold train
+    scores also set each grid cell's normalisation (:mod:`pipeline.anomaly.cellnorm`), and the train images
+    are calibrated with the statistics of the other train images.
     """
     # scikit-learn loads slowly: only evaluations pay for it, not every CLI start.
     from sklearn.metrics import roc_auc_score
@@ -234,25 +238,32 @@ def evaluate_anomaly(rows: list[ManifestRow], encoder: Encoder, *, k: int = 1, i
     say(f"bank: {len(bank)} vectors ({bank.meta.coreset_fraction:.1%} of the train patches, coverage radius "
         f"{bank.meta.coreset_coverage:.3f}) in {time.perf_counter() - t0:.1f} s")
     grid = patch_grid_of(encoder)
+    if cell_norm and calibration_folds < 2:
+        raise BankError("cell normalisation learns each cell's good scores from train images scored out of fold: "
+                        "set calibration folds >= 2 ([bank] folds), or cell_norm = false")
 
-    def score_features(against: Bank, feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        n, p, c = feats.shape
-        patch = against.scores(feats.reshape(n * p, c)).reshape(n, *grid)
-        maps = mask_border(anomaly_maps(patch, size_hw, sigma_px), border_px)
+    def to_scores(patch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        maps = mask_border(anomaly_maps(patch.reshape(len(patch), *grid), size_hw, sigma_px), border_px)
         return map_scores(maps), maps
 
     def score(split_rows: list[ManifestRow]) -> tuple[np.ndarray, np.ndarray]:
-        return score_features(bank, patch_features(split_rows, encoder, batch))
+        return to_scores(bank.patch_scores(patch_features(split_rows, encoder, batch)))
 
-    val_scores, _ = score(by_split["validation"])
-    held_out = [val_scores]
+    held_out = []
     if calibration_folds:
         t0 = time.perf_counter()
+        oof = np.empty(train.shape[:2], np.float32)
         for i, fold in enumerate(group_folds(np.arange(len(train)), calibration_folds, seed)):
             rest = np.setdiff1d(np.arange(len(train)), fold)
-            held_out.append(score_features(make_bank(train[rest]), train[fold])[0])
+            oof[fold] = make_bank(train[rest]).raw_patch_scores(train[fold])
             say(f"calibration fold {i + 1}/{calibration_folds}: {len(fold)} train images scored out of fold")
+        if cell_norm:
+            bank.with_cell_norm(fit_cell_norm(oof))
+            oof = leave_one_out(oof)
+        held_out.append(to_scores(oof)[0])
         say(f"out-of-fold calibration in {time.perf_counter() - t0:.1f} s")
+    val_scores, _ = score(by_split["validation"])
+    held_out.insert(0, val_scores)
     good = np.concatenate(held_out)
     threshold = threshold_for_false_alarm_rate(good, false_alarm_rate)
     n_good = len(good)

@@ -64,7 +64,8 @@ def run_evaluation(cfg: Config, manifest: Path, out: Path | None, size: tuple[in
     ev, bank = evaluate_anomaly(rows, encoder, k=a.k, index_type=b.index, coreset_fraction=b.coreset_fraction,
                                 max_vectors=b.max_vectors, false_alarm_rate=b.false_alarm_rate,
                                 sigma_px=a.map_sigma, border_px=a.map_border, calibration_folds=b.folds,
-                                nlist=b.nlist, nprobe=b.nprobe, pq_m=b.pq_m, progress=log.info)
+                                nlist=b.nlist, nprobe=b.nprobe, pq_m=b.pq_m, cell_norm=b.cell_norm,
+                                progress=log.info)
     if out is not None:
         write_outputs(out, ev, bank)
     return ev, bank
@@ -83,7 +84,7 @@ def run_synthetic(cfg: Config, manifest: Path, size: tuple[int, int] | None = No
     return score_synthetic([r.image for r in rows if r.split == "train"], synthetic, encoder, k=a.k,
                            index_type=b.index, coreset_fraction=b.coreset_fraction, max_vectors=b.max_vectors,
                            sigma_px=a.map_sigma, border_px=a.map_border, nlist=b.nlist, nprobe=b.nprobe, pq_m=b.pq_m,
-                           seed=seed, progress=log.info)
+                           cell_norm=b.cell_norm, folds=b.folds, seed=seed, progress=log.info)
 
 
 def write_outputs(out: Path, ev: AnomalyEvaluation, bank: Bank) -> None:

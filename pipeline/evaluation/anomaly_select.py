@@ -22,7 +22,9 @@ import cv2
 import numpy as np
 
 from encoders.data import SMALL_DEFECT_WINDOW, small_defect
-from pipeline.anomaly.bank import build_bank
+from pipeline.anomaly.bank import Bank, build_bank
+from pipeline.anomaly.calibrate import group_folds
+from pipeline.anomaly.cellnorm import fit_cell_norm
 from pipeline.anomaly.maps import anomaly_maps, map_scores, mask_border
 from pipeline.encoder import Encoder
 from pipeline.evaluation.anomaly_eval import ManifestError, ManifestRow, image_patch_features, patch_grid_of
@@ -85,23 +87,35 @@ class SyntheticScore:
 def score_synthetic(train: list[Path], synthetic: SyntheticSet, encoder: Encoder, *, k: int = 1,
                     index_type: str = "flat", coreset_fraction: float = 0.1, max_vectors: int = 200_000,
                     sigma_px: float = 2.0, border_px: int = 0, nlist: int = 0, nprobe: int = 8, pq_m: int = 0,
-                    batch: int = 8, seed: int = 0, progress: Callable[[str], None] | None = None) -> SyntheticScore:
+                    cell_norm: bool = False, folds: int = 5, batch: int = 8, seed: int = 0,
+                    progress: Callable[[str], None] | None = None) -> SyntheticScore:
     """Build a patch bank from the ``train`` images and score ``synthetic`` through it, as
-    :func:`~pipeline.evaluation.anomaly_eval.evaluate_anomaly` scores test images."""
+    :func:`~pipeline.evaluation.anomaly_eval.evaluate_anomaly` scores test images (with ``cell_norm``, each
+    cell normalised by the train images' scores out of ``folds`` folds, as there)."""
     from sklearn.metrics import average_precision_score, roc_auc_score
 
     say = progress or (lambda _msg: None)
     feats = image_patch_features(train, encoder, batch)
-    bank = build_bank(feats, np.arange(len(feats)), encoder.encoder_id, encoder.input_size, level="patch",
-                      index_type=index_type, k=k, folds=0, max_vectors=max_vectors, coreset_fraction=coreset_fraction,
-                      sources=[str(train[0].parent)], seed=seed, nlist=nlist, nprobe=nprobe, pq_m=pq_m)
+
+    def make_bank(features: np.ndarray) -> Bank:
+        return build_bank(features, np.arange(len(features)), encoder.encoder_id, encoder.input_size, level="patch",
+                          index_type=index_type, k=k, folds=0, max_vectors=max_vectors,
+                          coreset_fraction=coreset_fraction, sources=[str(train[0].parent)], seed=seed, nlist=nlist,
+                          nprobe=nprobe, pq_m=pq_m)
+
+    bank = make_bank(feats)
+    if cell_norm:
+        oof = np.empty(feats.shape[:2], np.float32)
+        for fold in group_folds(np.arange(len(feats)), folds, seed):
+            oof[fold] = make_bank(feats[np.setdiff1d(np.arange(len(feats)), fold)]).raw_patch_scores(feats[fold])
+        bank.with_cell_norm(fit_cell_norm(oof))
     say(f"bank of {len(bank)} vectors from {len(train)} train images")
     grid = patch_grid_of(encoder)
     size_hw = synthetic.images.shape[1:3]
     started = time.perf_counter()
     queries = image_patch_features(synthetic.images, encoder, batch)
-    n, p, c = queries.shape
-    patch = bank.scores(queries.reshape(n * p, c)).reshape(n, int(grid[0]), int(grid[1]))
+    n = len(queries)
+    patch = bank.patch_scores(queries).reshape(n, int(grid[0]), int(grid[1]))
     maps = mask_border(anomaly_maps(patch, (int(size_hw[0]), int(size_hw[1])), sigma_px), border_px)
     scores = map_scores(maps)
     ms = 1000 * (time.perf_counter() - started) / n
