@@ -173,6 +173,8 @@ def cmd_bank_info(args: argparse.Namespace) -> int:
                       f"({m.calibration_samples} samples of {m.calibration_groups} parts; 95% upper bound "
                       f"{m.false_alarm_upper_95:.3f})"),
         ("k", str(m.k)),
+        ("scores", f"k-NN distance normalised per cell ({len(m.cell_mean)} cells: mean and spread of good samples)"
+                   if m.cell_mean else "k-NN distance"),
         ("encoder", f"{m.encoder_id[:16]}, input {m.input_size[0]}x{m.input_size[1]}"),
         ("sources", ", ".join(m.sources) or "-"),
         ("created", when(m.created)),
@@ -182,7 +184,7 @@ def cmd_bank_info(args: argparse.Namespace) -> int:
         print(f"{key:<10} {value}")
     _print_json({"bank": str(args.bank), "vectors": len(bank), "level": m.level, "dim": m.embedding_dim,
                  "index": m.index_type, "threshold": round(m.threshold, 6), "crops": m.crops,
-                 "encoder_id": m.encoder_id, "updated": m.updated})
+                 "cell_norm": bool(m.cell_mean), "encoder_id": m.encoder_id, "updated": m.updated})
     return 0
 
 

@@ -23,17 +23,21 @@ def siamstream(*args: str) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=600, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
+@pytest.mark.parametrize("cell_norm", [False, True])
 def test_bank_build_then_run_on_conveyor(tmp_path: Path, shared_data: Callable[..., Path],
-                                         pretrained_onnx: Path) -> None:
+                                         pretrained_onnx: Path, cell_norm: bool) -> None:
+    from pipeline.anomaly.bank import Bank
+
     video = shared_data("conveyor_video", "cutted.avi")
     model = f'encoder.model="{pretrained_onnx}"'
     bank = tmp_path / "bank"
     built = siamstream("bank", "build", "--config", str(CONFIG), "--source", str(video),
-                       "--out", str(bank), "--set", model)
+                       "--out", str(bank), "--set", model, "--set", f"bank.cell_norm={str(cell_norm).lower()}")
     assert built.returncode == 0, built.stderr
     info = json.loads(built.stdout.strip().splitlines()[-1])
     assert info["level"] == "patch" and info["crops"] > 50 and info["groups"] >= 4 and info["threshold"] > 0
     assert 0 < info["vectors"] < info["crops"] * 64  # a coreset of the good patch features
+    assert len(Bank.load(bank).meta.cell_mean) == (64 if cell_norm else 0)
 
     out = tmp_path / "run"
     proc = siamstream("run", "--config", str(CONFIG), "--source", str(video), "--out", str(out),

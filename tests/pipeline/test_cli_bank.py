@@ -91,11 +91,12 @@ def test_build_then_add_then_info(tmp_path: Path, parts: tuple[Path, Path], buil
     info = siamstream("bank", "info", str(bank))
     data = last_json(info)
     assert data == {"bank": str(bank), "vectors": len(loaded), "level": "patch", "dim": m.embedding_dim,
-                    "index": "flat", "threshold": round(m.threshold, 6), "crops": 18,
+                    "index": "flat", "threshold": round(m.threshold, 6), "crops": 18, "cell_norm": False,
                     "encoder_id": m.encoder_id, "updated": m.updated}
     rows = dict(line.split(None, 1) for line in info.stdout.strip().splitlines()[:-1])
-    assert set(rows) == {"vectors", "index", "coreset", "threshold", "k", "encoder", "sources", "created",
+    assert set(rows) == {"vectors", "index", "coreset", "threshold", "k", "scores", "encoder", "sources", "created",
                          "updated"}
+    assert rows["scores"] == "k-NN distance"
     assert rows["vectors"].startswith(f"{len(loaded)} (patch features of dimension {m.embedding_dim}; 18 good")
     assert rows["sources"] == f"{first}, {more}" and rows["index"] == "flat"
     assert rows["encoder"].startswith(m.encoder_id[:16])
@@ -150,3 +151,23 @@ def test_ivf_bank_round_trip(tmp_path: Path, parts: tuple[Path, Path], builtin: 
                    "--set", "bank.nlist=5000"),
         "ivf-flat index with 5000 cells needs at least 5000 vectors", "bank] nlist", 'index = "flat"')
     assert "Traceback" not in too_many_cells and not (tmp_path / "b2").exists()
+
+
+def test_cell_norm_bank_build_add_info(tmp_path: Path, parts: tuple[Path, Path], builtin: tuple[str, str]) -> None:
+    first, more = parts
+    bank = tmp_path / "bank"
+    built = last_json(siamstream("bank", "build", "--source", str(first), "--out", str(bank), *builtin,
+                                 "--set", "bank.cell_norm=true"))
+    m = Bank.load(bank).meta
+    assert len(m.cell_mean) == len(m.cell_scale) == m.patches_per_crop == 64  # 8x8 cells per 128 px crop
+    assert min(m.cell_scale) > 0 and built["threshold"] == round(m.threshold, 6)
+    added = last_json(siamstream("bank", "add", str(bank), "--source", str(more), *builtin))
+    assert added["threshold"] == built["threshold"]
+    assert Bank.load(bank).meta.cell_mean == m.cell_mean  # the statistics are kept (see append_samples)
+    info = siamstream("bank", "info", str(bank))
+    assert last_json(info)["cell_norm"] is True
+    assert "k-NN distance normalised per cell (64 cells" in info.stdout
+
+    global_level = siamstream("bank", "build", "--source", str(first), "--out", str(tmp_path / "g"), *builtin,
+                              "--set", "bank.cell_norm=true", "--set", 'bank.level="global"')
+    assert_clean_error(global_level, "cell normalisation needs a patch bank", "cell_norm = false")

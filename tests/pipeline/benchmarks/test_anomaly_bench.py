@@ -62,3 +62,14 @@ def test_selection_scores_every_candidate_without_reading_the_test_split(tmp_pat
 def test_unknown_recipe_names_the_candidates() -> None:
     with pytest.raises(ConfigError, match="no such candidate; choose one of: 's4\\+s3 2x sigma2'"):
         bench.main(recipe="nope")
+
+
+def test_the_tire_config_holds_the_recipe_bench_anomaly_chose() -> None:
+    """deploy/configs/tire.toml is what the README tells users to run: the settings of the chosen candidate (the
+    README's "Defect detection" table), so that eval anomaly with it reproduces the benchmark."""
+    chosen = next(e for e in bench.CANDIDATES if e.name == "s4+s3 1.75x sigma2 adapted cellnorm")
+    tire = load_config(Path(__file__).resolve().parents[3] / "deploy" / "configs" / "tire.toml")
+    for section, settings in (("encoder", chosen.encoder), ("bank", chosen.bank), ("anomaly", chosen.anomaly)):
+        for key, value in settings.items():
+            assert getattr(getattr(tire, section), key) == value, f"[{section}] {key}"
+    assert tire.bank.level == "patch" and chosen.adapt and chosen.scale == 1.75
