@@ -120,7 +120,8 @@ def load_bank(path: str, encoder: Encoder) -> Bank | None:
     if not path:
         return None
     bank = Bank.load(path)
-    bank.check_encoder(encoder.encoder_id, encoder.embedding_dim, encoder.patch_dim, path)
+    bank.check_encoder(encoder.encoder_id, encoder.embedding_dim, encoder.patch_dim, path,
+                       patches=encoder.patch_grid[0] * encoder.patch_grid[1])
     return bank
 
 

@@ -143,7 +143,8 @@ def cmd_bank_add(args: argparse.Namespace) -> int:
         cfg = replace(cfg, "bank", level=bank.meta.level)
         square = bank.meta.input_size[0] == bank.meta.input_size[1] == cfg.encoder.input_size
         encoder = app.build_encoder(cfg.encoder, size=None if cfg.encoder.model or square else bank.meta.input_size)
-        bank.check_encoder(encoder.encoder_id, encoder.embedding_dim, encoder.patch_dim, str(args.bank))
+        bank.check_encoder(encoder.encoder_id, encoder.embedding_dim, encoder.patch_dim, str(args.bank),
+                           patches=encoder.patch_grid[0] * encoder.patch_grid[1])
         before = len(bank)
         samples = _good_samples(args.source, args.detect, cfg, encoder)
         added = append_samples(bank, samples.features, str(args.source))

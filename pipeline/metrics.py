@@ -90,8 +90,10 @@ class PipelineMetrics:
                                        "Tracked parts that received a verdict.", s, registry=registry).labels(stream)
         self.parts_flagged = Counter("siamstream_parts_flagged_total", "Tracked parts flagged as defective.", s,
                                      registry=registry).labels(stream)
-        self.anomaly_score = Histogram("siamstream_anomaly_score", "Per-crop k-NN distance to the good bank.", s,
-                                       buckets=SCORE_BUCKETS, registry=registry).labels(stream)
+        self.anomaly_score = Histogram(
+            "siamstream_anomaly_score", "Per-crop anomaly score: k-NN distance to the good bank (a per-cell "
+            "z-score with a cell-normalised bank; below 0 counts in the lowest bucket).", s, buckets=SCORE_BUCKETS,
+            registry=registry).labels(stream)
         self.anomaly_score_ratio = Histogram("siamstream_anomaly_score_ratio",
                                              "Per-crop anomaly score divided by the bank's threshold (above 1: "
                                              "the crop looks defective).", s, buckets=SCORE_RATIO_BUCKETS,

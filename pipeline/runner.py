@@ -50,7 +50,7 @@ class Pipeline:
             raise ValueError("bank and inspector go together: give both or neither")
         if bank is not None:
             bank.check_encoder(encoder.encoder_id, encoder.embedding_dim, encoder.patch_dim,
-                               "anomaly stage")
+                               "anomaly stage", patches=encoder.patch_grid[0] * encoder.patch_grid[1])
         self.detector = detector
         self.encoder = encoder
         self.tracker = tracker
@@ -79,11 +79,13 @@ class Pipeline:
     def swap_bank(self, bank: Bank) -> None:
         """Hand over a new bank (from any thread); it takes effect between two frames, so no frame is scored
         partly against the old bank and partly against the new one. Parts keep their scores so far; the new
-        threshold applies to their verdicts from the next frame on."""
+        threshold applies to their verdicts from the next frame on (unless the new bank scores in other units,
+        with or without a cell normalisation: then their scores start over)."""
         if self.bank is None or self.inspector is None:
             raise ValueError("this pipeline runs without an anomaly stage; start it with a bank to swap banks")
+        grid = self.encoder.patch_grid
         bank.check_encoder(self.encoder.encoder_id, self.encoder.embedding_dim, self.encoder.patch_dim,
-                           "bank reload")
+                           "bank reload", patches=grid[0] * grid[1])
         with self._swap_lock:
             self._pending_bank = bank
 
@@ -92,6 +94,12 @@ class Pipeline:
             bank, self._pending_bank = self._pending_bank, None
         if bank is None or self.inspector is None:
             return
+        if (bank.cell_norm is None) != (self.bank is None or self.bank.cell_norm is None):
+            # Distances and per-cell z-scores are different units: the parts' scores so far would be judged
+            # against a threshold of the other kind. They start over (a part already flagged stays flagged).
+            self.inspector.clear_scores()
+            log.info("bank swap changes the scoring (cell normalisation %s): parts in view are scored afresh",
+                     "on" if bank.cell_norm is not None else "off")
         self.bank = bank
         self.k = bank.meta.k
         self.inspector.threshold = bank.meta.threshold

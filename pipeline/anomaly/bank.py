@@ -252,14 +252,21 @@ class Bank:
                             calibration_samples=samples, calibration_groups=groups,
                             false_alarm_upper_95=upper95)
 
-    def check_encoder(self, encoder_id: str, embedding_dim: int, patch_dim: int, where: str) -> None:
-        """Fail unless the bank was built by this encoder (same weights, same feature dimension)."""
+    def check_encoder(self, encoder_id: str, embedding_dim: int, patch_dim: int, where: str,
+                      patches: int = 0) -> None:
+        """Fail unless the bank was built by this encoder (same weights, same feature dimension) and, for a bank
+        with a cell normalisation, for crops of ``patches`` patches (0: not checked)."""
         dim = patch_dim if self.meta.level == "patch" else embedding_dim
         if self.meta.encoder_id != encoder_id or self.meta.embedding_dim != dim:
             raise BankError(f"{where}: bank was built with another encoder (bank: encoder {self.meta.encoder_id[:12]}, "
                             f"{self.meta.level} features of dim {self.meta.embedding_dim}; current: encoder "
                             f"{encoder_id[:12]}, dim {dim or 'none'}); rebuild it with `siamstream bank build` "
                             f"using the current model")
+        norm = self.cell_norm
+        if norm is not None and patches and patches != norm.cells:
+            raise BankError(f"{where}: bank normalises {norm.cells} patches per crop (input "
+                            f"{self.meta.input_size[0]}x{self.meta.input_size[1]}), the encoder gives {patches}; use "
+                            f"the encoder's input size the bank was built with, or rebuild the bank")
 
     def save(self, path: str | Path) -> None:
         """Write atomically: a temporary sibling directory renamed over ``path``."""
@@ -318,10 +325,12 @@ class Bank:
             raise BankError(f"{index_file}: corrupt FAISS index ({first}); rebuild the bank") from None
         if meta.cell_mean or meta.cell_scale:
             try:
+                if meta.level != "patch":
+                    raise ValueError(f"a {meta.level} bank has no cells")
                 if len(meta.cell_mean) != meta.patches_per_crop:
                     raise ValueError(f"{len(meta.cell_mean)} cells for {meta.patches_per_crop} patches per crop")
                 CellNorm(np.asarray(meta.cell_mean, np.float32), np.asarray(meta.cell_scale, np.float32))
-            except ValueError as exc:
+            except (ValueError, TypeError) as exc:
                 raise BankError(f"{meta_file}: corrupt cell normalisation ({exc}); rebuild the bank") from None
         if index.ntotal != meta.sample_count:
             raise BankError(f"{path}: index holds {index.ntotal} vectors, metadata says {meta.sample_count}; "
@@ -379,10 +388,10 @@ def build_bank(features: np.ndarray, groups: np.ndarray, encoder_id: str, input_
     rng = np.random.default_rng(seed)
     n, p, c = x.shape
     oof = np.empty((n, p), np.float32)
-    if cell_norm and (level != "patch" or not folds or n < 3):
+    if cell_norm and (level != "patch" or not folds or len(np.unique(np.asarray(groups))) < 3):
         raise BankError("cell normalisation needs a patch bank (level = 'patch'), calibration folds (folds >= 2) and "
-                        f"at least 3 good samples (got level {level!r}, folds {folds}, {n} samples); set "
-                        f"cell_norm = false otherwise")
+                        f"good samples of at least 3 parts (got level {level!r}, folds {folds}, "
+                        f"{len(np.unique(np.asarray(groups)))} parts); set cell_norm = false otherwise")
     if folds and len(np.unique(np.asarray(groups))) < 2:
         raise BankError("good samples come from only one part or image: the threshold is calibrated by scoring "
                         "good parts against other good parts, so give at least 2 (many more for a reliable "
@@ -394,7 +403,7 @@ def build_bank(features: np.ndarray, groups: np.ndarray, encoder_id: str, input_
         calib.add(_reduce_rows(x[rest], max_vectors, coreset_fraction, rng)[0])
         oof[held] = calib.raw_patch_scores(x[held], k)
     norm = fit_cell_norm(oof) if cell_norm else None
-    crop_oof = (leave_one_out(oof) if cell_norm else oof).max(axis=1)
+    crop_oof = (leave_one_out(oof, np.asarray(groups)) if cell_norm else oof).max(axis=1)
     threshold = threshold_for_false_alarm_rate(crop_oof, false_alarm_rate) if folds else float("nan")
     n_groups = len(np.unique(np.asarray(groups)))
     bank = Bank.create(encoder_id, c, input_size, index_type, k, level, p, nlist, nprobe, pq_m)

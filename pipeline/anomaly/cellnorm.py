@@ -35,8 +35,8 @@ class CellNorm:
         if self.mean.shape != self.scale.shape or self.mean.ndim != 1 or not len(self.mean):
             raise ValueError(f"mean and scale must be (P,) arrays of one shape, got {self.mean.shape} and "
                              f"{self.scale.shape}")
-        if not (np.all(np.isfinite(self.mean)) and np.all(self.scale > 0)):
-            raise ValueError("cell normalisation needs finite means and positive scales")
+        if not (np.all(np.isfinite(self.mean)) and np.all(np.isfinite(self.scale)) and np.all(self.scale > 0)):
+            raise ValueError("cell normalisation needs finite means and finite positive scales")
 
     @property
     def cells(self) -> int:
@@ -66,18 +66,30 @@ def fit_cell_norm(scores: np.ndarray) -> CellNorm:
                     np.maximum(spread, _floor(spread)).astype(np.float32))
 
 
-def leave_one_out(scores: np.ndarray) -> np.ndarray:
-    """``(N, P)`` good patch scores, each row normalised by the statistics of the *other* rows.
+def leave_one_out(scores: np.ndarray, groups: np.ndarray | None = None) -> np.ndarray:
+    """``(N, P)`` good patch scores, each row normalised by the statistics of the rows of *other* groups.
 
-    This is how a new good part would score, so a threshold set on these rows is not biased low (a row
-    included in its own statistics pulls the mean and the spread towards itself). The floor is the one
-    :func:`fit_cell_norm` uses on all rows. Needs ``N >= 3``."""
+    This is how a new good part would score, so a threshold set on these rows is not biased low: a row
+    included in its own statistics, or crops of the same part (a video gives many per part, and they are
+    alike), pull the mean and the spread towards it. ``groups``: ``(N,)`` the part or image of each row;
+    None: every row its own group. The floor is the one :func:`fit_cell_norm` uses on all rows. Every group
+    must leave at least 2 rows outside it."""
     s = np.asarray(scores, np.float64)
-    if s.ndim != 2 or len(s) < 3:
-        raise ValueError(f"need (N, P) scores of at least 3 good samples, got shape {s.shape}")
-    n = len(s)
-    total, squares = s.sum(axis=0), (s * s).sum(axis=0)
-    mean = (total - s) / (n - 1)
-    var = np.maximum((squares - s * s) / (n - 1) - mean * mean, 0.0)
+    if s.ndim != 2:
+        raise ValueError(f"need (N, P) scores, got shape {s.shape}")
+    g = np.arange(len(s)) if groups is None else np.asarray(groups)
+    if g.shape != (len(s),):
+        raise ValueError(f"groups must be (N,) = ({len(s)},), got {g.shape}")
+    labels, inverse, sizes = np.unique(g, return_inverse=True, return_counts=True)
+    if len(labels) < 2 or len(s) - sizes.max() < 2:
+        raise ValueError(f"need at least 2 good samples outside every group ({len(s)} samples in {len(labels)} "
+                         f"groups, the largest of {int(sizes.max()) if len(sizes) else 0})")
+    group_sum = np.zeros((len(labels), s.shape[1]))
+    group_sq = np.zeros((len(labels), s.shape[1]))
+    np.add.at(group_sum, inverse, s)
+    np.add.at(group_sq, inverse, s * s)
+    rest = (len(s) - sizes)[inverse][:, None].astype(np.float64)
+    mean = (s.sum(axis=0) - group_sum[inverse]) / rest
+    var = np.maximum(((s * s).sum(axis=0) - group_sq[inverse]) / rest - mean * mean, 0.0)
     floor = _floor(s.std(axis=0))
     return ((s - mean) / np.maximum(np.sqrt(var), floor)).astype(np.float32)

@@ -42,13 +42,13 @@ class PartInspector:
     def current(self, track_id: int) -> PartUpdate:
         buf = self._scores.get(track_id)
         n = self._counts.get(track_id, 0)
-        if not buf:
-            return PartUpdate(float("nan"), Verdict.PENDING, False, 0)
-        value = aggregate(list(buf), self.how)
-        if n < self.min_frames:
-            return PartUpdate(value, Verdict.PENDING, False, n)
+        value = aggregate(list(buf), self.how) if buf else float("nan")
         if track_id in self._flagged:
             return PartUpdate(value, Verdict.DEFECT, False, n)
+        if not buf:
+            return PartUpdate(value, Verdict.PENDING, False, 0)
+        if n < self.min_frames:
+            return PartUpdate(value, Verdict.PENDING, False, n)
         if value > self.threshold:
             self._flagged.add(track_id)
             return PartUpdate(value, Verdict.DEFECT, True, n)
@@ -61,6 +61,12 @@ class PartInspector:
         self._counts.pop(track_id, None)
         self._flagged.discard(track_id)
         return final
+
+    def clear_scores(self) -> None:
+        """Forget every part's scores but not which parts were flagged: each needs ``min_frames`` new scores for
+        a verdict again, and a flagged part is never flagged (alerted) twice."""
+        self._scores.clear()
+        self._counts.clear()
 
     def reset(self) -> None:
         self._scores.clear()

@@ -246,6 +246,10 @@ def evaluate_anomaly(rows: list[ManifestRow], encoder: Encoder, *, k: int = 1, i
         maps = mask_border(anomaly_maps(patch.reshape(len(patch), *grid), size_hw, sigma_px), border_px)
         return map_scores(maps), maps
 
+    def to_scores_only(patch: np.ndarray, chunk: int = 32) -> np.ndarray:
+        """Image scores without keeping every full-size map in memory at once."""
+        return np.concatenate([to_scores(patch[i:i + chunk])[0] for i in range(0, len(patch), chunk)])
+
     def score(split_rows: list[ManifestRow]) -> tuple[np.ndarray, np.ndarray]:
         return to_scores(bank.patch_scores(patch_features(split_rows, encoder, batch)))
 
@@ -260,7 +264,7 @@ def evaluate_anomaly(rows: list[ManifestRow], encoder: Encoder, *, k: int = 1, i
         if cell_norm:
             bank.with_cell_norm(fit_cell_norm(oof))
             oof = leave_one_out(oof)
-        held_out.append(to_scores(oof)[0])
+        held_out.append(to_scores_only(oof))
         say(f"out-of-fold calibration in {time.perf_counter() - t0:.1f} s")
     val_scores, _ = score(by_split["validation"])
     held_out.insert(0, val_scores)

@@ -22,7 +22,7 @@ import cv2
 import numpy as np
 
 from encoders.data import SMALL_DEFECT_WINDOW, small_defect
-from pipeline.anomaly.bank import Bank, build_bank
+from pipeline.anomaly.bank import Bank, BankError, build_bank
 from pipeline.anomaly.calibrate import group_folds
 from pipeline.anomaly.cellnorm import fit_cell_norm
 from pipeline.anomaly.maps import anomaly_maps, map_scores, mask_border
@@ -95,6 +95,9 @@ def score_synthetic(train: list[Path], synthetic: SyntheticSet, encoder: Encoder
     from sklearn.metrics import average_precision_score, roc_auc_score
 
     say = progress or (lambda _msg: None)
+    if cell_norm and (folds < 2 or len(train) < 3):
+        raise BankError(f"cell normalisation learns each cell's good scores from train images scored out of fold: "
+                        f"it needs folds >= 2 and at least 3 train images (got folds {folds}, {len(train)} images)")
     feats = image_patch_features(train, encoder, batch)
 
     def make_bank(features: np.ndarray) -> Bank:

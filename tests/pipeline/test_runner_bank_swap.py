@@ -172,3 +172,41 @@ def test_reloader_into_pipeline_refuses_another_encoder_then_swaps_a_good_bank(
     assert value(registry, "siamstream_bank_reloads_total") == 1 and value(registry, "siamstream_bank_size") == 2
     assert pipe.inspector is not None and pipe.inspector.threshold == 7.5
     assert value(registry, "siamstream_bank_reload_errors_total") == 1
+
+
+def test_a_swap_into_per_cell_scores_starts_the_parts_scores_over(cfg: Config, encoder: OnnxEncoder,
+                                                                  frames: list[Frame], tmp_path: Path) -> None:
+    from pipeline.anomaly.cellnorm import CellNorm
+
+    old = far_bank(encoder)
+    pipe, _ = build(cfg, encoder, old, tmp_path)
+    assert pipe.inspector is not None
+    it = iter(frames)
+    scored: list[int] = []
+    for frame in it:  # until some part has a few scores against the old bank
+        result = pipe.process(frame)
+        scored = [o.track_id for o in result.tracks if not math.isnan(o.score)]
+        if scored and pipe.inspector.current(scored[0]).frames_scored >= 2:
+            break
+    assert scored, "no part was scored in the scene"
+    part = scored[0]
+    cells = encoder.patch_grid[0] * encoder.patch_grid[1]
+    new = Bank.create(encoder.encoder_id, encoder.patch_dim, encoder.input_size, level="patch",
+                      patches_per_crop=cells)
+    new.add(np.zeros((2, encoder.patch_dim), np.float32))
+    new.with_cell_norm(CellNorm(np.zeros(cells, np.float32), np.ones(cells, np.float32)))
+    new.with_threshold(7.5, 0.01, 2, 2, 0.5)
+    pipe.swap_bank(new)
+    result = pipe.process(next(it))
+    seen = [o for o in result.tracks if o.track_id == part and not math.isnan(o.score)]
+    assert pipe.bank is new and seen, "the part left the view at the swap"
+    # the part's old distances (over 1000) are gone: one score, against the new bank
+    assert pipe.inspector.current(part).frames_scored == 1 and seen[0].score < 1000.0
+
+    # A bank normalising another number of cells than the encoder's crops have is refused at the swap.
+    wrong = Bank.create(encoder.encoder_id, encoder.patch_dim, encoder.input_size, level="patch",
+                        patches_per_crop=cells + 1)
+    wrong.add(np.zeros((2, encoder.patch_dim), np.float32))
+    wrong.with_cell_norm(CellNorm(np.zeros(cells + 1, np.float32), np.ones(cells + 1, np.float32)))
+    with pytest.raises(BankError, match=f"bank reload: bank normalises {cells + 1} patches per crop"):
+        pipe.swap_bank(wrong)

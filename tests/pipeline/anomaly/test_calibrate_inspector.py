@@ -61,3 +61,18 @@ def test_inspector_one_flag_per_part() -> None:
     assert good.verdict == Verdict.GOOD
     assert insp.end(1) == Verdict.DEFECT and insp.end(2) == Verdict.GOOD
     assert insp.current(1).verdict == Verdict.PENDING
+
+
+def test_clear_scores_starts_parts_over_but_never_flags_twice() -> None:
+    insp = PartInspector(threshold=0.5, min_frames=2)
+    for _ in range(2):
+        flagged = insp.observe(1, 0.9)
+        insp.observe(2, 0.1)
+    assert flagged.newly_flagged and insp.current(2).verdict == Verdict.GOOD
+    insp.clear_scores()  # e.g. a bank swap into other score units
+    assert insp.current(1).verdict == Verdict.DEFECT and insp.current(1).frames_scored == 0
+    assert insp.current(2).verdict == Verdict.PENDING and math.isnan(insp.current(2).track_score)
+    again = insp.observe(1, 7.0)
+    assert again.verdict == Verdict.DEFECT and not again.newly_flagged and again.frames_scored == 1
+    assert insp.observe(2, 0.2).verdict == Verdict.PENDING  # one new score: min_frames not reached
+    assert insp.observe(2, 0.2).verdict == Verdict.GOOD

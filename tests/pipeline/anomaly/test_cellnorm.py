@@ -33,14 +33,33 @@ def test_leave_one_out_equals_fitting_on_the_other_rows() -> None:
     assert np.abs(leave_one_out(s)).max() > np.abs(fit_cell_norm(s).apply(s)).max()
 
 
+def test_leave_one_group_out_leaves_out_every_crop_of_the_part() -> None:
+    rng = np.random.default_rng(4)
+    groups = np.repeat(np.arange(6), [1, 4, 2, 3, 1, 5])
+    s = rng.gamma(2.0, 1.0, size=(len(groups), 5)) + groups[:, None] * 0.3  # crops of a part are alike
+    floor = float(np.median(s.std(axis=0)))
+    expected = np.empty_like(s)
+    for i, g in enumerate(groups):
+        rest = s[groups != g]
+        expected[i] = (s[i] - rest.mean(0)) / np.maximum(rest.std(0), floor)
+    np.testing.assert_allclose(leave_one_out(s, groups), expected, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(leave_one_out(s, groups), leave_one_out(s))
+    with pytest.raises(ValueError, match="at least 2 good samples outside every group"):
+        leave_one_out(s, np.r_[np.zeros(len(s) - 1), 1])  # one part holds all crops but one
+    with pytest.raises(ValueError, match=r"groups must be \(N,\)"):
+        leave_one_out(s, groups[:-1])
+
+
 def test_bad_inputs_are_refused() -> None:
     with pytest.raises(ValueError, match="at least 2"):
         fit_cell_norm(np.ones((1, 4)))
-    with pytest.raises(ValueError, match="at least 3"):
+    with pytest.raises(ValueError, match="at least 2 good samples outside"):
         leave_one_out(np.ones((2, 4)))
+    with pytest.raises(ValueError, match="finite positive scales"):
+        CellNorm(np.zeros(2, np.float32), np.array([1.0, np.inf], np.float32))
     with pytest.raises(ValueError, match="finite"):
         fit_cell_norm(np.array([[1.0, np.nan], [2.0, 3.0]]))
-    with pytest.raises(ValueError, match="positive scales"):
+    with pytest.raises(ValueError, match="finite positive scales"):
         CellNorm(np.zeros(3, np.float32), np.array([1.0, 0.0, 1.0], np.float32))
     with pytest.raises(ValueError, match="3 cells per crop"):
         CellNorm(np.zeros(3, np.float32), np.ones(3, np.float32)).apply(np.zeros((2, 4)))
@@ -86,11 +105,28 @@ def test_cell_norm_is_saved_with_the_bank_and_checked_on_load(tmp_path: Path) ->
     np.testing.assert_array_equal(loaded.patch_scores(query), bank.patch_scores(query))
     assert loaded.meta.threshold == bank.meta.threshold
 
-    meta = json.loads((tmp_path / "bank" / "meta.json").read_text())
-    meta["cell_mean"] = meta["cell_mean"][:-1]
-    (tmp_path / "bank" / "meta.json").write_text(json.dumps(meta))
-    with pytest.raises(BankError, match=r"corrupt cell normalisation .*8 cells for 9 patches.*rebuild"):
-        Bank.load(tmp_path / "bank")
+    # the encoder of another input size gives another number of patches: refused, naming the sizes
+    loaded.check_encoder("enc", 8, 8, "here", patches=9)
+    with pytest.raises(BankError, match=r"here: bank normalises 9 patches per crop \(input 48x48\), the encoder "
+                                        r"gives 16"):
+        loaded.check_encoder("enc", 8, 8, "here", patches=16)
+
+    meta_file = tmp_path / "bank" / "meta.json"
+    meta = json.loads(meta_file.read_text())
+    for broken, why in (({"cell_mean": meta["cell_mean"][:-1]}, "8 cells for 9 patches"),
+                        ({"cell_mean": 5}, "corrupt cell normalisation"),
+                        ({"cell_scale": [0.0] * 9}, "finite positive scales"),
+                        ({"cell_scale": {"a": 1}}, "corrupt cell normalisation")):
+        meta_file.write_text(json.dumps({**meta, **broken}))
+        with pytest.raises(BankError, match=f"corrupt cell normalisation.*{why}.*rebuild|{why}.*rebuild"):
+            Bank.load(tmp_path / "bank")
+
+    # a bank saved before cell normalisation existed has neither field: it loads and scores raw distances
+    old = {k: v for k, v in meta.items() if k not in ("cell_mean", "cell_scale")}
+    meta_file.write_text(json.dumps(old))
+    legacy = Bank.load(tmp_path / "bank")
+    assert legacy.cell_norm is None
+    np.testing.assert_array_equal(legacy.patch_scores(query), bank.raw_patch_scores(query))
 
 
 def test_cell_norm_needs_a_patch_bank_and_folds() -> None:
@@ -99,6 +135,8 @@ def test_cell_norm_needs_a_patch_bank_and_folds() -> None:
         build_bank(good.mean(axis=1), np.arange(10), "enc", (48, 48), level="global", cell_norm=True)
     with pytest.raises(BankError, match="folds >= 2"):
         build_bank(good, np.arange(10), "enc", (48, 48), level="patch", folds=0, cell_norm=True)
+    with pytest.raises(BankError, match=r"at least 3 parts.*got .* 2 parts"):
+        build_bank(good, np.arange(10) % 2, "enc", (48, 48), level="patch", folds=2, cell_norm=True)
     bank = Bank.create("enc", 8, (48, 48), level="patch", patches_per_crop=4)
     with pytest.raises(BankError, match="does not fit"):
         bank.with_cell_norm(fit_cell_norm(np.random.default_rng(0).random((5, 9))))

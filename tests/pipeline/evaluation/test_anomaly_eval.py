@@ -75,6 +75,38 @@ def test_evaluation_finds_scratches_and_localises_them(tmp_path: Path, pretraine
     json.dumps(figures)
 
 
+def test_evaluation_with_cell_norm(tmp_path: Path, pretrained_onnx: Path) -> None:
+    from pipeline.anomaly.bank import BankError, build_bank
+    from pipeline.anomaly.calibrate import group_folds
+    from pipeline.anomaly.cellnorm import fit_cell_norm
+    from pipeline.encoder import OnnxEncoder
+    from pipeline.evaluation.anomaly_eval import patch_features
+
+    rows = load_manifest(write_manifest(tmp_path))
+    encoder = OnnxEncoder(pretrained_onnx, device="cpu", threads=2)
+    raw, raw_bank = evaluate_anomaly(rows, encoder, coreset_fraction=0.5, false_alarm_rate=0.2)
+    ev, bank = evaluate_anomaly(rows, encoder, coreset_fraction=0.5, false_alarm_rate=0.2, cell_norm=True)
+    norm = bank.cell_norm
+    assert raw_bank.cell_norm is None and norm is not None and norm.cells == 64
+    # Scored in per-cell units: still finds the scratches, against a threshold in those units.
+    assert ev.image_auroc.value >= 0.9 and ev.pixel_auroc > 0.9
+    assert ev.threshold != pytest.approx(raw.threshold) and 0 < ev.threshold < raw.threshold
+    assert ev.calibration_images == 18
+    # The statistics are those of the train images scored out of fold, recomputed here from the same folds.
+    train = patch_features([r for r in rows if r.split == "train"], encoder)
+    oof = np.empty(train.shape[:2], np.float32)
+    for fold in group_folds(np.arange(len(train)), 5, 0):
+        rest = np.setdiff1d(np.arange(len(train)), fold)
+        fold_bank = build_bank(train[rest], np.arange(len(rest)), encoder.encoder_id, encoder.input_size,
+                               level="patch", folds=0, max_vectors=200_000, coreset_fraction=0.5)
+        oof[fold] = fold_bank.raw_patch_scores(train[fold])
+    expected = fit_cell_norm(oof)
+    np.testing.assert_allclose(norm.mean, expected.mean, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(norm.scale, expected.scale, rtol=1e-4, atol=1e-4)
+    with pytest.raises(BankError, match="calibration folds >= 2"):
+        evaluate_anomaly(rows, encoder, coreset_fraction=0.5, calibration_folds=0, cell_norm=True)
+
+
 @pytest.mark.parametrize(("edit", "message"), [
     (lambda rows: [r[:2] + r[3:] for r in rows], "missing column"),
     (lambda rows: [*rows[:1], ["training", *rows[1][1:]], *rows[2:]], "split 'training'"),
