@@ -152,6 +152,7 @@ class Bank:
             raise BankError(f"index dimension {index.d} != metadata embedding_dim {meta.embedding_dim}")
         self.index = index
         self.meta = meta
+        self._cell_norm_cache: tuple[list[float], list[float], CellNorm] | None = None
         _set_search_params(index, meta)
 
     @classmethod
@@ -207,10 +208,16 @@ class Bank:
 
     @property
     def cell_norm(self) -> CellNorm | None:
-        """The per-cell normalisation :meth:`patch_scores` applies, or None."""
+        """The per-cell normalisation :meth:`patch_scores` applies, or None. Built once per metadata lists
+        (every frame asks for it)."""
         if not self.meta.cell_mean:
             return None
-        return CellNorm(np.asarray(self.meta.cell_mean, np.float32), np.asarray(self.meta.cell_scale, np.float32))
+        mean, scale = self.meta.cell_mean, self.meta.cell_scale
+        cached = self._cell_norm_cache
+        if cached is None or cached[0] is not mean or cached[1] is not scale:  # the lists themselves, held
+            cached = self._cell_norm_cache = (mean, scale, CellNorm(np.asarray(mean, np.float32),
+                                                                    np.asarray(scale, np.float32)))
+        return cached[2]
 
     def with_cell_norm(self, norm: CellNorm | None) -> None:
         """Store ``norm`` (None: none) with the bank; it must have one cell per patch of a crop."""
@@ -378,7 +385,8 @@ def build_bank(features: np.ndarray, groups: np.ndarray, encoder_id: str, input_
 
     With ``cell_norm`` (patch banks, ``folds`` >= 2) the out-of-fold patch scores also give each grid cell its
     mean and spread over good samples (:mod:`pipeline.anomaly.cellnorm`), stored with the bank, and the
-    threshold is calibrated on scores normalised with the statistics of the other samples (leave one out).
+    threshold is calibrated on scores normalised with the statistics of the other parts (each group's crops
+    left out together, :func:`~pipeline.anomaly.cellnorm.leave_one_out`).
     """
     x = np.ascontiguousarray(features, dtype=np.float32)
     if x.ndim == 2:

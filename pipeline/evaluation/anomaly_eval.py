@@ -256,11 +256,7 @@ def evaluate_anomaly(rows: list[ManifestRow], encoder: Encoder, *, k: int = 1, i
     held_out = []
     if calibration_folds:
         t0 = time.perf_counter()
-        oof = np.empty(train.shape[:2], np.float32)
-        for i, fold in enumerate(group_folds(np.arange(len(train)), calibration_folds, seed)):
-            rest = np.setdiff1d(np.arange(len(train)), fold)
-            oof[fold] = make_bank(train[rest]).raw_patch_scores(train[fold])
-            say(f"calibration fold {i + 1}/{calibration_folds}: {len(fold)} train images scored out of fold")
+        oof = out_of_fold_patch_scores(train, make_bank, calibration_folds, seed, say)
         if cell_norm:
             bank.with_cell_norm(fit_cell_norm(oof))
             oof = leave_one_out(oof)
@@ -298,6 +294,19 @@ def evaluate_anomaly(rows: list[ManifestRow], encoder: Encoder, *, k: int = 1, i
         test_rows=test, test_scores=test_scores, calibration_scores=good, test_maps=test_maps,
         test_masks=masks)
     return evaluation, bank
+
+
+def out_of_fold_patch_scores(features: np.ndarray, make_bank: Callable[[np.ndarray], Bank], folds: int, seed: int,
+                             say: Callable[[str], None] | None = None) -> np.ndarray:
+    """``(N, P)`` raw k-NN distances of each image's patches (``features`` ``(N, P, C)``) against a bank made by
+    ``make_bank`` from the images of the other ``folds`` folds."""
+    oof = np.empty(features.shape[:2], np.float32)
+    for i, fold in enumerate(group_folds(np.arange(len(features)), folds, seed)):
+        rest = np.setdiff1d(np.arange(len(features)), fold)
+        oof[fold] = make_bank(features[rest]).raw_patch_scores(features[fold])
+        if say is not None:
+            say(f"calibration fold {i + 1}/{folds}: {len(fold)} train images scored out of fold")
+    return oof
 
 
 def patch_grid_of(encoder: Encoder) -> tuple[int, int]:

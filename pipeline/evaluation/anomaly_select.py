@@ -23,11 +23,16 @@ import numpy as np
 
 from encoders.data import SMALL_DEFECT_WINDOW, small_defect
 from pipeline.anomaly.bank import Bank, BankError, build_bank
-from pipeline.anomaly.calibrate import group_folds
 from pipeline.anomaly.cellnorm import fit_cell_norm
 from pipeline.anomaly.maps import anomaly_maps, map_scores, mask_border
 from pipeline.encoder import Encoder
-from pipeline.evaluation.anomaly_eval import ManifestError, ManifestRow, image_patch_features, patch_grid_of
+from pipeline.evaluation.anomaly_eval import (
+    ManifestError,
+    ManifestRow,
+    image_patch_features,
+    out_of_fold_patch_scores,
+    patch_grid_of,
+)
 
 __all__ = ["WINDOW_FRACTION", "SyntheticScore", "SyntheticSet", "score_synthetic", "small_defect", "synthetic_set"]
 
@@ -108,10 +113,7 @@ def score_synthetic(train: list[Path], synthetic: SyntheticSet, encoder: Encoder
 
     bank = make_bank(feats)
     if cell_norm:
-        oof = np.empty(feats.shape[:2], np.float32)
-        for fold in group_folds(np.arange(len(feats)), folds, seed):
-            oof[fold] = make_bank(feats[np.setdiff1d(np.arange(len(feats)), fold)]).raw_patch_scores(feats[fold])
-        bank.with_cell_norm(fit_cell_norm(oof))
+        bank.with_cell_norm(fit_cell_norm(out_of_fold_patch_scores(feats, make_bank, folds, seed)))
     say(f"bank of {len(bank)} vectors from {len(train)} train images")
     grid = patch_grid_of(encoder)
     size_hw = synthetic.images.shape[1:3]

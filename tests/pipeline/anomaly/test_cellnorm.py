@@ -140,3 +140,18 @@ def test_cell_norm_needs_a_patch_bank_and_folds() -> None:
     bank = Bank.create("enc", 8, (48, 48), level="patch", patches_per_crop=4)
     with pytest.raises(BankError, match="does not fit"):
         bank.with_cell_norm(fit_cell_norm(np.random.default_rng(0).random((5, 9))))
+
+
+def test_the_bank_follows_a_changed_cell_norm() -> None:
+    bank = Bank.create("enc", 8, (48, 48), level="patch", patches_per_crop=3)
+    bank.add(np.zeros((2, 8), np.float32))
+    query = np.ones((1, 3, 8), np.float32)  # every patch at distance sqrt(8) from the bank
+    bank.with_cell_norm(CellNorm(np.zeros(3, np.float32), np.ones(3, np.float32)))
+    first = bank.cell_norm
+    assert bank.cell_norm is first  # built once, not per call
+    np.testing.assert_allclose(bank.patch_scores(query), [[np.sqrt(8)] * 3], rtol=1e-6)
+    bank.with_cell_norm(CellNorm(np.full(3, 1.0, np.float32), np.full(3, 2.0, np.float32)))
+    np.testing.assert_allclose(bank.patch_scores(query), [[(np.sqrt(8) - 1) / 2] * 3], rtol=1e-6)
+    bank.with_cell_norm(None)
+    assert bank.cell_norm is None
+    np.testing.assert_allclose(bank.patch_scores(query), [[np.sqrt(8)] * 3], rtol=1e-6)
