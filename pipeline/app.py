@@ -39,6 +39,7 @@ from pipeline.metrics import PipelineMetrics
 from pipeline.runner import Pipeline, edge_mask
 from pipeline.sinks import AnnotatedVideoSink, EventsJsonlSink, MotTxtSink, Sink, check_writable_dir
 from pipeline.sources import IMAGE_EXTENSIONS
+from pipeline.tracking.appearance import check_region, tracking_embeddings
 from pipeline.tracking.tracker import Tracker
 from pipeline.types import CropBatch, Frame, TrackState
 
@@ -92,8 +93,10 @@ def build_detector(cfg: DetectorConfig) -> Detector:
 
 
 def build_tracker(cfg: TrackerConfig) -> Tracker:
-    """``[tracker]`` -> :class:`Tracker` (the same keys)."""
-    return Tracker(**asdict(cfg))
+    """``[tracker]`` -> :class:`Tracker` (the same keys, but ``appearance_region``: what the tracker is fed)."""
+    args = asdict(cfg)
+    del args["appearance_region"]
+    return Tracker(**args)
 
 
 def build_pipeline(cfg: Config, encoder: Encoder, metrics: PipelineMetrics, bank: Bank | None,
@@ -113,7 +116,8 @@ def build_pipeline(cfg: Config, encoder: Encoder, metrics: PipelineMetrics, bank
                                "embedding_dim": str(encoder.embedding_dim)})
     return Pipeline(build_detector(cfg.detector), encoder, build_tracker(cfg.tracker), metrics, bank, inspector,
                     stream=cfg.output.stream_name, crop_padding=cfg.encoder.crop_padding,
-                    edge_margin=cfg.anomaly.edge_margin, evidence_dir=evidence_dir)
+                    edge_margin=cfg.anomaly.edge_margin, evidence_dir=evidence_dir,
+                    appearance_region=cfg.tracker.appearance_region)
 
 
 def load_bank(path: str, encoder: Encoder) -> Bank | None:
@@ -217,6 +221,8 @@ def good_samples_from_frames(frames: Iterable[Frame], cfg: Config, encoder: Enco
     scores at run time), at most ``[bank] crops_per_part`` per track, evenly spaced along it.
     """
     level = cfg.bank.level
+    region = cfg.tracker.appearance_region
+    check_region(region, encoder.patch_grid)
     detector = build_detector(cfg.detector)
     tracker = build_tracker(cfg.tracker)
     feats: list[np.ndarray] = []
@@ -227,9 +233,10 @@ def good_samples_from_frames(frames: Iterable[Frame], cfg: Config, encoder: Enco
             last_log = time.perf_counter()
             log.info("bank: frame %d, %d good crops from %d parts so far", frame.index, len(feats), len(set(groups)))
         dets = detector.detect(frame)
-        emb = encoder.embed(crop_batch(frame, dets, encoder.input_size, cfg.encoder.crop_padding),
-                            with_patches=level == "patch")
-        out = tracker.update(dets, emb, frame.timestamp, frame_image=frame.image)
+        crops = crop_batch(frame, dets, encoder.input_size, cfg.encoder.crop_padding)
+        emb = encoder.embed(crops, with_patches=level == "patch" or region == "box")
+        out = tracker.update(dets, tracking_embeddings(emb, crops.xyxy, dets.xyxy, region), frame.timestamp,
+                             frame_image=frame.image)
         inside = edge_mask(dets.xyxy, frame.width, frame.height, cfg.anomaly.edge_margin)
         rows = crop_features(emb, level)
         for obs in out.observations:

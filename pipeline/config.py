@@ -88,7 +88,8 @@ class EncoderConfig:
 
 @dataclass(frozen=True)
 class TrackerConfig:
-    """``[tracker]``: the arguments of :class:`pipeline.tracking.tracker.Tracker`, one for one."""
+    """``[tracker]``: the arguments of :class:`pipeline.tracking.tracker.Tracker`, one for one, and
+    ``appearance_region``: which vectors the tracker is given (:mod:`pipeline.tracking.appearance`)."""
 
     appearance_weight: float = _f(0.5, 0.0, 1.0)
     max_cost: float = _f(0.7, 0.0, 2.0)
@@ -114,6 +115,7 @@ class TrackerConfig:
     nsa: bool = _f(False)
     cmc: str = _f("none", choices=("none", "sparse", "ecc"))
     cmc_downscale: float = _f(2.0, 1.0, 32.0)
+    appearance_region: str = _f("crop", choices=("crop", "box"))
 
 
 @dataclass(frozen=True)
@@ -377,6 +379,9 @@ def _check_together(cfg: Config, origin: str) -> None:
     if cfg.bank.level == "patch" and cfg.encoder.patch_stage == 0 and not cfg.encoder.model:
         raise ConfigError(f"{origin}: [bank] level = 'patch' needs patch features but [encoder] patch_stage = 0; "
                           f"set patch_stage (e.g. 4) or level = 'global'")
+    if cfg.tracker.appearance_region == "box" and cfg.encoder.patch_stage == 0 and not cfg.encoder.model:
+        raise ConfigError(f"{origin}: [tracker] appearance_region = 'box' needs patch features but [encoder] "
+                          f"patch_stage = 0; set patch_stage (e.g. 4) or appearance_region = 'crop'")
 
 
 def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> Config:

@@ -28,6 +28,7 @@ from pipeline.encoder import Encoder
 from pipeline.metrics import PipelineMetrics
 from pipeline.sinks import Sink
 from pipeline.sources import FrameSource
+from pipeline.tracking.appearance import check_region, tracking_embeddings
 from pipeline.tracking.tracker import Tracker
 from pipeline.types import AnomalyEvent, Embeddings, Frame, FrameResult, PatchMap, TrackObservation, TrackState, Verdict
 
@@ -45,12 +46,15 @@ class Pipeline:
 
     def __init__(self, detector: Detector, encoder: Encoder, tracker: Tracker, metrics: PipelineMetrics,
                  bank: Bank | None = None, inspector: PartInspector | None = None, stream: str = "default",
-                 crop_padding: float = 0.1, edge_margin: int = 4, evidence_dir: Path | None = None) -> None:
+                 crop_padding: float = 0.1, edge_margin: int = 4, evidence_dir: Path | None = None,
+                 appearance_region: str = "crop") -> None:
         if (bank is None) != (inspector is None):
             raise ValueError("bank and inspector go together: give both or neither")
         if bank is not None:
             bank.check_encoder(encoder.encoder_id, encoder.embedding_dim, encoder.patch_dim,
                                "anomaly stage", patches=encoder.patch_grid[0] * encoder.patch_grid[1])
+        check_region(appearance_region, encoder.patch_grid)
+        self.appearance_region = appearance_region
         self.detector = detector
         self.encoder = encoder
         self.tracker = tracker
@@ -123,10 +127,12 @@ class Pipeline:
             crops = crop_batch(frame, dets, self.encoder.input_size, self.crop_padding)
         bank = self.bank  # one bank for the whole frame, even if a swap is handed over meanwhile
         with self._timed("encode"):
-            emb = self.encoder.embed(crops, with_patches=bank is not None)  # all crops as one batch
+            # all crops as one batch
+            emb = self.encoder.embed(crops, with_patches=bank is not None or self.appearance_region == "box")
         self.metrics.encoder_batch.observe(len(crops))
         with self._timed("track"):
-            out = self.tracker.update(dets, emb, frame.timestamp, frame_image=frame.image)
+            seen = tracking_embeddings(emb, crops.xyxy, dets.xyxy, self.appearance_region)
+            out = self.tracker.update(dets, seen, frame.timestamp, frame_image=frame.image)
         self.tracks_started += len(out.started)
         self.metrics.tracks_started.inc(len(out.started))
         self.metrics.tracks_ended.inc(len(out.ended))

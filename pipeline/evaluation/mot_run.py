@@ -25,6 +25,7 @@ from pipeline.encoder import Encoder
 from pipeline.evaluation.mot_peers import PeerRun
 from pipeline.evaluation.motchallenge import MotSequence
 from pipeline.sources import open_source
+from pipeline.tracking.appearance import check_region, tracking_embeddings
 from pipeline.tracking.postprocess import interpolate_gaps, keep_confirmed
 from pipeline.tracking.tracker import Tracker
 from pipeline.types import Embeddings, FrameResult, TrackState
@@ -34,10 +35,13 @@ log = logging.getLogger(__name__)
 
 def track_sequence(seq: MotSequence, detections: MotDetectionFile, encoder: Encoder, tracker: Tracker,
                    crop_padding: float = 0.1, on_frame: Callable[[FrameResult], None] | None = None,
-                   use_frame_image: bool = True, fill_gaps: bool = True) -> PeerRun:
+                   use_frame_image: bool = True, fill_gaps: bool = True, appearance_region: str = "crop") -> PeerRun:
     """Track ``seq`` with ``tracker`` (reset first); ``on_frame`` sees each frame's result (e.g. a video sink).
     The run's ``rows`` are the offline-cleaned rows with ``fill_gaps``, else the online ones (``online_rows``
-    holds those in both cases)."""
+    holds those in both cases). ``appearance_region`` is ``[tracker] appearance_region``
+    (:func:`pipeline.tracking.appearance.tracking_embeddings`)."""
+    check_region(appearance_region, encoder.patch_grid)
+    box = appearance_region == "box"
     tracker.reset()
     detections.reset()
     source = open_source(seq.frames_uri, SourceConfig())
@@ -56,10 +60,13 @@ def track_sequence(seq: MotSequence, detections: MotDetectionFile, encoder: Enco
             dets = detections.detect(frame)
             start = time.perf_counter()
             if len(dets):
-                emb = encoder.embed(crop_batch(frame, dets, size, crop_padding), with_patches=False)
+                batch = crop_batch(frame, dets, size, crop_padding)
+                emb = tracking_embeddings(encoder.embed(batch, with_patches=box), batch.xyxy, dets.xyxy,
+                                          appearance_region)
                 crops += len(dets)
             else:
-                emb = Embeddings(np.zeros((0, encoder.embedding_dim), np.float32))
+                dim = encoder.patch_dim if box else encoder.embedding_dim
+                emb = Embeddings(np.zeros((0, dim), np.float32))
             mid = time.perf_counter()
             out = tracker.update(dets, emb, timestamp, frame_image=frame.image if use_frame_image else None)
             tracker_s += time.perf_counter() - mid

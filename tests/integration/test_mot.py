@@ -52,6 +52,18 @@ def test_eval_mot_tracks_scores_and_writes_outputs(tmp_path: Path, shared_data: 
     video.release()
 
 
+def test_eval_mot_with_the_patch_features_inside_each_box(tmp_path: Path, shared_data: Callable[..., Path],
+                                                          pretrained_onnx: Path) -> None:
+    seq = shared_data("mot15", "TUD-Campus")
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "-q", "eval", "mot", "--seq", str(seq), "--out",
+                           str(tmp_path), "--set", f'encoder.model="{pretrained_onnx}"', "--set",
+                           'tracker.appearance_region="box"'], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    figures = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert figures["HOTA"] > 30 and figures["IDF1"] > 40 and figures["MOTA"] > 30
+    assert len(np.unique(np.loadtxt(tmp_path / "TUD-Campus.txt", delimiter=",", ndmin=2)[:, 1])) >= 5
+
+
 def test_eval_mot_on_a_folder_that_is_not_a_sequence(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "-q", "eval", "mot", "--seq", str(tmp_path)],
                           cwd=REPO, capture_output=True, text=True, timeout=120)

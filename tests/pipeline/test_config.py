@@ -40,6 +40,9 @@ def test_shipped_config_documents_every_key() -> None:
         ("[bank]\nfalse_alarm_rate = inf\n", ["[bank] false_alarm_rate", "finite"]),
         ("[output]\nvideo_fourcc = \"abc\"\n", ["video_fourcc", "'abc'", "4-character"]),
         ("[encoder]\nstage = 3\npatch_stage = 4\n", ["patch_stage = 4 comes after stage = 3"]),
+        ("[tracker]\nappearance_region = \"mask\"\n", ["[tracker] appearance_region", "'crop', 'box'"]),
+        ("[tracker]\nappearance_region = \"box\"\n[bank]\nlevel = \"global\"\n[encoder]\npatch_stage = 0\n",
+         ["appearance_region = 'box' needs patch features", "appearance_region = 'crop'"]),
     ],
 )
 def test_bad_config_names_file_key_value_and_allowed(tmp_path: Path, toml: str, fragments: list[str]) -> None:

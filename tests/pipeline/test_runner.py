@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import urllib.request
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from pipeline.metrics import PipelineMetrics, serve
 from pipeline.runner import run
 from pipeline.sinks import EventsJsonlSink, MotTxtSink
 from pipeline.synthetic import ProductionLineScene, SceneConfig
+from pipeline.types import TrackState
 
 
 @pytest.fixture(scope="module")
@@ -130,3 +132,46 @@ def replace_maps(result):  # type: ignore[no-untyped-def]
     from dataclasses import replace as dc_replace
 
     return dc_replace(result, patch_maps=[])
+
+
+def _track_parts(pipe, seed: int) -> tuple[dict[int, Counter[int | None]], set[int]]:  # type: ignore[no-untyped-def]
+    """Each confirmed track's matched boxes, counted by the scene's true part under them; and the embedding
+    dimensions the tracker's tracks held."""
+    scene = ProductionLineScene(SceneConfig(num_frames=240, seed=seed))
+    parts: dict[int, Counter[int | None]] = defaultdict(Counter)
+    dims: set[int] = set()
+
+    def on_result(r) -> None:  # type: ignore[no-untyped-def]
+        dims.update(len(t.ema) for t in pipe.tracker._tracks if t.ema is not None)
+        for obs in r.tracks:
+            if obs.detection_index >= 0 and obs.state == TrackState.CONFIRMED:
+                parts[obs.track_id][scene.part_at(r.frame.index, obs.xyxy)] += 1
+
+    run(SceneSource(scene, "s"), pipe, [], on_result=on_result)
+    return parts, dims
+
+
+def test_box_appearance_feeds_the_tracker_the_patch_features_inside_each_box(setup, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    cfg, encoder, _ = setup
+    box_cfg = replace(cfg, "tracker", appearance_region="box")
+    box, dims = _track_parts(app.build_pipeline(box_cfg, encoder, PipelineMetrics(CollectorRegistry()), None,
+                                                tmp_path), seed=3)
+    assert dims == {encoder.patch_dim} and encoder.patch_dim != encoder.embedding_dim
+    crop, _ = _track_parts(app.build_pipeline(cfg, encoder, PipelineMetrics(CollectorRegistry()), None, tmp_path),
+                           seed=3)
+    # every track follows one part, and the same parts are followed as with the whole crop's embedding,
+    # in no more tracks
+    assert all(len(counts) == 1 and None not in counts for counts in box.values())
+    followed = {next(iter(counts)) for counts in box.values()}
+    assert len(followed) >= 5 and followed == {next(iter(counts)) for counts in crop.values()}
+    assert len(box) <= len(crop)
+
+
+def test_box_appearance_without_a_patch_output_is_refused_at_start(setup, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    cfg, _, _ = setup
+    no_patches = replace(replace(cfg, "encoder", model="", patch_stage=0, cache_dir=str(tmp_path / "cache")),
+                         "tracker", appearance_region="box")
+    encoder = app.build_encoder(no_patches.encoder)
+    assert encoder.patch_grid == (0, 0)
+    with pytest.raises(ValueError, match='appearance_region = "crop"'):
+        app.build_pipeline(no_patches, encoder, PipelineMetrics(CollectorRegistry()), None, tmp_path)

@@ -292,6 +292,8 @@ def test_config_keys_are_the_tracker_arguments() -> None:
 
     params = inspect.signature(Tracker).parameters
     fields = {f.name: f.default for f in dataclasses.fields(TrackerConfig)}
+    # appearance_region says which vectors the tracker is fed; it is not one of its own arguments
+    assert fields.pop("appearance_region") == "crop"
     assert set(fields) == set(params)
     for name, default in fields.items():
         assert params[name].default == pytest.approx(default), name

@@ -1,0 +1,82 @@
+"""What the tracker compares: the appearance vector of each detection (pure functions).
+
+Crops are square and padded (:func:`pipeline.crops.square_boxes`), so that parts keep their aspect ratio. For an
+object much taller than wide (a person: about 1 by 2.3) most of the crop is background and neighbours, and the
+encoder's pooled embedding of the whole crop describes the scene more than the object: every person in one video
+looks alike to it. ``region = "box"`` describes the object alone: the encoder's local features (its ``patches``
+output, one vector per cell of a grid over the crop) averaged over the cells the detection box covers, each cell
+weighted by the fraction of its area inside the box.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline.types import Embeddings, FloatArray
+
+REGIONS = ("crop", "box")
+
+
+def check_region(region: str, grid: tuple[int, int], what: str = "the encoder") -> None:
+    """Refuse, before any frame, a region the encoder cannot serve: ``"box"`` needs a patch output."""
+    if region not in REGIONS:
+        raise ValueError(f"[tracker] appearance_region must be one of {', '.join(REGIONS)}, got {region!r}")
+    if region == "box" and (grid[0] < 1 or grid[1] < 1):
+        raise ValueError(f'[tracker] appearance_region = "box" needs an encoder with a \'patches\' output, and '
+                         f'{what} has none: set appearance_region = "crop", or use an encoder exported with patches '
+                         f"(the built-in one with [encoder] patch_stage > 0)")
+
+
+def box_cell_weights(regions: FloatArray, boxes: FloatArray, grid: tuple[int, int]) -> FloatArray:
+    """``(N, h * w)`` float32: the fraction of each grid cell's area inside the box, row-major over ``grid``.
+
+    ``regions`` are the ``(N, 4)`` xyxy frame regions the crops were cut from (the grid spans each region),
+    ``boxes`` the ``(N, 4)`` xyxy detection boxes. A box that covers no cell (outside its region) gets the
+    weights of the whole region, so that every row has a positive sum.
+    """
+    h, w = grid
+    if h < 1 or w < 1:
+        raise ValueError(f"grid must be (h, w) >= (1, 1), got {grid}")
+    reg = np.asarray(regions, np.float64).reshape(-1, 4)
+    box = np.asarray(boxes, np.float64).reshape(-1, 4)
+    if len(reg) != len(box):
+        raise ValueError(f"{len(reg)} regions for {len(box)} boxes: one region per box")
+    fx = np.linspace(0.0, 1.0, w + 1)
+    fy = np.linspace(0.0, 1.0, h + 1)
+    ex = reg[:, 0, None] + fx[None, :] * (reg[:, 2] - reg[:, 0])[:, None]  # (N, w + 1) cell edges
+    ey = reg[:, 1, None] + fy[None, :] * (reg[:, 3] - reg[:, 1])[:, None]
+    ox = np.clip(np.minimum(ex[:, 1:], box[:, 2, None]) - np.maximum(ex[:, :-1], box[:, 0, None]), 0.0, None)
+    oy = np.clip(np.minimum(ey[:, 1:], box[:, 3, None]) - np.maximum(ey[:, :-1], box[:, 1, None]), 0.0, None)
+    cell_w = np.maximum(np.diff(ex, axis=1), 1e-12)
+    cell_h = np.maximum(np.diff(ey, axis=1), 1e-12)
+    weights = (oy / cell_h)[:, :, None] * (ox / cell_w)[:, None, :]  # (N, h, w) in [0, 1]
+    weights = weights.reshape(len(reg), h * w)
+    empty = weights.sum(axis=1) <= 0
+    weights[empty] = 1.0
+    return weights.astype(np.float32)
+
+
+def box_pooled(emb: Embeddings, regions: FloatArray, boxes: FloatArray) -> Embeddings:
+    """The appearance of each box: ``emb``'s patch features weighted by :func:`box_cell_weights`, averaged and
+    L2-normalised, as ``(N, C)`` vectors without patches. Rows of ``emb`` that are all zeros (crops not embedded)
+    stay all zeros, so the tracker still treats them as not embedded."""
+    if emb.patches is None:
+        raise ValueError("box pooling needs the encoder's 'patches' output; this encoder has none")
+    n = len(emb)
+    if n == 0:
+        return Embeddings(np.zeros((0, emb.patches.shape[2]), np.float32))
+    weights = box_cell_weights(regions, boxes, emb.grid)
+    pooled = np.einsum("np,npc->nc", weights, emb.patches) / weights.sum(axis=1, keepdims=True)
+    norm = np.linalg.norm(pooled, axis=1, keepdims=True)
+    pooled = np.where(norm > 1e-12, pooled / np.maximum(norm, 1e-12), 0.0)
+    pooled[~np.any(emb.vectors != 0, axis=1)] = 0.0
+    return Embeddings(pooled.astype(np.float32))
+
+
+def tracking_embeddings(emb: Embeddings, regions: FloatArray, boxes: FloatArray, region: str) -> Embeddings:
+    """The vectors the tracker compares: ``emb`` itself for ``region = "crop"``, :func:`box_pooled` for ``"box"``."""
+    if region == "crop":
+        return emb
+    if region == "box":
+        return box_pooled(emb, regions, boxes)
+    raise ValueError(f"appearance region must be one of {', '.join(REGIONS)}, got {region!r}")
