@@ -222,7 +222,7 @@ def good_samples_from_frames(frames: Iterable[Frame], cfg: Config, encoder: Enco
     """
     level = cfg.bank.level
     region = cfg.tracker.appearance_region
-    check_region(region, encoder.patch_grid)
+    check_region(region, encoder.patch_grid, getattr(encoder, "path", ""))
     detector = build_detector(cfg.detector)
     tracker = build_tracker(cfg.tracker)
     feats: list[np.ndarray] = []
@@ -235,8 +235,8 @@ def good_samples_from_frames(frames: Iterable[Frame], cfg: Config, encoder: Enco
         dets = detector.detect(frame)
         crops = crop_batch(frame, dets, encoder.input_size, cfg.encoder.crop_padding)
         emb = encoder.embed(crops, with_patches=level == "patch" or region == "box")
-        out = tracker.update(dets, tracking_embeddings(emb, crops.xyxy, dets.xyxy, region), frame.timestamp,
-                             frame_image=frame.image)
+        seen = tracking_embeddings(emb, crops.xyxy, dets.xyxy, region, (frame.width, frame.height))
+        out = tracker.update(dets, seen, frame.timestamp, frame_image=frame.image)
         inside = edge_mask(dets.xyxy, frame.width, frame.height, cfg.anomaly.edge_margin)
         rows = crop_features(emb, level)
         for obs in out.observations:

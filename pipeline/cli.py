@@ -31,6 +31,7 @@ from pipeline.evaluation.motchallenge import MotSequenceError
 from pipeline.metrics import MetricsError
 from pipeline.sinks import SinkError, check_writable_dir
 from pipeline.sources import SourceError
+from pipeline.tracking.appearance import AppearanceError, check_region
 
 if TYPE_CHECKING:
     from pipeline.app import GoodSamples
@@ -43,7 +44,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, SourceError, SinkEr
                                                 BankError, MetricsError, BackboneError, ExportParityError,
                                                 TrainError, EvaluationError, BenchDataError, MotFileError,
                                                 MotSequenceError, MotEvaluationError, DetectorContractError,
-                                                ManifestError, AdaptError, PeerUnavailableError)
+                                                ManifestError, AdaptError, PeerUnavailableError, AppearanceError)
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -384,6 +385,7 @@ def cmd_eval_mot(args: argparse.Namespace) -> int:
     check_writable_dir(out)
     det = MotDetectionFile(seq.det_path, min_score=args.min_score)
     encoder = app.build_encoder(cfg.encoder)
+    check_region(cfg.tracker.appearance_region, encoder.patch_grid, getattr(encoder, "path", ""))  # before any output
     video = AnnotatedVideoSink(out / "annotated.mp4", fps=seq.frame_rate)
 
     def on_frame(result: FrameResult) -> None:

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
+from pipeline.tracking.appearance import REGIONS
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -115,7 +117,7 @@ class TrackerConfig:
     nsa: bool = _f(False)
     cmc: str = _f("none", choices=("none", "sparse", "ecc"))
     cmc_downscale: float = _f(2.0, 1.0, 32.0)
-    appearance_region: str = _f("crop", choices=("crop", "box"))
+    appearance_region: str = _f("crop", choices=REGIONS)
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,7 @@ class Pipeline:
         if bank is not None:
             bank.check_encoder(encoder.encoder_id, encoder.embedding_dim, encoder.patch_dim,
                                "anomaly stage", patches=encoder.patch_grid[0] * encoder.patch_grid[1])
-        check_region(appearance_region, encoder.patch_grid)
+        check_region(appearance_region, encoder.patch_grid, getattr(encoder, "path", ""))
         self.appearance_region = appearance_region
         self.detector = detector
         self.encoder = encoder
@@ -131,7 +131,7 @@ class Pipeline:
             emb = self.encoder.embed(crops, with_patches=bank is not None or self.appearance_region == "box")
         self.metrics.encoder_batch.observe(len(crops))
         with self._timed("track"):
-            seen = tracking_embeddings(emb, crops.xyxy, dets.xyxy, self.appearance_region)
+            seen = tracking_embeddings(emb, crops.xyxy, dets.xyxy, self.appearance_region, (frame.width, frame.height))
             out = self.tracker.update(dets, seen, frame.timestamp, frame_image=frame.image)
         self.tracks_started += len(out.started)
         self.metrics.tracks_started.inc(len(out.started))

@@ -40,7 +40,7 @@ def track_sequence(seq: MotSequence, detections: MotDetectionFile, encoder: Enco
     The run's ``rows`` are the offline-cleaned rows with ``fill_gaps``, else the online ones (``online_rows``
     holds those in both cases). ``appearance_region`` is ``[tracker] appearance_region``
     (:func:`pipeline.tracking.appearance.tracking_embeddings`)."""
-    check_region(appearance_region, encoder.patch_grid)
+    check_region(appearance_region, encoder.patch_grid, getattr(encoder, "path", ""))
     box = appearance_region == "box"
     tracker.reset()
     detections.reset()
@@ -62,7 +62,7 @@ def track_sequence(seq: MotSequence, detections: MotDetectionFile, encoder: Enco
             if len(dets):
                 batch = crop_batch(frame, dets, size, crop_padding)
                 emb = tracking_embeddings(encoder.embed(batch, with_patches=box), batch.xyxy, dets.xyxy,
-                                          appearance_region)
+                                          appearance_region, (frame.width, frame.height))
                 crops += len(dets)
             else:
                 dim = encoder.patch_dim if box else encoder.embedding_dim

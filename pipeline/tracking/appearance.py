@@ -11,23 +11,31 @@ weighted by the fraction of its area inside the box.
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 
+from pipeline.tracking.matching import has_feature
 from pipeline.types import Embeddings, FloatArray
 
 REGIONS = ("crop", "box")
 
 
-def check_region(region: str, grid: tuple[int, int], what: str = "the encoder") -> None:
-    """Refuse, before any frame, a region the encoder cannot serve: ``"box"`` needs a patch output."""
+class AppearanceError(ValueError):
+    """The tracker's appearance cannot be computed with this encoder (a setting to change, named)."""
+
+
+def check_region(region: str, grid: tuple[int, int], model: object = "") -> None:
+    """Refuse, before any frame, a region the encoder cannot serve: ``"box"`` needs a patch output. ``model``
+    names the encoder's model file in the message."""
     if region not in REGIONS:
-        raise ValueError(f"[tracker] appearance_region must be one of {', '.join(REGIONS)}, got {region!r}")
+        raise AppearanceError(f"[tracker] appearance_region must be one of {', '.join(REGIONS)}, got {region!r}")
     if region == "box" and (grid[0] < 1 or grid[1] < 1):
-        raise ValueError(f'[tracker] appearance_region = "box" needs an encoder with a \'patches\' output, and '
-                         f'{what} has none: set appearance_region = "crop", or use an encoder exported with patches '
-                         f"(the built-in one with [encoder] patch_stage > 0)")
+        which = f"the encoder {model}" if str(model) else "the encoder"
+        raise AppearanceError(f'[tracker] appearance_region = "box" needs an encoder with a \'patches\' output, and '
+                              f'{which} has none: set appearance_region = "crop", or use an encoder with one (the '
+                              f"built-in encoder with [encoder] patch_stage > 0, or a model exported that way)")
 
 
-def box_cell_weights(regions: FloatArray, boxes: FloatArray, grid: tuple[int, int]) -> FloatArray:
+def box_cell_weights(regions: npt.ArrayLike, boxes: npt.ArrayLike, grid: tuple[int, int]) -> FloatArray:
     """``(N, h * w)`` float32: the fraction of each grid cell's area inside the box, row-major over ``grid``.
 
     ``regions`` are the ``(N, 4)`` xyxy frame regions the crops were cut from (the grid spans each region),
@@ -56,27 +64,41 @@ def box_cell_weights(regions: FloatArray, boxes: FloatArray, grid: tuple[int, in
     return weights.astype(np.float32)
 
 
-def box_pooled(emb: Embeddings, regions: FloatArray, boxes: FloatArray) -> Embeddings:
+def box_pooled(emb: Embeddings, regions: FloatArray, boxes: FloatArray,
+               frame_size: tuple[int, int] | None = None) -> Embeddings:
     """The appearance of each box: ``emb``'s patch features weighted by :func:`box_cell_weights`, averaged and
     L2-normalised, as ``(N, C)`` vectors without patches. Rows of ``emb`` that are all zeros (crops not embedded)
-    stay all zeros, so the tracker still treats them as not embedded."""
+    stay all zeros, so the tracker still treats them as not embedded.
+
+    ``regions`` are the crops' frame regions (``CropBatch.xyxy``); the grid spans the whole pixels each crop was
+    cut from (:func:`pipeline.crops.crop_batch` cuts from ``floor`` to ``ceil``). With ``frame_size`` ``(width,
+    height)``, boxes are clipped to the frame first: the part of a crop beyond the frame edge is replicated
+    border pixels, not the object.
+    """
     if emb.patches is None:
-        raise ValueError("box pooling needs the encoder's 'patches' output; this encoder has none")
+        raise AppearanceError("box pooling needs the encoder's 'patches' output; this encoder has none")
     n = len(emb)
     if n == 0:
         return Embeddings(np.zeros((0, emb.patches.shape[2]), np.float32))
-    weights = box_cell_weights(regions, boxes, emb.grid)
+    reg = np.asarray(regions, np.float64).reshape(-1, 4)
+    reg = np.concatenate([np.floor(reg[:, :2]), np.ceil(reg[:, 2:])], axis=1)
+    box = np.asarray(boxes, np.float64).reshape(-1, 4)
+    if frame_size is not None:
+        width, height = frame_size
+        box = np.clip(box, 0.0, np.array([width, height, width, height], np.float64))
+    weights = box_cell_weights(reg, box, emb.grid)
     pooled = np.einsum("np,npc->nc", weights, emb.patches) / weights.sum(axis=1, keepdims=True)
     norm = np.linalg.norm(pooled, axis=1, keepdims=True)
     pooled = np.where(norm > 1e-12, pooled / np.maximum(norm, 1e-12), 0.0)
-    pooled[~np.any(emb.vectors != 0, axis=1)] = 0.0
+    pooled[~has_feature(emb.vectors)] = 0.0
     return Embeddings(pooled.astype(np.float32))
 
 
-def tracking_embeddings(emb: Embeddings, regions: FloatArray, boxes: FloatArray, region: str) -> Embeddings:
+def tracking_embeddings(emb: Embeddings, regions: FloatArray, boxes: FloatArray, region: str,
+                        frame_size: tuple[int, int] | None = None) -> Embeddings:
     """The vectors the tracker compares: ``emb`` itself for ``region = "crop"``, :func:`box_pooled` for ``"box"``."""
     if region == "crop":
         return emb
     if region == "box":
-        return box_pooled(emb, regions, boxes)
-    raise ValueError(f"appearance region must be one of {', '.join(REGIONS)}, got {region!r}")
+        return box_pooled(emb, regions, boxes, frame_size)
+    raise AppearanceError(f"appearance region must be one of {', '.join(REGIONS)}, got {region!r}")

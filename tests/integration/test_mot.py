@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import ClassVar
 
 import cv2
 import numpy as np
@@ -52,16 +53,55 @@ def test_eval_mot_tracks_scores_and_writes_outputs(tmp_path: Path, shared_data: 
     video.release()
 
 
-def test_eval_mot_with_the_patch_features_inside_each_box(tmp_path: Path, shared_data: Callable[..., Path],
-                                                          pretrained_onnx: Path) -> None:
+def test_tracking_a_sequence_with_the_patch_features_inside_each_box(shared_data: Callable[..., Path],
+                                                                    pretrained_onnx: Path) -> None:
+    from pipeline import app
+    from pipeline.config import Config, replace
+    from pipeline.detect.motchallenge import MotDetectionFile
+    from pipeline.evaluation.mot_metrics import evaluate
+    from pipeline.evaluation.mot_run import track_sequence
+    from pipeline.evaluation.motchallenge import load_sequence
+    from pipeline.tracking.tracker import Tracker
+
+    class Recording(Tracker):
+        """The real tracker, noting the width of the vectors it is given."""
+
+        dims: ClassVar[set[int]] = set()
+
+        def update(self, detections, embeddings, timestamp, **kwargs):  # type: ignore[no-untyped-def]
+            self.dims.add(embeddings.dim)
+            return super().update(detections, embeddings, timestamp, **kwargs)
+
+    seq = load_sequence(shared_data("mot15", "TUD-Campus"))
+    cfg = replace(Config(), "encoder", model=str(pretrained_onnx))
+    encoder = app.build_encoder(cfg.encoder)
+    tracker = Recording()
+    run = track_sequence(seq, MotDetectionFile(seq.det_path), encoder, tracker, appearance_region="box")
+    assert tracker.dims == {encoder.patch_dim} and encoder.patch_dim != encoder.embedding_dim
+    scores = evaluate(None, run.rows, seq)
+    assert scores.hota > 30 and scores.idf1 > 40 and len(np.unique(run.rows[:, 1])) >= 5
+
+
+@pytest.mark.parametrize("model", ["built-in", "file"])
+def test_eval_mot_refuses_box_appearance_without_a_patch_output_before_writing(
+        tmp_path: Path, shared_data: Callable[..., Path], model: str) -> None:
+    from pipeline import app
+    from pipeline.config import EncoderConfig
+
     seq = shared_data("mot15", "TUD-Campus")
+    if model == "built-in":  # caught when the config is read
+        encoder_args = ["--set", "encoder.patch_stage=0", "--set", 'bank.level="global"']
+        message, fix = "appearance_region = 'box' needs patch features", "appearance_region = 'crop'"
+    else:  # an ONNX model without a 'patches' output: caught once the model is loaded
+        onnx = app.build_encoder(EncoderConfig(patch_stage=0, cache_dir=str(tmp_path / "cache"))).path
+        encoder_args = ["--set", f'encoder.model="{onnx}"']
+        message, fix = f"the encoder {onnx} has none", 'set appearance_region = "crop"'
     proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "-q", "eval", "mot", "--seq", str(seq), "--out",
-                           str(tmp_path), "--set", f'encoder.model="{pretrained_onnx}"', "--set",
-                           'tracker.appearance_region="box"'], cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr
-    figures = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert figures["HOTA"] > 30 and figures["IDF1"] > 40 and figures["MOTA"] > 30
-    assert len(np.unique(np.loadtxt(tmp_path / "TUD-Campus.txt", delimiter=",", ndmin=2)[:, 1])) >= 5
+                           str(tmp_path / "out"), *encoder_args, "--set", 'tracker.appearance_region="box"'], cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert message in proc.stderr and fix in proc.stderr
+    assert not (tmp_path / "out" / "annotated.mp4").exists()
 
 
 def test_eval_mot_on_a_folder_that_is_not_a_sequence(tmp_path: Path) -> None:

@@ -37,6 +37,14 @@ def test_cell_weights_of_a_person_in_a_square_crop() -> None:
     assert w.sum() == pytest.approx(64 * (20 * 46) / side**2, rel=1e-5)  # the box's area in cells
 
 
+def test_cell_weights_on_a_grid_of_two_rows_and_three_columns() -> None:
+    region = np.array([[0.0, 0.0, 6.0, 4.0]], np.float32)  # cells of 2x2 px, row-major: (0,0) (0,1) (0,2) (1,0) ...
+    np.testing.assert_allclose(box_cell_weights(region, np.array([[2, 0, 4, 4]], np.float32), (2, 3))[0],
+                               [0, 1, 0, 0, 1, 0])  # the middle column
+    np.testing.assert_allclose(box_cell_weights(region, np.array([[0, 2, 6, 4]], np.float32), (2, 3))[0],
+                               [0, 0, 0, 1, 1, 1])  # the bottom row
+
+
 def test_cell_weights_reject_bad_shapes() -> None:
     with pytest.raises(ValueError, match="one region per box"):
         box_cell_weights(REGION, np.zeros((2, 4), np.float32), (2, 2))
@@ -62,6 +70,17 @@ def test_box_pooling_describes_what_is_inside_the_box() -> None:
     # covers half of the left cells and all of the right ones: 1 : 2
     np.testing.assert_allclose(out.vectors[2], np.array([1, 2, 0]) / np.sqrt(5), atol=1e-6)
     np.testing.assert_allclose(np.linalg.norm(out.vectors, axis=1), 1.0, atol=1e-6)
+
+
+def test_box_pooling_uses_the_whole_pixels_cut_and_leaves_out_what_is_beyond_the_frame() -> None:
+    emb = _left_right()
+    # the crop was cut from floor(0.4) = 0 to ceil(3.6) = 4: the grid spans 0..4, so 0..2 is the left column
+    left = box_pooled(emb, np.array([[0.4, 0.4, 3.6, 3.6]], np.float32), np.array([[0, 0, 2, 4]], np.float32))
+    np.testing.assert_allclose(left.vectors[0], [1, 0, 0], atol=1e-6)
+    # a box reaching past the frame's right edge at x = 2: the right column is replicated border, not the object
+    edge = np.array([[0, 0, 4, 4]], np.float32)
+    np.testing.assert_allclose(box_pooled(emb, REGION, edge, frame_size=(2, 10)).vectors[0], [1, 0, 0], atol=1e-6)
+    assert box_pooled(emb, REGION, edge).vectors[0, 1] > 0.5  # without the frame size both columns count
 
 
 def test_box_pooling_keeps_crops_that_were_not_embedded_empty() -> None:
