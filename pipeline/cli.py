@@ -77,6 +77,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     source = open_source(uri, cfg.source)
     try:
         encoder = app.build_encoder(cfg.encoder)
+        # An encoder without the features appearance_region needs: say so before anything binds or opens.
+        check_region(cfg.tracker.appearance_region, encoder.patch_grid, getattr(encoder, "path", ""))
         # Made (it looks at the bank's files) before the bank is loaded: a save during startup is swapped in too.
         reloader = (BankReloader(cfg.anomaly.bank, cfg.anomaly.reload_interval_s, lambda b: pipeline.swap_bank(b),
                                  on_error=lambda _m: metrics.bank_reload_errors.inc())

@@ -364,6 +364,29 @@ def test_read_only_output_disk_is_a_one_line_error_before_any_work(tmpfs: Callab
     assert not (tmp_path / "none").exists()
 
 
+def test_run_refuses_box_appearance_without_a_patch_output_before_binding_the_metrics_port(
+        tmp_path: Path, encoder_cache: Path) -> None:
+    import socket
+
+    from pipeline import app
+    from pipeline.config import EncoderConfig
+
+    onnx = app.build_encoder(EncoderConfig(patch_stage=0, cache_dir=str(encoder_cache))).path
+    with socket.socket() as held:  # the metrics port is taken: binding it first would be a different error
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        port = held.getsockname()[1]
+        out = tmp_path / "run"
+        proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", "--config", str(REPO / "config.toml"),
+                               "--source", str(tiny_video(tmp_path / "v.avi")), "--out", str(out),
+                               "--set", f'encoder.model="{onnx}"', "--set", 'tracker.appearance_region="box"',
+                               "--set", f"metrics.port={port}"],
+                              cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert_one_line_error(proc.stderr, f"the encoder {onnx} has none", 'set appearance_region = "crop"')
+    assert not any(out.iterdir())  # no sink was opened
+
+
 @pytest.mark.data
 def test_disk_filling_up_mid_run_stops_with_one_line_and_a_playable_video(
         tmpfs: Callable[..., Path], shared_data: Callable[..., Path], pretrained_onnx: Path) -> None:
