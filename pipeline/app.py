@@ -93,9 +93,10 @@ def build_detector(cfg: DetectorConfig) -> Detector:
 
 
 def build_tracker(cfg: TrackerConfig) -> Tracker:
-    """``[tracker]`` -> :class:`Tracker` (the same keys, but ``appearance_region``: what the tracker is fed)."""
+    """``[tracker]`` -> :class:`Tracker` (the same keys, but ``appearance_region`` and ``color_weight``: what the
+    tracker is fed)."""
     args = asdict(cfg)
-    del args["appearance_region"]
+    del args["appearance_region"], args["color_weight"]
     return Tracker(**args)
 
 
@@ -117,7 +118,7 @@ def build_pipeline(cfg: Config, encoder: Encoder, metrics: PipelineMetrics, bank
     return Pipeline(build_detector(cfg.detector), encoder, build_tracker(cfg.tracker), metrics, bank, inspector,
                     stream=cfg.output.stream_name, crop_padding=cfg.encoder.crop_padding,
                     edge_margin=cfg.anomaly.edge_margin, evidence_dir=evidence_dir,
-                    appearance_region=cfg.tracker.appearance_region)
+                    appearance_region=cfg.tracker.appearance_region, color_weight=cfg.tracker.color_weight)
 
 
 def load_bank(path: str, encoder: Encoder) -> Bank | None:
@@ -235,7 +236,8 @@ def good_samples_from_frames(frames: Iterable[Frame], cfg: Config, encoder: Enco
         dets = detector.detect(frame)
         crops = crop_batch(frame, dets, encoder.input_size, cfg.encoder.crop_padding)
         emb = encoder.embed(crops, with_patches=level == "patch" or region == "box")
-        seen = tracking_embeddings(emb, crops.xyxy, dets.xyxy, region, (frame.width, frame.height))
+        seen = tracking_embeddings(emb, crops.xyxy, dets.xyxy, region, (frame.width, frame.height), image=frame.image,
+                                   color_weight=cfg.tracker.color_weight)
         out = tracker.update(dets, seen, frame.timestamp, frame_image=frame.image)
         inside = edge_mask(dets.xyxy, frame.width, frame.height, cfg.anomaly.edge_margin)
         rows = crop_features(emb, level)

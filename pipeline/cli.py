@@ -397,7 +397,8 @@ def cmd_eval_mot(args: argparse.Namespace) -> int:
     log.info("tracking %s: %d frames, %d detections", seq.name, seq.length, len(det))
     try:
         run = track_sequence(seq, det, encoder, app.build_tracker(cfg.tracker), cfg.encoder.crop_padding, on_frame,
-                             fill_gaps=cfg.output.mot_fill_gaps, appearance_region=cfg.tracker.appearance_region)
+                             fill_gaps=cfg.output.mot_fill_gaps, appearance_region=cfg.tracker.appearance_region,
+                             color_weight=cfg.tracker.color_weight)
     finally:
         video.close()
     tracks_txt = write_mot_txt(out / f"{seq.name}.txt", run.rows)

@@ -91,7 +91,8 @@ class EncoderConfig:
 @dataclass(frozen=True)
 class TrackerConfig:
     """``[tracker]``: the arguments of :class:`pipeline.tracking.tracker.Tracker`, one for one, and
-    ``appearance_region``: which vectors the tracker is given (:mod:`pipeline.tracking.appearance`)."""
+    ``appearance_region`` and ``color_weight``: which vectors the tracker is given
+    (:mod:`pipeline.tracking.appearance`)."""
 
     appearance_weight: float = _f(0.5, 0.0, 1.0)
     max_cost: float = _f(0.7, 0.0, 2.0)
@@ -118,6 +119,7 @@ class TrackerConfig:
     cmc: str = _f("none", choices=("none", "sparse", "ecc"))
     cmc_downscale: float = _f(2.0, 1.0, 32.0)
     appearance_region: str = _f("crop", choices=REGIONS)
+    color_weight: float = _f(0.0, 0.0, 1.0)
 
 
 @dataclass(frozen=True)

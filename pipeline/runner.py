@@ -47,7 +47,7 @@ class Pipeline:
     def __init__(self, detector: Detector, encoder: Encoder, tracker: Tracker, metrics: PipelineMetrics,
                  bank: Bank | None = None, inspector: PartInspector | None = None, stream: str = "default",
                  crop_padding: float = 0.1, edge_margin: int = 4, evidence_dir: Path | None = None,
-                 appearance_region: str = "crop") -> None:
+                 appearance_region: str = "crop", color_weight: float = 0.0) -> None:
         if (bank is None) != (inspector is None):
             raise ValueError("bank and inspector go together: give both or neither")
         if bank is not None:
@@ -55,6 +55,7 @@ class Pipeline:
                                "anomaly stage", patches=encoder.patch_grid[0] * encoder.patch_grid[1])
         check_region(appearance_region, encoder.patch_grid, getattr(encoder, "path", ""))
         self.appearance_region = appearance_region
+        self.color_weight = color_weight
         self.detector = detector
         self.encoder = encoder
         self.tracker = tracker
@@ -131,7 +132,8 @@ class Pipeline:
             emb = self.encoder.embed(crops, with_patches=bank is not None or self.appearance_region == "box")
         self.metrics.encoder_batch.observe(len(crops))
         with self._timed("track"):
-            seen = tracking_embeddings(emb, crops.xyxy, dets.xyxy, self.appearance_region, (frame.width, frame.height))
+            seen = tracking_embeddings(emb, crops.xyxy, dets.xyxy, self.appearance_region, (frame.width, frame.height),
+                                       image=frame.image, color_weight=self.color_weight)
             out = self.tracker.update(dets, seen, frame.timestamp, frame_image=frame.image)
         self.tracks_started += len(out.started)
         self.metrics.tracks_started.inc(len(out.started))

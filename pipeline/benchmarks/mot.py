@@ -51,7 +51,8 @@ def main(cfg: Config, sequences: tuple[str, ...] = SEQUENCES, peers: tuple[str, 
         det = MotDetectionFile(seq.det_path)
         results: dict[str, dict[str, float]] = {}
         ours = track_sequence(seq, det, encoder, app.build_tracker(cfg.tracker), cfg.encoder.crop_padding,
-                              fill_gaps=cfg.output.mot_fill_gaps, appearance_region=cfg.tracker.appearance_region)
+                              fill_gaps=cfg.output.mot_fill_gaps, appearance_region=cfg.tracker.appearance_region,
+                              color_weight=cfg.tracker.color_weight)
         runs = [("siamstream", ours.rows, ours.tracker_fps, ours.fps_with_embedder)]
         if ours.online_rows is not None and ours.online_rows is not ours.rows:
             runs.append(("siamstream-online", ours.online_rows, ours.tracker_fps, ours.fps_with_embedder))

@@ -26,6 +26,7 @@ from pipeline.evaluation.mot_peers import PeerRun
 from pipeline.evaluation.motchallenge import MotSequence
 from pipeline.sources import open_source
 from pipeline.tracking.appearance import check_region, tracking_embeddings
+from pipeline.tracking.color import color_dim
 from pipeline.tracking.postprocess import interpolate_gaps, keep_confirmed
 from pipeline.tracking.tracker import Tracker
 from pipeline.types import Embeddings, FrameResult, TrackState
@@ -35,10 +36,11 @@ log = logging.getLogger(__name__)
 
 def track_sequence(seq: MotSequence, detections: MotDetectionFile, encoder: Encoder, tracker: Tracker,
                    crop_padding: float = 0.1, on_frame: Callable[[FrameResult], None] | None = None,
-                   use_frame_image: bool = True, fill_gaps: bool = True, appearance_region: str = "crop") -> PeerRun:
+                   use_frame_image: bool = True, fill_gaps: bool = True, appearance_region: str = "crop",
+                   color_weight: float = 0.0) -> PeerRun:
     """Track ``seq`` with ``tracker`` (reset first); ``on_frame`` sees each frame's result (e.g. a video sink).
     The run's ``rows`` are the offline-cleaned rows with ``fill_gaps``, else the online ones (``online_rows``
-    holds those in both cases). ``appearance_region`` is ``[tracker] appearance_region``
+    holds those in both cases). ``appearance_region`` and ``color_weight`` are the ``[tracker]`` keys
     (:func:`pipeline.tracking.appearance.tracking_embeddings`)."""
     check_region(appearance_region, encoder.patch_grid, getattr(encoder, "path", ""))
     box = appearance_region == "box"
@@ -62,10 +64,11 @@ def track_sequence(seq: MotSequence, detections: MotDetectionFile, encoder: Enco
             if len(dets):
                 batch = crop_batch(frame, dets, size, crop_padding)
                 emb = tracking_embeddings(encoder.embed(batch, with_patches=box), batch.xyxy, dets.xyxy,
-                                          appearance_region, (frame.width, frame.height))
+                                          appearance_region, (frame.width, frame.height), image=frame.image,
+                                          color_weight=color_weight)
                 crops += len(dets)
             else:
-                dim = encoder.patch_dim if box else encoder.embedding_dim
+                dim = (encoder.patch_dim if box else encoder.embedding_dim) + (color_dim() if color_weight > 0 else 0)
                 emb = Embeddings(np.zeros((0, dim), np.float32))
             mid = time.perf_counter()
             out = tracker.update(dets, emb, timestamp, frame_image=frame.image if use_frame_image else None)

@@ -6,6 +6,9 @@ encoder's pooled embedding of the whole crop describes the scene more than the o
 looks alike to it. ``region = "box"`` describes the object alone: the encoder's local features (its ``patches``
 output, one vector per cell of a grid over the crop) averaged over the cells the detection box covers, each cell
 weighted by the fraction of its area inside the box.
+
+With a colour weight, each vector is joined with the colour histogram of its box (:mod:`pipeline.tracking.color`),
+so the tracker's one cosine distance is a weighted sum of the embedding's and the colour's (:func:`with_color`).
 """
 
 from __future__ import annotations
@@ -13,8 +16,9 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
+from pipeline.tracking.color import color_histograms
 from pipeline.tracking.matching import has_feature
-from pipeline.types import Embeddings, FloatArray
+from pipeline.types import Embeddings, FloatArray, UInt8Array
 
 REGIONS = ("crop", "box")
 
@@ -94,11 +98,43 @@ def box_pooled(emb: Embeddings, regions: FloatArray, boxes: FloatArray,
     return Embeddings(pooled.astype(np.float32))
 
 
+def with_color(emb: Embeddings, colors: FloatArray, weight: float) -> Embeddings:
+    """Each row of ``emb`` joined with its colour descriptor (:mod:`pipeline.tracking.color`), so that the
+    cosine distance the tracker computes is ``(1 - weight) * embedding distance + weight * colour distance``.
+
+    Both parts are unit vectors, scaled by ``sqrt(1 - weight)`` and ``sqrt(weight)``: the joined vector has unit
+    norm and its dot product is the weighted sum of the two cosines. A row without an embedding (all zeros)
+    stays all zeros, so the tracker still treats it as not embedded; a row without colour (box outside the
+    frame) keeps the embedding part only, which the tracker's normalisation turns into the embedding's own
+    distance.
+    """
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"color weight must be in [0, 1], got {weight}")
+    vec = np.asarray(emb.vectors, np.float32)
+    col = np.asarray(colors, np.float32)
+    if col.ndim != 2 or len(col) != len(vec):
+        raise ValueError(f"{len(vec)} embeddings but colour descriptors of shape {col.shape}: one row per embedding")
+    known = has_feature(vec)
+    norm = np.linalg.norm(vec, axis=1, keepdims=True)
+    unit = np.where(norm > 1e-12, vec / np.maximum(norm, 1e-12), 0.0)
+    joined = np.concatenate([np.sqrt(1.0 - weight) * unit, np.sqrt(weight) * col], axis=1)
+    joined[~known] = 0.0
+    return Embeddings(joined.astype(np.float32))
+
+
 def tracking_embeddings(emb: Embeddings, regions: FloatArray, boxes: FloatArray, region: str,
-                        frame_size: tuple[int, int] | None = None) -> Embeddings:
-    """The vectors the tracker compares: ``emb`` itself for ``region = "crop"``, :func:`box_pooled` for ``"box"``."""
+                        frame_size: tuple[int, int] | None = None, *, image: UInt8Array | None = None,
+                        color_weight: float = 0.0) -> Embeddings:
+    """The vectors the tracker compares: ``emb`` itself for ``region = "crop"``, :func:`box_pooled` for ``"box"``;
+    with ``color_weight > 0``, joined with the boxes' colour in the BGR frame ``image`` (:func:`with_color`)."""
     if region == "crop":
-        return emb
-    if region == "box":
-        return box_pooled(emb, regions, boxes, frame_size)
-    raise AppearanceError(f"appearance region must be one of {', '.join(REGIONS)}, got {region!r}")
+        seen = emb
+    elif region == "box":
+        seen = box_pooled(emb, regions, boxes, frame_size)
+    else:
+        raise AppearanceError(f"appearance region must be one of {', '.join(REGIONS)}, got {region!r}")
+    if color_weight <= 0.0:
+        return seen
+    if image is None:
+        raise AppearanceError("[tracker] color_weight > 0 needs the frame image to measure the boxes' colour")
+    return with_color(seen, color_histograms(image, boxes), color_weight)

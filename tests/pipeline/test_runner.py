@@ -167,6 +167,22 @@ def test_box_appearance_feeds_the_tracker_the_patch_features_inside_each_box(set
     assert len(box) <= len(crop)
 
 
+def test_colour_joins_the_tracker_vectors_and_every_track_still_follows_one_part(setup, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from pipeline.tracking.color import color_dim
+
+    cfg, encoder, _ = setup
+    col_cfg = replace(cfg, "tracker", color_weight=0.5)
+    col, dims = _track_parts(app.build_pipeline(col_cfg, encoder, PipelineMetrics(CollectorRegistry()), None,
+                                                tmp_path), seed=3)
+    assert dims == {encoder.embedding_dim + color_dim()}
+    crop, _ = _track_parts(app.build_pipeline(cfg, encoder, PipelineMetrics(CollectorRegistry()), None, tmp_path),
+                           seed=3)
+    assert all(len(counts) == 1 and None not in counts for counts in col.values())
+    followed = {next(iter(counts)) for counts in col.values()}
+    assert len(followed) >= 5 and followed == {next(iter(counts)) for counts in crop.values()}
+    assert len(col) <= len(crop)
+
+
 def test_box_appearance_without_a_patch_output_is_refused_at_start(setup, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     cfg, _, _ = setup
     no_patches = replace(replace(cfg, "encoder", model="", patch_stage=0, cache_dir=str(tmp_path / "cache")),
