@@ -112,6 +112,7 @@ class TrackerConfig:
     reid_max_cosine_distance: float = _f(0.2, 0.0, 2.0)
     reid_margin: float = _f(0.1, 0.0, 2.0)
     reid_max_speed: float = _f(2.0, 0.0, 1000.0)
+    max_height_ratio: float = _f(1.7, 0.0, 100.0)
     kalman_fps: float = _f(30.0, 0.1, 1000.0)
     std_weight_position: float = _f(0.05, 1e-6, 10.0)
     std_weight_velocity: float = _f(0.00625, 1e-6, 10.0)

@@ -206,3 +206,28 @@ def distinctive(cost: np.ndarray, margin: float) -> np.ndarray:
         return np.where(is_best, second, best)
 
     return (c + margin <= rival(c)) & (c + margin <= rival(c.T).T)
+
+
+def gate_height_ratio(cost: np.ndarray, track_heights: np.ndarray, det_heights: np.ndarray, max_ratio: float,
+                      rows: np.ndarray | None = None) -> np.ndarray:
+    """``cost`` with pairs whose box heights differ by more than a factor ``max_ratio`` set to :data:`GATED`.
+
+    Args:
+        cost: ``(M, N)`` track x detection cost.
+        track_heights: ``(M,)`` each track's reference height (e.g. its last matched box's).
+        det_heights: ``(N,)`` the detections' heights.
+        max_ratio: the largest allowed ``max(a, b) / min(a, b)``, ``>= 1``; 0 turns the gate off.
+        rows: ``(M,)`` bool, the tracks the gate applies to (default: all).
+    """
+    if max_ratio == 0:
+        return cost
+    if max_ratio < 1:
+        raise ValueError(f"max_ratio must be >= 1 (or 0 = off), got {max_ratio}")
+    th = np.maximum(np.asarray(track_heights, np.float64).reshape(-1, 1), 1e-9)
+    dh = np.maximum(np.asarray(det_heights, np.float64).reshape(1, -1), 1e-9)
+    if (len(th), len(dh[0])) != cost.shape:
+        raise ValueError(f"cost shape {cost.shape} does not match {len(th)} tracks x {dh.shape[1]} detections")
+    far = np.abs(np.log(dh / th)) > np.log(max_ratio)
+    if rows is not None:
+        far &= np.asarray(rows, bool).reshape(-1, 1)
+    return np.where(far, GATED, cost).astype(np.float32)

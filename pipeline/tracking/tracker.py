@@ -12,6 +12,7 @@ Appearance + motion tracking in the manner of ByteTrack / BoT-SORT / StrongSORT:
   1. confirmed and lost tracks vs high-score detections (``confidence >= high_score``), fused cost of
      appearance and ``1 - IoU`` (``fusion``), gated by squared Mahalanobis distance (``max_mahalanobis``),
      appearance (``max_cosine_distance``) and overlap with the predicted box (``min_iou``);
+     Lost tracks only match detections within ``max_height_ratio`` of their last box's height;
   2. re-identification: lost tracks still unmatched vs high-score detections still unmatched, by appearance
      alone (``reid_max_cosine_distance``), with no Kalman gate, only a loose speed limit (``reid_max_speed``),
      so a track whose prediction drifted during a long absence is found again; a pair must also be
@@ -46,6 +47,7 @@ from pipeline.tracking.matching import (
     fuse_min,
     fuse_weighted,
     gate_classes,
+    gate_height_ratio,
     gate_mahalanobis,
     has_feature,
     iou_cost,
@@ -87,6 +89,10 @@ class TrackerOutput:
 Pairs = list[tuple[int, int]]
 
 
+def _heights(xyxy: np.ndarray) -> np.ndarray:
+    return np.asarray(xyxy, np.float64).reshape(-1, 4)[:, 3] - np.asarray(xyxy, np.float64).reshape(-1, 4)[:, 1]
+
+
 class Tracker:
     """Appearance + motion multi-object tracker. ``update()`` once per frame, in timestamp order;
     ``reset()`` to reuse; ``flush()`` at the end of a stream.
@@ -117,6 +123,9 @@ class Tracker:
             to every other track and the track's distance to every other high-score detection (no ambiguity).
         reid_max_speed: re-identification motion limit, in box heights per second the object may have moved
             since it was last seen; 0 = no limit.
+        max_height_ratio: a lost track is found again (first pass or re-identification) only by a detection
+            whose height is within this factor of its last box's, either way: after a long absence the Kalman
+            size uncertainty no longer bounds it; 0 = off.
         kalman_fps: frame rate at which one Kalman step has the standard per-frame process noise.
         std_weight_position: Kalman position and measurement noise, as a fraction of the box side per nominal
             frame (BoT-SORT: 1/20).
@@ -132,7 +141,7 @@ class Tracker:
                  new_track_score: float = 0.5, low_min_iou: float = 0.5, appearance: str = "ema",
                  gallery_size: int = 30, fusion: str = "weighted", max_mahalanobis: float = kalman.CHI2_95[4],
                  reid_max_cosine_distance: float = 0.2, reid_margin: float = 0.1, reid_max_speed: float = 2.0,
-                 kalman_fps: float = 30.0,
+                 max_height_ratio: float = 1.7, kalman_fps: float = 30.0,
                  std_weight_position: float = 0.05, std_weight_velocity: float = 1.0 / 160.0,
                  nsa: bool = False, cmc: str = "none", cmc_downscale: float = 2.0) -> None:
         for name, value in (("appearance_weight", appearance_weight), ("gallery_momentum", gallery_momentum),
@@ -147,7 +156,7 @@ class Tracker:
         for name, value in (("max_cost", max_cost), ("max_cosine_distance", max_cosine_distance),
                             ("max_lost_seconds", max_lost_seconds), ("max_mahalanobis", max_mahalanobis),
                             ("reid_max_cosine_distance", reid_max_cosine_distance), ("reid_margin", reid_margin),
-                            ("reid_max_speed", reid_max_speed)):
+                            ("reid_max_speed", reid_max_speed), ("max_height_ratio", max_height_ratio)):
             if not (np.isfinite(value) and value >= 0.0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value}")
         if appearance not in APPEARANCE_MODES:
@@ -174,6 +183,9 @@ class Tracker:
         self.reid_max_cosine_distance = reid_max_cosine_distance
         self.reid_margin = reid_margin
         self.reid_max_speed = reid_max_speed
+        if 0 < max_height_ratio < 1:
+            raise ValueError(f"max_height_ratio must be >= 1 (or 0 = off), got {max_height_ratio}")
+        self.max_height_ratio = max_height_ratio
         self.kalman_params = kalman.KalmanParams(std_weight_position, std_weight_velocity, kalman_fps)
         self.nsa = nsa
         self._cmc = CameraMotion(cmc, cmc_downscale) if cmc != "none" else None
@@ -235,6 +247,9 @@ class Tracker:
         galleries = [np.stack(t.gallery) if t.gallery else np.zeros((1, dim), np.float32) for t in tracks]
         return appearance_cost(galleries, ema, feats, self.appearance), known
 
+    def _last_heights(self, rows: list[int]) -> np.ndarray:
+        return np.array([_heights(self._tracks[i].last_xyxy[None])[0] for i in rows], np.float64)
+
     def _classes(self, rows: list[int]) -> np.ndarray:
         return np.array([self._tracks[i].class_id for i in rows], np.int64)
 
@@ -258,6 +273,8 @@ class Tracker:
             d2 = kalman.mahalanobis_sq(mean, cov, kalman.xyxy_to_cxcywh(dets.xyxy[cols]), self.kalman_params)
             cost = gate_mahalanobis(cost, d2, self.max_mahalanobis)
         cost = gate_classes(cost, self._classes(rows), dets.class_id[cols])
+        lost = np.array([self._tracks[i].state == TrackState.LOST for i in rows])
+        cost = gate_height_ratio(cost, self._last_heights(rows), _heights(dets.xyxy[cols]), self.max_height_ratio, lost)
         return self._assign(cost, rows, cols, self.max_cost)
 
     def _reid_pass(self, rows: list[int], cols: np.ndarray, high: np.ndarray, dets: Detections, feats: np.ndarray,
@@ -285,6 +302,7 @@ class Tracker:
             dist = np.linalg.norm(last_c[:, None, :] - det_c[None, :, :], axis=2)
             ok &= dist <= reach[:, None]
         cost = gate_classes(np.where(ok, app, GATED).astype(np.float32), self._classes(rows), dets.class_id[cols])
+        cost = gate_height_ratio(cost, self._last_heights(rows), _heights(dets.xyxy[cols]), self.max_height_ratio)
         return self._assign(cost, rows, cols, self.reid_max_cosine_distance)
 
     def _iou_pass(self, rows: list[int], cols: np.ndarray, dets: Detections,

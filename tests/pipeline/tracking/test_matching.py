@@ -13,6 +13,7 @@ from pipeline.tracking.matching import (
     fused_cost,
     gallery_cosine_distance,
     gate_classes,
+    gate_height_ratio,
     iou_cost,
     iou_matrix,
     linear_assignment,
@@ -143,3 +144,17 @@ def test_fuse_min_like_bot_sort() -> None:
 def test_distinctive_is_a_two_way_ratio_test(cost: list[list[float]], margin: float,
                                              expected: list[list[bool]]) -> None:
     assert distinctive(np.array(cost), margin).tolist() == expected
+
+
+def test_height_ratio_gate_forbids_boxes_too_much_taller_or_shorter() -> None:
+    cost = np.zeros((2, 4), np.float32)
+    gated = gate_height_ratio(cost, np.array([100.0, 50.0]), np.array([100.0, 160.0, 60.0, 55.0]), 1.7)
+    assert (gated == np.where([[0, 0, 0, 1], [1, 1, 0, 0]], GATED, 0.0)).all()
+    only_first = gate_height_ratio(cost, np.array([100.0, 50.0]), np.array([100.0, 160.0, 60.0, 55.0]), 1.7,
+                                   rows=np.array([True, False]))
+    assert (only_first == np.where([[0, 0, 0, 1], [0, 0, 0, 0]], GATED, 0.0)).all()
+    assert gate_height_ratio(cost, np.ones(2), np.full(4, 100.0), 0.0) is cost  # off
+    with pytest.raises(ValueError, match=">= 1"):
+        gate_height_ratio(cost, np.ones(2), np.ones(4), 0.5)
+    with pytest.raises(ValueError, match="does not match"):
+        gate_height_ratio(cost, np.ones(3), np.ones(4), 1.7)

@@ -107,7 +107,7 @@ def frame(boxes: list[list[float]], vectors: list[list[float]], conf: list[float
     n = len(boxes)
     d = Detections(np.array(boxes, np.float32).reshape(n, 4), np.ones(n) if conf is None else np.array(conf),
                    -np.ones(n) if cls is None else np.array(cls))
-    v = np.array(vectors, np.float32).reshape(n, -1)
+    v = np.array(vectors, np.float32).reshape(n, -1) if n else np.zeros((0, 4), np.float32)
     norms = np.linalg.norm(v, axis=1, keepdims=True)
     return d, Embeddings(np.where(norms > 0, v / np.maximum(norms, 1e-12), 0.0))
 
@@ -186,6 +186,28 @@ def test_reentry_after_long_absence_is_reidentified_by_appearance() -> None:
     assert scenario(Tracker()) == 1
     assert scenario(Tracker(reid_max_cosine_distance=0.0)) == 3  # without re-identification: a new id
     assert scenario(Tracker(reid_max_speed=0.5)) == 3  # too far for 1.5 s at half a height per second
+
+
+def test_a_lost_track_is_not_found_again_by_a_box_of_another_size() -> None:
+    """A person (60 px tall) is hidden for a second; where the Kalman prediction still points, a much taller box
+    appears (someone nearer the camera). After that long an absence the filter's size uncertainty admits it;
+    the height ratio does not."""
+    def scenario(t: Tracker, h: float) -> tuple[int | None, TrackState]:
+        for i in range(10):
+            t.update(*frame([box(100.0 + 5 * i, 100)], [A]), i / 10)
+        for i in range(10, 20):
+            t.update(*frame([], []), i / 10)
+        out = t.update(*frame([box(150.0, 100, w=30 * h / 60, h=h)], [A]), 2.0)
+        return id_of(out, 0), out.observations[0].state
+
+    assert scenario(Tracker(), 90.0) == (1, TrackState.CONFIRMED)  # 1.5 times taller: may be the same person
+    assert scenario(Tracker(max_height_ratio=0.0), 160.0) == (1, TrackState.CONFIRMED)  # the gate off: taken
+    found, state = scenario(Tracker(), 160.0)  # 2.7 times taller: a new track, the lost one stays lost
+    assert found == 2 and state == TrackState.LOST
+    assert scenario(Tracker(), 30.0)[0] == 2  # and half as tall likewise
+    for bad in (0.5, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="max_height_ratio"):
+            Tracker(max_height_ratio=bad)
 
 
 def test_reidentification_refused_when_appearance_is_ambiguous() -> None:
