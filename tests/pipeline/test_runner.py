@@ -151,36 +151,32 @@ def _track_parts(pipe, seed: int) -> tuple[dict[int, Counter[int | None]], set[i
     return parts, dims
 
 
-def test_box_appearance_feeds_the_tracker_the_patch_features_inside_each_box(setup, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    cfg, encoder, _ = setup
-    box_cfg = replace(cfg, "tracker", appearance_region="box")
-    box, dims = _track_parts(app.build_pipeline(box_cfg, encoder, PipelineMetrics(CollectorRegistry()), None,
-                                                tmp_path), seed=3)
-    assert dims == {encoder.patch_dim} and encoder.patch_dim != encoder.embedding_dim
+def _parts_against_crop(cfg, encoder, tmp_path: Path, **tracker) -> set[int]:  # type: ignore[no-untyped-def]
+    """Track the line with ``[tracker]`` changed as given and with the defaults (the crop's embedding); check that
+    every track follows one part and the same parts are followed, in no more tracks. Returns the dimensions of
+    the vectors the changed tracker held."""
+    changed, dims = _track_parts(app.build_pipeline(replace(cfg, "tracker", **tracker), encoder,
+                                                    PipelineMetrics(CollectorRegistry()), None, tmp_path), seed=3)
     crop, _ = _track_parts(app.build_pipeline(cfg, encoder, PipelineMetrics(CollectorRegistry()), None, tmp_path),
                            seed=3)
-    # every track follows one part, and the same parts are followed as with the whole crop's embedding,
-    # in no more tracks
-    assert all(len(counts) == 1 and None not in counts for counts in box.values())
-    followed = {next(iter(counts)) for counts in box.values()}
+    assert all(len(counts) == 1 and None not in counts for counts in changed.values())
+    followed = {next(iter(counts)) for counts in changed.values()}
     assert len(followed) >= 5 and followed == {next(iter(counts)) for counts in crop.values()}
-    assert len(box) <= len(crop)
+    assert len(changed) <= len(crop)
+    return dims
+
+
+def test_box_appearance_feeds_the_tracker_the_patch_features_inside_each_box(setup, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    cfg, encoder, _ = setup
+    dims = _parts_against_crop(cfg, encoder, tmp_path, appearance_region="box")
+    assert dims == {encoder.patch_dim} and encoder.patch_dim != encoder.embedding_dim
 
 
 def test_colour_joins_the_tracker_vectors_and_every_track_still_follows_one_part(setup, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from pipeline.tracking.color import color_dim
 
     cfg, encoder, _ = setup
-    col_cfg = replace(cfg, "tracker", color_weight=0.5)
-    col, dims = _track_parts(app.build_pipeline(col_cfg, encoder, PipelineMetrics(CollectorRegistry()), None,
-                                                tmp_path), seed=3)
-    assert dims == {encoder.embedding_dim + color_dim()}
-    crop, _ = _track_parts(app.build_pipeline(cfg, encoder, PipelineMetrics(CollectorRegistry()), None, tmp_path),
-                           seed=3)
-    assert all(len(counts) == 1 and None not in counts for counts in col.values())
-    followed = {next(iter(counts)) for counts in col.values()}
-    assert len(followed) >= 5 and followed == {next(iter(counts)) for counts in crop.values()}
-    assert len(col) <= len(crop)
+    assert _parts_against_crop(cfg, encoder, tmp_path, color_weight=0.5) == {encoder.embedding_dim + color_dim()}
 
 
 def test_box_appearance_without_a_patch_output_is_refused_at_start(setup, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
