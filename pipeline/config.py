@@ -377,6 +377,9 @@ def _check_together(cfg: Config, origin: str) -> None:
     if cfg.tracker.low_score > cfg.tracker.high_score:
         raise ConfigError(f"{origin}: [tracker] low_score = {cfg.tracker.low_score} is above high_score = "
                           f"{cfg.tracker.high_score}; allowed: low_score <= high_score")
+    if 0 < cfg.tracker.max_height_ratio < 1:
+        raise ConfigError(f"{origin}: [tracker] max_height_ratio = {cfg.tracker.max_height_ratio} is a factor between "
+                          f"heights and cannot be below 1; allowed: 0 (off) or >= 1, e.g. 1.7")
     if cfg.train.epochs == 0 and not (cfg.train.whiten and cfg.train.embedding_dim == 0):
         raise ConfigError(f"{origin}: [train] epochs = 0 trains nothing: it needs whiten = true and embedding_dim = 0 "
                           f"(a whitening head fitted in closed form on the pretrained features); allowed: epochs >= 1, "

@@ -90,7 +90,8 @@ Pairs = list[tuple[int, int]]
 
 
 def _heights(xyxy: np.ndarray) -> np.ndarray:
-    return np.asarray(xyxy, np.float64).reshape(-1, 4)[:, 3] - np.asarray(xyxy, np.float64).reshape(-1, 4)[:, 1]
+    b = np.asarray(xyxy, np.float64).reshape(-1, 4)
+    return b[:, 3] - b[:, 1]
 
 
 class Tracker:

@@ -78,6 +78,12 @@ def test_override_checked_like_file() -> None:
         load_config(None, ["tracker.min_hits=0"])
 
 
+def test_a_height_ratio_below_one_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"\[tracker\] max_height_ratio = 0.5.*allowed: 0 \(off\) or >= 1"):
+        load_config(None, ["tracker.max_height_ratio=0.5"])
+    assert load_config(None, ["tracker.max_height_ratio=0"]).tracker.max_height_ratio == 0.0
+
+
 def test_missing_file() -> None:
     with pytest.raises(ConfigError, match="config file not found"):
         load_config("/nonexistent/siamstream.toml")
