@@ -119,6 +119,7 @@ class TrackerConfig:
     nsa: bool = _f(False)
     cmc: str = _f("none", choices=("none", "sparse", "ecc"))
     cmc_downscale: float = _f(2.0, 1.0, 32.0)
+    duplicate_iou: float = _f(0.0, 0.0, 1.0)
     appearance_region: str = _f("crop", choices=REGIONS)
     color_weight: float = _f(0.0, 0.0, 1.0)
 

@@ -231,3 +231,32 @@ def gate_height_ratio(cost: np.ndarray, track_heights: np.ndarray, det_heights: 
     if rows is not None:
         far &= np.asarray(rows, bool).reshape(-1, 1)
     return np.where(far, GATED, cost).astype(np.float32)
+
+
+def duplicate_tracks(seen_xyxy: np.ndarray, lost_xyxy: np.ndarray, seen_age: np.ndarray, lost_age: np.ndarray,
+                     min_iou: float, same_class: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """ByteTrack's duplicate removal: a track seen now and a lost one whose predicted box overlaps it by more than
+    ``min_iou`` follow one object; the younger of the two goes (the seen one on a tie).
+
+    Args:
+        seen_xyxy, lost_xyxy: ``(M, 4)`` and ``(N, 4)`` boxes of the tracks seen in this frame and of the lost ones.
+        seen_age, lost_age: ``(M,)`` and ``(N,)`` time since each track started.
+        min_iou: overlap above which two tracks are one; 0 < ``min_iou`` <= 1.
+        same_class: ``(M, N)`` bool, pairs that may be duplicates (default: all).
+
+    Returns:
+        ``(M,)`` and ``(N,)`` bool: the seen and the lost tracks to remove.
+    """
+    if not 0.0 < min_iou <= 1.0:
+        raise ValueError(f"min_iou must be in (0, 1], got {min_iou}")
+    iou = iou_matrix(seen_xyxy, lost_xyxy)
+    dup = iou > min_iou
+    if same_class is not None:
+        dup &= np.asarray(same_class, bool)
+    rows, cols = np.nonzero(dup)
+    older_seen = np.asarray(seen_age, np.float64)[rows] > np.asarray(lost_age, np.float64)[cols]
+    drop_seen = np.zeros(len(iou), bool)
+    drop_lost = np.zeros(iou.shape[1], bool)
+    drop_lost[cols[older_seen]] = True
+    drop_seen[rows[~older_seen]] = True
+    return drop_seen, drop_lost

@@ -23,7 +23,9 @@ Appearance + motion tracking in the manner of ByteTrack / BoT-SORT / StrongSORT:
   5. high-score detections left with ``confidence >= new_track_score`` start tentative tracks.
 
 Lifecycle: tentative -> confirmed (after ``min_hits`` consecutive hits) -> lost (unmatched) -> removed (lost
-longer than ``max_lost_seconds``); a tentative track is removed at its first miss. Removed tracks are freed;
+longer than ``max_lost_seconds``); a tentative track is removed at its first miss. With ``duplicate_iou``, a
+track seen in this frame and a lost track whose predicted box overlaps it by more are one object, and the younger
+of the two is removed (ByteTrack's ``remove_duplicate_stracks``). Removed tracks are freed;
 each track stores at most ``gallery_size`` embeddings, so memory is bounded by the number of live tracks.
 
 Detections whose embedding row is all zeros are treated as not embedded: they are matched on motion alone and
@@ -44,6 +46,7 @@ from pipeline.tracking.matching import (
     GATED,
     appearance_cost,
     distinctive,
+    duplicate_tracks,
     fuse_min,
     fuse_weighted,
     gate_classes,
@@ -73,6 +76,7 @@ class _Track:
     gallery: deque[np.ndarray]  # the last gallery_size embeddings
     state: TrackState = TrackState.TENTATIVE
     hits: int = 1
+    born: float = 0.0  # capture time of the first detection
 
     @property
     def xyxy(self) -> np.ndarray:
@@ -134,6 +138,8 @@ class Tracker:
         nsa: scale the measurement noise by ``1 - confidence`` (StrongSORT's NSA Kalman).
         cmc: camera-motion compensation, one of ``"none"``, ``"sparse"``, ``"ecc"``; needs ``frame_image``.
         cmc_downscale: frames are shrunk by this factor before estimating camera motion.
+        duplicate_iou: a track seen now and a lost one whose predicted box overlaps it by more than this are one
+            object, and the younger is removed (ByteTrack: 0.85); 0 = off.
     """
 
     def __init__(self, appearance_weight: float = 0.5, max_cost: float = 0.7, max_cosine_distance: float = 0.35,
@@ -144,7 +150,8 @@ class Tracker:
                  reid_max_cosine_distance: float = 0.2, reid_margin: float = 0.1, reid_max_speed: float = 2.0,
                  max_height_ratio: float = 1.7, kalman_fps: float = 30.0,
                  std_weight_position: float = 0.05, std_weight_velocity: float = 1.0 / 160.0,
-                 nsa: bool = False, cmc: str = "none", cmc_downscale: float = 2.0) -> None:
+                 nsa: bool = False, cmc: str = "none", cmc_downscale: float = 2.0,
+                 duplicate_iou: float = 0.0) -> None:
         for name, value in (("appearance_weight", appearance_weight), ("gallery_momentum", gallery_momentum),
                             ("min_iou", min_iou), ("low_min_iou", low_min_iou), ("high_score", high_score),
                             ("low_score", low_score), ("new_track_score", new_track_score)):
@@ -190,6 +197,9 @@ class Tracker:
         self.kalman_params = kalman.KalmanParams(std_weight_position, std_weight_velocity, kalman_fps)
         self.nsa = nsa
         self._cmc = CameraMotion(cmc, cmc_downscale) if cmc != "none" else None
+        if not 0.0 <= duplicate_iou <= 1.0:
+            raise ValueError(f"duplicate_iou must be in [0, 1] (0 = off), got {duplicate_iou}")
+        self.duplicate_iou = duplicate_iou
         self.reset()
 
     def reset(self) -> None:
@@ -353,9 +363,32 @@ class Tracker:
             ema = (feats[d] / float(np.linalg.norm(feats[d]))).astype(np.float32)
             gallery.append(ema)
         t = _Track(self._next_id, int(dets.class_id[d]), mean[0], cov[0], timestamp, dets.xyxy[d].copy(), ema,
-                   gallery)
+                   gallery, born=timestamp)
         self._next_id += 1
         return t
+
+    def _remove_duplicates(self, det_of_track: dict[int, int], timestamp: float, started: list[int],
+                           ended: list[int]) -> None:
+        """Remove the younger of each seen and lost track pair that overlap by more than ``duplicate_iou``."""
+        live = [t for t in self._tracks if t.state != TrackState.REMOVED]
+        seen = [t for t in live if t.track_id in det_of_track]
+        lost = [t for t in live if t.state == TrackState.LOST]
+        if not seen or not lost:
+            return
+        same_class = np.array([t.class_id for t in seen])[:, None] == np.array([t.class_id for t in lost])[None, :]
+        drop_seen, drop_lost = duplicate_tracks(
+            np.stack([t.xyxy for t in seen]), np.stack([t.xyxy for t in lost]),
+            np.array([timestamp - t.born for t in seen]), np.array([timestamp - t.born for t in lost]),
+            self.duplicate_iou, same_class)
+        drop = [t for t, d in zip(seen, drop_seen, strict=True) if d] + \
+            [t for t, d in zip(lost, drop_lost, strict=True) if d]
+        for t in drop:
+            if t.track_id in started:
+                started.remove(t.track_id)
+            elif t.state != TrackState.TENTATIVE:
+                ended.append(t.track_id)
+            det_of_track.pop(t.track_id, None)
+            t.state = TrackState.REMOVED
 
     def update(self, detections: Detections, embeddings: Embeddings, timestamp: float, *,
                frame_image: np.ndarray | None = None) -> TrackerOutput:
@@ -426,6 +459,8 @@ class Tracker:
             tracks.append(t)
             det_of_track[t.track_id] = int(d)
 
+        if self.duplicate_iou > 0:
+            self._remove_duplicates(det_of_track, timestamp, started, ended)
         self._tracks = [t for t in tracks if t.state != TrackState.REMOVED]
         observations = [TrackObservation(t.track_id, t.xyxy, t.state, det_of_track.get(t.track_id, -1))
                         for t in self._tracks]

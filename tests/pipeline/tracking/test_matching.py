@@ -8,6 +8,7 @@ from pipeline.tracking.matching import (
     appearance_cost,
     cosine_distance_matrix,
     distinctive,
+    duplicate_tracks,
     fuse_min,
     fuse_weighted,
     fused_cost,
@@ -158,3 +159,25 @@ def test_height_ratio_gate_forbids_boxes_too_much_taller_or_shorter() -> None:
         gate_height_ratio(cost, np.ones(2), np.ones(4), 0.5)
     with pytest.raises(ValueError, match="does not match"):
         gate_height_ratio(cost, np.ones(3), np.ones(4), 1.7)
+
+
+def test_duplicate_tracks_drop_the_younger_of_each_overlapping_pair() -> None:
+    seen = np.array([[0, 0, 10, 10], [100, 0, 110, 10], [200, 0, 210, 10]], np.float32)
+    lost = np.array([[0, 0, 10, 10.5], [100, 0, 110, 10], [300, 0, 310, 10]], np.float32)
+    # pair 0: the seen track is older, so the lost one goes; pair 1: the lost one is older; the rest do not overlap
+    drop_seen, drop_lost = duplicate_tracks(seen, lost, np.array([5.0, 1.0, 9.0]), np.array([2.0, 3.0, 0.5]), 0.85)
+    assert drop_seen.tolist() == [False, True, False]
+    assert drop_lost.tolist() == [True, False, False]
+
+
+def test_duplicate_tracks_tie_threshold_and_classes() -> None:
+    a = np.array([[0, 0, 10, 10]], np.float32)
+    b = np.array([[0, 0, 10, 12]], np.float32)  # IoU 100 / 120 = 0.833
+    age = np.array([1.0])
+    assert duplicate_tracks(a, a, age, age, 0.85)[0].tolist() == [True]  # a tie: the seen one goes
+    assert duplicate_tracks(a, b, age, age, 0.85)[0].tolist() == [False]  # 0.833 is not above 0.85
+    assert duplicate_tracks(a, b, age, age, 0.8)[0].tolist() == [True]
+    other = np.array([[False]])
+    assert not any(np.concatenate(duplicate_tracks(a, a, age, age, 0.85, other)))
+    with pytest.raises(ValueError, match="min_iou"):
+        duplicate_tracks(a, a, age, age, 0.0)

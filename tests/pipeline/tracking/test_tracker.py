@@ -299,6 +299,26 @@ def test_memory_bounded_with_galleries() -> None:
     assert t._next_id > 300  # ids keep growing, never reused
 
 
+def test_duplicate_track_on_a_lost_track_is_removed() -> None:
+    # A track is lost for a frame; then a box at its place whose look is far from the track's starts a second
+    # track there (the appearance gate keeps the two apart), while the lost track still stands on it.
+    def run(duplicate_iou: float) -> tuple[list[TrackerOutput], Tracker]:
+        t = Tracker(min_hits=1, duplicate_iou=duplicate_iou)
+        outs = [t.update(dets([0, 0, 10, 20]), emb([1, 0]), i * 0.1) for i in range(3)]
+        outs.append(t.update(Detections.empty(), Embeddings(np.zeros((0, 2))), 0.3))
+        outs.append(t.update(dets([0, 0, 10, 20]), emb([0, 1]), 0.4))
+        return outs, t
+
+    outs, t = run(0.0)
+    assert ids(outs[-1]) == [2] and t.track_count == 2  # off: two tracks on one place
+    outs, t = run(0.85)
+    assert ids(outs[-1]) == [] and t.track_count == 1  # the younger one (2) is removed at once
+    assert outs[-1].started == [] and outs[-1].observations[0].track_id == 1
+    assert outs[-1].observations[0].state == TrackState.LOST
+    with pytest.raises(ValueError, match="duplicate_iou"):
+        Tracker(duplicate_iou=1.5)
+
+
 def test_invalid_options_name_the_valid_ones() -> None:
     for kwargs, pattern in [({"appearance": "mean"}, "ema, gallery"), ({"fusion": "max"}, "weighted, min"),
                             ({"cmc": "orb"}, "none, sparse, ecc"), ({"low_score": 0.6, "high_score": 0.5},
