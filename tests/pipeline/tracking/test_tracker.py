@@ -319,6 +319,23 @@ def test_duplicate_track_on_a_lost_track_is_removed() -> None:
         Tracker(duplicate_iou=1.5)
 
 
+def test_younger_lost_duplicate_of_a_seen_track_is_removed_and_reported_ended() -> None:
+    # A second track starts on a box beside an older track's and is lost the next frame, its prediction lying on
+    # the older track's box: the younger (lost) one is removed and reported as ended, the older one goes on.
+    def run(duplicate_iou: float) -> tuple[TrackerOutput, Tracker]:
+        t = Tracker(min_hits=1, duplicate_iou=duplicate_iou)
+        for i in range(3):
+            t.update(dets([0, 0, 10, 20]), emb([1, 0]), i * 0.1)
+        started = t.update(dets([0, 0, 10, 20], [0.5, 0, 10.5, 20]), emb([1, 0], [0, 1]), 0.3)
+        assert started.started == [2]
+        return t.update(dets([0, 0, 10, 20]), emb([1, 0]), 0.4), t
+
+    out, t = run(0.0)
+    assert ids(out) == [1] and out.ended == [] and t.track_count == 2
+    out, t = run(0.85)
+    assert ids(out) == [1] and out.ended == [2] and t.track_count == 1
+
+
 def test_invalid_options_name_the_valid_ones() -> None:
     for kwargs, pattern in [({"appearance": "mean"}, "ema, gallery"), ({"fusion": "max"}, "weighted, min"),
                             ({"cmc": "orb"}, "none, sparse, ecc"), ({"low_score": 0.6, "high_score": 0.5},
