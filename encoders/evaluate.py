@@ -287,3 +287,67 @@ def save_roc_png(result: VerificationResult, path: Path, title: str = "") -> Non
         fig.savefig(path)
     finally:
         plt.close(fig)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Re-identification ranking (CMC and mAP, the Market-1501 protocol)
+
+
+@dataclass(frozen=True)
+class RankingResult:
+    """Re-identification scores over the queries that have a true match in the gallery.
+
+    ``cmc[r]`` is the share of those queries whose first true match is at rank ``r + 1`` or better; ``mAP`` the
+    mean over them of the average precision of the ranked gallery; ``ranks[q]`` the rank (1-based) of query ``q``'s
+    first true match, 0 for a query without one (not scored); ``queries`` counts the scored queries.
+    """
+
+    cmc: np.ndarray
+    mAP: float
+    ranks: np.ndarray
+    queries: int
+
+    def rank(self, r: int) -> float:
+        """CMC at rank ``r`` (1-based)."""
+        return float(self.cmc[min(r, len(self.cmc)) - 1])
+
+
+def rank_gallery(distances: np.ndarray, query_ids: np.ndarray, query_cams: np.ndarray, gallery_ids: np.ndarray,
+                 gallery_cams: np.ndarray, max_rank: int = 50) -> RankingResult:
+    """CMC and mAP by the Market-1501 protocol (Zheng et al. 2015).
+
+    For each query, the gallery is sorted by distance (ascending; ties keep gallery order); gallery images of the
+    query's identity taken by the query's camera are left out (they would be the same walk past the same
+    camera), and so are junk images (identity ``-1``). A query with no true match left is not scored.
+
+    Args:
+        distances: ``(Q, G)`` float distances, smaller is more alike.
+        query_ids, gallery_ids: ``(Q,)`` / ``(G,)`` integer identities; ``-1`` marks junk.
+        query_cams, gallery_cams: ``(Q,)`` / ``(G,)`` integer cameras.
+        max_rank: length of the CMC curve.
+    """
+    d = np.asarray(distances, np.float64)
+    qi, qc = np.asarray(query_ids), np.asarray(query_cams)
+    gi, gc = np.asarray(gallery_ids), np.asarray(gallery_cams)
+    if d.shape != (len(qi), len(gi)) or qc.shape != qi.shape or gc.shape != gi.shape:
+        raise ValueError(f"distances {d.shape} must be (queries {qi.shape}, gallery {gi.shape}), cameras alike")
+    cmc = np.zeros(max_rank, np.float64)
+    aps: list[float] = []
+    ranks = np.zeros(len(qi), np.int64)
+    for q in range(len(qi)):
+        order = np.argsort(d[q], kind="stable")
+        keep = ~(((gi[order] == qi[q]) & (gc[order] == qc[q])) | (gi[order] == -1))
+        hits = gi[order][keep] == qi[q]
+        if not hits.any():
+            continue
+        positions = np.flatnonzero(hits)
+        first = int(positions[0])
+        ranks[q] = first + 1
+        if first < max_rank:
+            cmc[first:] += 1
+        aps.append(float(np.mean((np.arange(len(positions)) + 1) / (positions + 1))))
+    n = len(aps)
+    if n == 0:
+        raise EvaluationError("no query has a true match in the gallery from another camera: nothing to score; "
+                              "check that query and gallery hold the same identities")
+    return RankingResult(cmc / n, float(np.mean(aps)), ranks, n)

@@ -168,6 +168,8 @@ def ensure_pretrained_onnx(cache_dir: str | Path, stage: int = 5, pooling: str =
 def export_run(run_dir: str | Path, out: str | Path, tolerance: float = PARITY_TOLERANCE) -> ExportReport:
     """Export the trained network of a finished ``siamstream train`` run to ONNX, with the parity check.
 
+    A re-identification run (``siamstream train --recipe reid``) exports its twin encoder at the run's
+    ``height`` x ``width`` (``siamstream.input_size`` "HxW", ``siamstream.task`` "reid").
     Besides the metadata every export has (input size, normalisation, embedding dimension, backbone, weights
     hash), the model records the training loss, the input channels the network was trained on and the whole
     training config as JSON.
@@ -176,6 +178,13 @@ def export_run(run_dir: str | Path, out: str | Path, tolerance: float = PARITY_T
         TrainError: ``run_dir`` is not a finished run.
         ExportParityError: ONNX Runtime and PyTorch differ by more than ``tolerance``; nothing is written.
     """
+    from encoders.reid_train import backbone_label, is_reid_run, load_reid_run
+
+    if is_reid_run(Path(run_dir)):
+        reid, rcfg = load_reid_run(Path(run_dir))
+        return export_onnx(reid, out, rcfg.size, backbone=backbone_label(rcfg), tolerance=tolerance, extra_metadata={
+            "siamstream.task": "reid", "siamstream.grayscale": "false",
+            "siamstream.train_config": json.dumps({"task": "reid", **rcfg.as_dict()}, sort_keys=True)})
     model, cfg = load_run(Path(run_dir))
     extra = {
         "siamstream.loss": cfg.loss,

@@ -22,12 +22,17 @@ class EmbeddingNet(nn.Module):
     for patch-level anomaly scoring. With ``patch_detail_stage`` (an earlier stage, finer grid) the two stages
     are concatenated on the finer grid, the deeper one upsampled bilinearly (PatchCore's layer2 + layer3):
     small defects show in the fine features, their context in the deep ones.
+    ``neck = "bn"`` replaces the linear head by a batch-norm neck (BNNeck, Luo et al. 2019, "Bag of Tricks and a
+    Strong Baseline for Deep Person Re-identification"): the triplet loss sees the pooled features
+    (:meth:`pooled`), an identity classifier and the exported embedding see them after the batch norm.
     """
 
     def __init__(self, backbone: nn.Module, out_channels: int, pooling: str = "gem", embedding_dim: int = 0,
                  mean: tuple[float, ...] = LITE_MEAN, std: tuple[float, ...] = LITE_STD,
-                 patch_stage: int = 0, patch_detail_stage: int = 0) -> None:
+                 patch_stage: int = 0, patch_detail_stage: int = 0, neck: str = "linear") -> None:
         super().__init__()
+        if neck not in ("linear", "bn"):
+            raise ValueError(f"neck must be 'linear' or 'bn', got {neck!r}")
         if patch_stage and not isinstance(backbone, EfficientNetLiteTrunk):
             raise ValueError("patch_stage needs an EfficientNetLiteTrunk backbone")
         if patch_detail_stage and not 0 < patch_detail_stage < patch_stage:
@@ -39,6 +44,15 @@ class EmbeddingNet(nn.Module):
         self.pooling = pooling
         self.head: nn.Module = nn.Identity() if embedding_dim == 0 else nn.Linear(out_channels, embedding_dim)
         self.embedding_dim = out_channels if embedding_dim == 0 else embedding_dim
+        self.neck = neck
+        if neck == "bn":
+            if embedding_dim not in (0, out_channels):
+                raise ValueError(f"a batch-norm neck keeps the backbone's {out_channels} channels; embedding_dim must "
+                                 f"be 0, got {embedding_dim}")
+            bn = nn.BatchNorm1d(out_channels)
+            bn.bias.requires_grad_(False)  # no shift: the features stay centred for the cosine distance
+            self.head = bn
+            self.embedding_dim = out_channels
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
         self.norm_mean = mean
@@ -62,6 +76,12 @@ class EmbeddingNet(nn.Module):
         up = F.interpolate(local, size=(int(detail.shape[2]), int(detail.shape[3])), mode="bilinear",
                            align_corners=False)
         return z, torch.cat([detail, up], dim=1)
+
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        """The pooled backbone features before the head: ``(N, 3, H, W)`` -> ``(N, C)`` (what a triplet loss
+        sees under a batch-norm neck)."""
+        x = (x - self.get_buffer("mean")) / self.get_buffer("std")
+        return self.pool(self.backbone(x))
 
     def unnormalised(self, x: torch.Tensor) -> torch.Tensor:
         """The embedding before its L2 normalisation (the head's output): ``(N, 3, H, W)`` -> ``(N, D)``.

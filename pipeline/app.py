@@ -26,6 +26,7 @@ from pipeline.config import (
     DetectorConfig,
     EncoderConfig,
     OutputConfig,
+    ReidConfig,
     TrackerConfig,
     TrainingConfig,
 )
@@ -44,6 +45,7 @@ from pipeline.tracking.tracker import Tracker
 from pipeline.types import CropBatch, Frame, TrackState
 
 if TYPE_CHECKING:
+    from encoders.reid_train import ReidTrainConfig
     from encoders.train import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -80,6 +82,22 @@ def train_config(cfg: TrainingConfig) -> TrainConfig:
     return TrainConfig(**asdict(cfg))
 
 
+def reid_train_config(cfg: ReidConfig) -> ReidTrainConfig:
+    """``[reid]`` -> :class:`encoders.reid_train.ReidTrainConfig` (the same keys)."""
+    from encoders.reid_train import ReidTrainConfig
+
+    return ReidTrainConfig(**asdict(cfg))
+
+
+def build_reid_encoder(cfg: TrackerConfig, encoder: EncoderConfig) -> Encoder | None:
+    """The tracker's own appearance encoder (``[tracker] reid_model``), on the anomaly encoder's device and
+    threads; ``None`` when none is set."""
+    if not cfg.reid_model:
+        return None
+    return OnnxEncoder(cfg.reid_model, device=encoder.device, threads=encoder.threads, max_batch=encoder.max_batch,
+                       setting="[tracker] reid_model (`siamstream train --recipe reid`, then `siamstream export`)")
+
+
 def build_detector(cfg: DetectorConfig) -> Detector:
     """``[detector]`` -> the detector ``kind`` names: your ONNX model, or background subtraction."""
     if cfg.kind == "onnx":
@@ -93,15 +111,17 @@ def build_detector(cfg: DetectorConfig) -> Detector:
 
 
 def build_tracker(cfg: TrackerConfig) -> Tracker:
-    """``[tracker]`` -> :class:`Tracker` (the same keys, but ``appearance_region`` and ``color_weight``: what the
-    tracker is fed)."""
+    """``[tracker]`` -> :class:`Tracker` (the same keys, but ``appearance_region``, ``color_weight`` and
+    ``reid_model``: what the tracker is fed)."""
     args = asdict(cfg)
-    del args["appearance_region"], args["color_weight"]
+    del args["appearance_region"], args["color_weight"], args["reid_model"]
     return Tracker(**args)
 
 
 def build_pipeline(cfg: Config, encoder: Encoder, metrics: PipelineMetrics, bank: Bank | None,
-                   out_dir: Path) -> Pipeline:
+                   out_dir: Path, reid_encoder: Encoder | None = None) -> Pipeline:
+    """The per-frame pipeline; ``reid_encoder`` is the tracker's own appearance model (:func:`build_reid_encoder`,
+    built by the caller so that a bad model fails before anything binds or opens)."""
     inspector = None
     evidence_dir = None
     if bank is not None:
@@ -118,7 +138,8 @@ def build_pipeline(cfg: Config, encoder: Encoder, metrics: PipelineMetrics, bank
     return Pipeline(build_detector(cfg.detector), encoder, build_tracker(cfg.tracker), metrics, bank, inspector,
                     stream=cfg.output.stream_name, crop_padding=cfg.encoder.crop_padding,
                     edge_margin=cfg.anomaly.edge_margin, evidence_dir=evidence_dir,
-                    appearance_region=cfg.tracker.appearance_region, color_weight=cfg.tracker.color_weight)
+                    appearance_region=cfg.tracker.appearance_region, color_weight=cfg.tracker.color_weight,
+                    reid_encoder=reid_encoder)
 
 
 def load_bank(path: str, encoder: Encoder) -> Bank | None:

@@ -17,6 +17,7 @@ from encoders.adapt import AdaptError
 from encoders.backbones import BackboneError
 from encoders.evaluate import EvaluationError
 from encoders.export import ExportParityError
+from encoders.reid_data import ReidDataError
 from encoders.train import TrainError
 from pipeline.anomaly.bank import BankError
 from pipeline.benchmarks.data import BenchDataError
@@ -42,9 +43,10 @@ log = logging.getLogger("siamstream")
 # Errors whose message is complete: reported as one line, no traceback.
 USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, SourceError, SinkError, EncoderContractError,
                                                 BankError, MetricsError, BackboneError, ExportParityError,
-                                                TrainError, EvaluationError, BenchDataError, MotFileError,
-                                                MotSequenceError, MotEvaluationError, DetectorContractError,
-                                                ManifestError, AdaptError, PeerUnavailableError, AppearanceError)
+                                                TrainError, EvaluationError, BenchDataError, ReidDataError,
+                                                MotFileError, MotSequenceError, MotEvaluationError,
+                                                DetectorContractError, ManifestError, AdaptError,
+                                                PeerUnavailableError, AppearanceError)
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -77,8 +79,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     source = open_source(uri, cfg.source)
     try:
         encoder = app.build_encoder(cfg.encoder)
-        # An encoder without the features appearance_region needs: say so before anything binds or opens.
-        check_region(cfg.tracker.appearance_region, encoder.patch_grid, getattr(encoder, "path", ""))
+        # The tracker's own re-identification model, if any, and an encoder without the features
+        # appearance_region needs: say so before anything binds or opens.
+        reid = app.build_reid_encoder(cfg.tracker, cfg.encoder)
+        if reid is None:
+            check_region(cfg.tracker.appearance_region, encoder.patch_grid, getattr(encoder, "path", ""))
         # Made (it looks at the bank's files) before the bank is loaded: a save during startup is swapped in too.
         reloader = (BankReloader(cfg.anomaly.bank, cfg.anomaly.reload_interval_s, lambda b: pipeline.swap_bank(b),
                                  on_error=lambda _m: metrics.bank_reload_errors.inc())
@@ -88,7 +93,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         metrics = PipelineMetrics(registry, cfg.output.stream_name)
         if cfg.metrics.enabled:
             serve(registry, cfg.metrics.address, cfg.metrics.port)
-        pipeline = app.build_pipeline(cfg, encoder, metrics, bank, out_dir)
+        pipeline = app.build_pipeline(cfg, encoder, metrics, bank, out_dir, reid)
         sinks = app.build_sinks(cfg.output, out_dir, source.fps or cfg.source.fps_hint, cfg.alerts, metrics)
     except BaseException:
         source.close()
@@ -232,6 +237,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from pipeline import app
 
     cfg = _config(args)
+    if args.recipe == "reid":
+        return _train_reid(args, cfg)
     result = train([Path(d) for d in args.data], Path(args.out), app.train_config(cfg.train), resume=args.resume)
     whitened = ", whitened head" if cfg.train.whiten else ""
     if result.history:
@@ -245,6 +252,26 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"model      {result.model_path}; export it with: siamstream export {result.out_dir} --out model.onnx")
     _print_json({"epochs": result.epochs, "final_loss": round(result.final_loss, 6) if result.history else None,
                  "train_seconds": round(result.train_seconds, 3), "out": str(result.out_dir)})
+    return 0
+
+
+def _train_reid(args: argparse.Namespace, cfg: Config) -> int:
+    from encoders.reid_train import train_reid
+    from pipeline import app
+
+    rcfg = app.reid_train_config(cfg.reid)
+    result = train_reid([Path(d) for d in args.data], Path(args.out), rcfg, resume=args.resume)
+    last = result.last_validation
+    print(f"run        {result.out_dir}: {result.epochs} epochs, {rcfg.backbone} at {rcfg.height}x{rcfg.width}, "
+          f"{result.train_images} images of {result.train_identities} identities")
+    if last is not None:
+        print(f"validation rank-1 {last.rank1:.4f}, mAP {last.mAP:.4f} on {result.validation_identities} held-out "
+              f"identities (siamstream eval reid --data {result.out_dir / 'validation'})")
+    print(f"time       {result.train_seconds:.1f} s of training")
+    print(f"model      {result.model_path}; export it with: siamstream export {result.out_dir} --out reid.onnx")
+    _print_json({"epochs": result.epochs, "final_loss": round(result.history[-1].loss, 6) if result.history else None,
+                 "train_seconds": round(result.train_seconds, 3), "rank1": last.rank1 if last else None,
+                 "mAP": last.mAP if last else None, "out": str(result.out_dir)})
     return 0
 
 
@@ -292,7 +319,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     out = Path(args.out) if args.out else Path(args.run_dir) / "model.onnx"
     report = export_run(Path(args.run_dir), out)
-    print(f"model      {report.path}: D={report.embedding_dim}, {report.input_size} px input, "
+    size = report.input_size if isinstance(report.input_size, int) else "x".join(map(str, report.input_size))
+    print(f"model      {report.path}: D={report.embedding_dim}, {size} px input, "
           f"{report.metadata['siamstream.backbone']}")
     print(f"parity     ONNX Runtime vs PyTorch max abs {report.parity_max_abs:.2e}")
     _print_json({"out": str(report.path), "parity_max_abs": report.parity_max_abs,
@@ -333,6 +361,24 @@ def cmd_eval_verify(args: argparse.Namespace) -> int:
         print(f"ROC plot   {report.roc_png}")
     print(json_line({"auc": round(r.auc, 4), "eer": round(r.eer, 4), "threshold": round(r.threshold, 4),
                      "genuine_pairs": r.genuine_pairs, "impostor_pairs": r.impostor_pairs}))
+    return 0
+
+
+def cmd_eval_reid(args: argparse.Namespace) -> int:
+    from pipeline.benchmarks.report import json_line, table
+    from pipeline.evaluation.reid_eval import evaluate_reid
+
+    out = Path(args.out) if args.out else None
+    if out is not None:
+        check_writable_dir(out)
+    report = evaluate_reid(Path(args.model), Path(args.data), out, threads=args.threads)
+    r = report.result
+    print(table(["figure", "value"], [["rank-1", r.rank(1)], ["rank-5", r.rank(5)], ["rank-10", r.rank(10)],
+                                      ["mAP", r.mAP], ["queries scored", float(r.queries)],
+                                      ["gallery images", float(report.gallery)]]))
+    if out is not None:
+        print(f"outputs    {report.cmc_png}, {report.matches_png}")
+    print(json_line(report.figures()))
     return 0
 
 
@@ -386,8 +432,11 @@ def cmd_eval_mot(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(cfg.output.dir) / "mot" / seq.name
     check_writable_dir(out)
     det = MotDetectionFile(seq.det_path, min_score=args.min_score)
-    encoder = app.build_encoder(cfg.encoder)
-    check_region(cfg.tracker.appearance_region, encoder.patch_grid, getattr(encoder, "path", ""))  # before any output
+    # The tracker's appearance: the re-identification model when one is set, else the (anomaly) encoder's vectors.
+    reid = app.build_reid_encoder(cfg.tracker, cfg.encoder)
+    encoder = reid if reid is not None else app.build_encoder(cfg.encoder)
+    if reid is None:
+        check_region(cfg.tracker.appearance_region, encoder.patch_grid, getattr(encoder, "path", ""))  # before output
     video = AnnotatedVideoSink(out / "annotated.mp4", fps=seq.frame_rate)
 
     def on_frame(result: FrameResult) -> None:
@@ -398,7 +447,7 @@ def cmd_eval_mot(args: argparse.Namespace) -> int:
     try:
         run = track_sequence(seq, det, encoder, app.build_tracker(cfg.tracker), cfg.encoder.crop_padding, on_frame,
                              fill_gaps=cfg.output.mot_fill_gaps, appearance_region=cfg.tracker.appearance_region,
-                             color_weight=cfg.tracker.color_weight)
+                             color_weight=cfg.tracker.color_weight, reid=reid is not None)
     finally:
         video.close()
     tracks_txt = write_mot_txt(out / f"{seq.name}.txt", run.rows)
@@ -443,6 +492,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from pipeline.benchmarks import anomaly as bench_anomaly
 
         return bench_anomaly.main(_config(args), baselines=not args.no_baselines, recipe=args.recipe)
+    if args.bench == "reid":
+        from pipeline.benchmarks import reid as bench_reid
+
+        return bench_reid.main(_config(args), out_dir=Path(args.out) if args.out else None, epochs=args.epochs,
+                               threads=args.threads or 2)
     if args.bench == "mot":
         from pipeline.benchmarks import mot
 
@@ -500,9 +554,13 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="train a Siamese encoder on a folder (or .zip) of class folders")
     common(train)
     train.add_argument("--data", required=True, action="append",
-                       help="folder of class folders, or a .zip of one ([train] depth); repeat to merge several")
+                       help="folder of class folders, or a .zip of one ([train] depth); with --recipe reid a "
+                            "re-identification folder; repeat to merge several")
     train.add_argument("--out", required=True, help="run directory: checkpoint, logs, final weights")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    train.add_argument("--recipe", choices=("metric", "reid"), default="metric",
+                       help="metric: a folder of classes, [train] (default); reid: person re-identification crops "
+                            "(Market-1501, CUHK03 or identity folders), [reid]")
     train.set_defaults(func=cmd_train)
 
     adapt = sub.add_parser("adapt", help="adapt the built-in patch encoder to a line's good parts (no defect images) "
@@ -537,6 +595,14 @@ def build_parser() -> argparse.ArgumentParser:
     ver.add_argument("--out", help="folder for roc.png")
     ver.add_argument("--threads", type=int, default=0, help="ONNX Runtime CPU threads (0: its default)")
     ver.set_defaults(func=cmd_eval_verify)
+
+    rid = ev_sub.add_parser("reid", help="person re-identification: CMC rank-1/5/10 and mAP on a Market-1501 style "
+                                          "folder (query/, bounding_box_test/)")
+    rid.add_argument("--model", required=True, help="ONNX re-identification encoder (siamstream export)")
+    rid.add_argument("--data", required=True, help="folder with query/ and bounding_box_test/ (Market-1501 names)")
+    rid.add_argument("--out", help="folder for cmc.png and matches.png")
+    rid.add_argument("--threads", type=int, default=0, help="ONNX Runtime CPU threads (0: its default)")
+    rid.set_defaults(func=cmd_eval_reid)
 
     anom = ev_sub.add_parser("anomaly", help="anomaly stage on a labelled image manifest: bank from train, threshold "
                              "from validation, image/pixel AUROC, pixel AP, AUPRO, recall and false alarms on test")
@@ -592,7 +658,15 @@ def build_parser() -> argparse.ArgumentParser:
     b_anom.add_argument("--no-baselines", action="store_true", help="only siamstream's recipe")
     b_anom.add_argument("--recipe", help="evaluate this candidate (by name) without the selection on synthetic "
                                          "defects")
-    for b in (b_enc, b_one, b_ver, b_mot, b_anom):
+    b_reid = bench_sub.add_parser("reid", help="person re-identification: train the default [reid] recipe on "
+                                               "Market-1501 less 100 held-out identities, score it and the built-in "
+                                               "encoder on them, crops/s in ONNX Runtime")
+    common(b_reid)
+    b_reid.add_argument("--out", help="keep the run here; the model is left at OUT/reid.onnx (default: a temporary "
+                                      "folder)")
+    b_reid.add_argument("--epochs", type=int, help="override [reid] epochs (a shorter run for a quick look)")
+    b_reid.add_argument("--threads", type=int, default=2, help="torch and ONNX Runtime CPU threads (default 2)")
+    for b in (b_enc, b_one, b_ver, b_mot, b_anom, b_reid):
         b.set_defaults(func=cmd_bench)
 
     config = sub.add_parser("config", help="configuration tools")

@@ -122,6 +122,7 @@ class TrackerConfig:
     duplicate_iou: float = _f(0.0, 0.0, 1.0)
     appearance_region: str = _f("crop", choices=REGIONS)
     color_weight: float = _f(0.0, 0.0, 1.0)
+    reid_model: str = _f("")
 
 
 @dataclass(frozen=True)
@@ -234,6 +235,35 @@ class TrainingConfig:
 
 
 @dataclass(frozen=True)
+class ReidConfig:
+    """``[reid]``: the keys of :class:`encoders.reid_train.ReidTrainConfig` (``siamstream train --recipe reid``)."""
+
+    backbone: str = _f("efficientnet-lite0", choices=("efficientnet-lite0", "small-cnn"))
+    stage: int = _f(7, 1, 7)
+    height: int = _f(128, 16, 1024)
+    width: int = _f(64, 16, 1024)
+    pooling: str = _f("avg", choices=("avg", "gem"))
+    id_loss: bool = _f(True)
+    label_smoothing: float = _f(0.1, 0.0, 0.99)
+    margin: float = _f(0.3, 0.0, 10.0)
+    lr: float = _f(0.00035, 1e-7, 1.0)
+    weight_decay: float = _f(0.0005, 0.0, 1.0)
+    warmup_fraction: float = _f(0.1, 0.0, 0.5)
+    epochs: int = _f(20, 1, 100_000)
+    p: int = _f(16, 2, 4096)
+    k: int = _f(4, 2, 1024)
+    pad: int = _f(10, 0, 256)
+    jitter: float = _f(0.2, 0.0, 0.99)
+    erase_p: float = _f(0.5, 0.0, 1.0)
+    val_identities: int = _f(100, 0, 100_000)
+    val_every: int = _f(5, 1, 100_000)
+    seed: int = _f(0, 0, 2**32 - 1)
+    device: str = _f("auto", choices=("auto", "cpu", "cuda"))
+    num_threads: int = _f(0, 0, 256)
+    progress_every_s: float = _f(30.0, 0.0, 3600.0)
+
+
+@dataclass(frozen=True)
 class Config:
     source: SourceConfig = field(default_factory=SourceConfig)
     detector: DetectorConfig = field(default_factory=DetectorConfig)
@@ -245,6 +275,7 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     train: TrainingConfig = field(default_factory=TrainingConfig)
+    reid: ReidConfig = field(default_factory=ReidConfig)
 
 
 _SECTIONS: dict[str, type] = {f.name: f.type if isinstance(f.type, type) else get_type_hints(Config)[f.name]
@@ -388,6 +419,10 @@ def _check_together(cfg: Config, origin: str) -> None:
     if cfg.bank.level == "patch" and cfg.encoder.patch_stage == 0 and not cfg.encoder.model:
         raise ConfigError(f"{origin}: [bank] level = 'patch' needs patch features but [encoder] patch_stage = 0; "
                           f"set patch_stage (e.g. 4) or level = 'global'")
+    if cfg.tracker.reid_model and cfg.tracker.color_weight > 0:
+        raise ConfigError(f"{origin}: [tracker] color_weight = {cfg.tracker.color_weight} mixes colour into the "
+                          f"built-in encoder's appearance, but reid_model = {cfg.tracker.reid_model!r} gives the "
+                          f"tracker its own appearance; allowed: color_weight = 0 with a reid_model")
     if cfg.tracker.appearance_region == "box" and cfg.encoder.patch_stage == 0 and not cfg.encoder.model:
         raise ConfigError(f"{origin}: [tracker] appearance_region = 'box' needs patch features but [encoder] "
                           f"patch_stage = 0; set patch_stage (e.g. 4) or appearance_region = 'crop'")

@@ -236,9 +236,12 @@ class OnnxEncoder:
         device: "auto" (CUDA when usable, else CPU), "cpu" or "cuda" (fails if CUDA is not usable).
         threads: intra-op threads for the CPU provider; 0 lets ONNX Runtime decide.
         max_batch: crops per session run; larger batches are split.
+        setting: the config key that named the model, for the message when it is missing (default: ``[encoder]
+            model``).
     """
 
-    def __init__(self, path: str | Path, device: str = "auto", threads: int = 0, max_batch: int = 64) -> None:
+    def __init__(self, path: str | Path, device: str = "auto", threads: int = 0, max_batch: int = 64,
+                 setting: str = "") -> None:
         import onnxruntime as ort
 
         if device not in ("auto", "cpu", "cuda"):
@@ -246,8 +249,9 @@ class OnnxEncoder:
         self.path = Path(path)
         self.name = self.path.name
         if not self.path.is_file():
-            raise EncoderContractError(f"{self.path}: encoder model not found; set [encoder] model to an ONNX "
-                                       f"file, or leave it empty for the built-in pretrained encoder")
+            raise EncoderContractError(f"{self.path}: encoder model not found; " + (
+                f"set {setting} to an existing ONNX file" if setting else
+                "set [encoder] model to an ONNX file, or leave it empty for the built-in pretrained encoder"))
         opts = ort.SessionOptions()
         opts.log_severity_level = 3  # warnings from graph optimisers are not the user's business
         if threads:

@@ -22,7 +22,7 @@ import numpy as np
 from pipeline.anomaly.bank import Bank, crop_features
 from pipeline.anomaly.inspector import PartInspector
 from pipeline.anomaly.maps import overlay_patch_maps
-from pipeline.crops import crop_batch
+from pipeline.crops import box_crop_batch, crop_batch
 from pipeline.detect import Detector
 from pipeline.encoder import Encoder
 from pipeline.metrics import PipelineMetrics
@@ -47,15 +47,20 @@ class Pipeline:
     def __init__(self, detector: Detector, encoder: Encoder, tracker: Tracker, metrics: PipelineMetrics,
                  bank: Bank | None = None, inspector: PartInspector | None = None, stream: str = "default",
                  crop_padding: float = 0.1, edge_margin: int = 4, evidence_dir: Path | None = None,
-                 appearance_region: str = "crop", color_weight: float = 0.0) -> None:
+                 appearance_region: str = "crop", color_weight: float = 0.0,
+                 reid_encoder: Encoder | None = None) -> None:
         if (bank is None) != (inspector is None):
             raise ValueError("bank and inspector go together: give both or neither")
         if bank is not None:
             bank.check_encoder(encoder.encoder_id, encoder.embedding_dim, encoder.patch_dim,
                                "anomaly stage", patches=encoder.patch_grid[0] * encoder.patch_grid[1])
-        check_region(appearance_region, encoder.patch_grid, getattr(encoder, "path", ""))
+        if reid_encoder is None:
+            check_region(appearance_region, encoder.patch_grid, getattr(encoder, "path", ""))
         self.appearance_region = appearance_region
         self.color_weight = color_weight
+        # The tracker's own appearance encoder (people): embeds the detection boxes at its shape, beside the
+        # anomaly encoder; without it the tracker compares the anomaly encoder's vectors.
+        self.reid_encoder = reid_encoder
         self.detector = detector
         self.encoder = encoder
         self.tracker = tracker
@@ -124,16 +129,24 @@ class Pipeline:
             self._apply_pending_bank()
         with self._timed("detect"):
             dets = self.detector.detect(frame)
-        with self._timed("crop"):
-            crops = crop_batch(frame, dets, self.encoder.input_size, self.crop_padding)
         bank = self.bank  # one bank for the whole frame, even if a swap is handed over meanwhile
+        reid = self.reid_encoder
+        # The anomaly encoder runs when it scores parts, or when it is the tracker's appearance too.
+        anomaly_encoder = bank is not None or reid is None
+        with self._timed("crop"):
+            crops = crop_batch(frame, dets if anomaly_encoder else dets.select(np.zeros(len(dets), bool)),
+                               self.encoder.input_size, self.crop_padding)
+            people = box_crop_batch(frame, dets, reid.input_size) if reid is not None else None
         with self._timed("encode"):
-            # all crops as one batch
-            emb = self.encoder.embed(crops, with_patches=bank is not None or self.appearance_region == "box")
-        self.metrics.encoder_batch.observe(len(crops))
+            # all crops as one batch per encoder
+            emb = (self.encoder.embed(crops, with_patches=bank is not None or self.appearance_region == "box")
+                   if anomaly_encoder else Embeddings(np.zeros((0, self.encoder.embedding_dim), np.float32)))
+            reid_emb = reid.embed(people, with_patches=False) if reid is not None and people is not None else None
+        self.metrics.encoder_batch.observe(len(dets))
         with self._timed("track"):
-            seen = tracking_embeddings(emb, crops.xyxy, dets.xyxy, self.appearance_region, (frame.width, frame.height),
-                                       image=frame.image, color_weight=self.color_weight)
+            seen = reid_emb if reid_emb is not None else tracking_embeddings(
+                emb, crops.xyxy, dets.xyxy, self.appearance_region, (frame.width, frame.height), image=frame.image,
+                color_weight=self.color_weight)
             out = self.tracker.update(dets, seen, frame.timestamp, frame_image=frame.image)
         self.tracks_started += len(out.started)
         self.metrics.tracks_started.inc(len(out.started))

@@ -19,7 +19,7 @@ from collections.abc import Callable
 import numpy as np
 
 from pipeline.config import SourceConfig
-from pipeline.crops import crop_batch
+from pipeline.crops import box_crop_batch, crop_batch
 from pipeline.detect.motchallenge import MotDetectionFile
 from pipeline.encoder import Encoder
 from pipeline.evaluation.mot_peers import PeerRun
@@ -37,13 +37,16 @@ log = logging.getLogger(__name__)
 def track_sequence(seq: MotSequence, detections: MotDetectionFile, encoder: Encoder, tracker: Tracker,
                    crop_padding: float = 0.1, on_frame: Callable[[FrameResult], None] | None = None,
                    use_frame_image: bool = True, fill_gaps: bool = True, appearance_region: str = "crop",
-                   color_weight: float = 0.0) -> PeerRun:
+                   color_weight: float = 0.0, reid: bool = False) -> PeerRun:
     """Track ``seq`` with ``tracker`` (reset first); ``on_frame`` sees each frame's result (e.g. a video sink).
     The run's ``rows`` are the offline-cleaned rows with ``fill_gaps``, else the online ones (``online_rows``
     holds those in both cases). ``appearance_region`` and ``color_weight`` are the ``[tracker]`` keys
-    (:func:`pipeline.tracking.appearance.tracking_embeddings`)."""
-    check_region(appearance_region, encoder.patch_grid, getattr(encoder, "path", ""))
-    box = appearance_region == "box"
+    (:func:`pipeline.tracking.appearance.tracking_embeddings`). With ``reid``, ``encoder`` is a person
+    re-identification model (``[tracker] reid_model``): it embeds each detection box at its own shape
+    (:func:`pipeline.crops.box_crop_batch`) and the tracker compares those embeddings."""
+    if not reid:
+        check_region(appearance_region, encoder.patch_grid, getattr(encoder, "path", ""))
+    box = appearance_region == "box" and not reid
     tracker.reset()
     detections.reset()
     source = open_source(seq.frames_uri, SourceConfig())
@@ -61,14 +64,18 @@ def track_sequence(seq: MotSequence, detections: MotDetectionFile, encoder: Enco
             timestamp = frame.index / seq.frame_rate
             dets = detections.detect(frame)
             start = time.perf_counter()
-            if len(dets):
+            if len(dets) and reid:
+                emb = encoder.embed(box_crop_batch(frame, dets, size), with_patches=False)
+                crops += len(dets)
+            elif len(dets):
                 batch = crop_batch(frame, dets, size, crop_padding)
                 emb = tracking_embeddings(encoder.embed(batch, with_patches=box), batch.xyxy, dets.xyxy,
                                           appearance_region, (frame.width, frame.height), image=frame.image,
                                           color_weight=color_weight)
                 crops += len(dets)
             else:
-                dim = (encoder.patch_dim if box else encoder.embedding_dim) + (color_dim() if color_weight > 0 else 0)
+                dim = (encoder.patch_dim if box else encoder.embedding_dim) + (
+                    color_dim() if color_weight > 0 and not reid else 0)
                 emb = Embeddings(np.zeros((0, dim), np.float32))
             mid = time.perf_counter()
             out = tracker.update(dets, emb, timestamp, frame_image=frame.image if use_frame_image else None)

@@ -216,3 +216,33 @@ def test_official_omniglot_runs(shared_data, tmp_path: Path) -> None:  # type: i
 def test_oneshot_run_checks_its_answers() -> None:
     with pytest.raises(EvaluationError, match="support indices"):
         OneShotRun("r", (Path("a"), Path("b")), (Path("q"),), (5,))
+
+
+# Re-identification ranking
+
+
+def test_rank_gallery_by_hand() -> None:
+    from encoders.evaluate import rank_gallery
+
+    # gallery: id 1 cam 2, id 2 cam 2, id 1 cam 1 (same camera as the query: left out), id 1 cam 3, junk
+    gids = np.array([1, 2, 1, 1, -1])
+    gcams = np.array([2, 2, 1, 3, 2])
+    dist = np.array([[0.5, 0.1, 0.0, 0.9, 0.05]])
+    r = rank_gallery(dist, np.array([1]), np.array([1]), gids, gcams, max_rank=5)
+    # ranked after the protocol: id2 (0.1), id1 (0.5), id1 (0.9): first true match at rank 2
+    assert r.rank(1) == 0.0 and r.rank(2) == 1.0 and r.ranks.tolist() == [2]
+    assert r.mAP == pytest.approx((1 / 2 + 2 / 3) / 2)
+
+
+def test_rank_gallery_skips_queries_without_a_match() -> None:
+    from encoders.evaluate import rank_gallery
+
+    gids, gcams = np.array([1, 2]), np.array([1, 2])
+    dist = np.array([[0.2, 0.1], [0.3, 0.4]])
+    # query 0 (id 1, cam 1): its only match is from its own camera; query 1 (id 2, cam 1): rank 2
+    r = rank_gallery(dist, np.array([1, 2]), np.array([1, 1]), gids, gcams)
+    assert r.queries == 1 and r.ranks.tolist() == [0, 2] and r.mAP == pytest.approx(0.5)
+    with pytest.raises(EvaluationError, match="no query has a true match"):
+        rank_gallery(dist[:1], np.array([1]), np.array([1]), gids, gcams)
+    with pytest.raises(ValueError, match="distances"):
+        rank_gallery(dist, np.array([1]), np.array([1]), gids, gcams)

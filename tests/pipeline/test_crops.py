@@ -23,3 +23,16 @@ def test_crops_are_rgb_at_encoder_size_and_edge_replicated() -> None:
     # The second box touches the right/bottom edges: padding beyond the frame replicates, so all red.
     assert tuple(batch.images[1, 16, 16]) == (200, 0, 0)
     assert len(crop_batch(Frame(0, 0.0, img), Detections.empty(), (32, 32))) == 0
+
+
+def test_box_crops_are_the_boxes_at_the_model_shape() -> None:
+    from pipeline.crops import box_crop_batch
+
+    img = np.zeros((100, 100, 3), np.uint8)
+    img[20:80, 40:60] = (0, 255, 0)  # a green 'person' 20 wide, 60 tall
+    dets = Detections(np.array([[40, 20, 60, 80], [90, 50, 110, 90]]), np.ones(2), -np.ones(2))
+    batch = box_crop_batch(Frame(0, 0.0, img), dets, (64, 32))
+    assert batch.images.shape == (2, 64, 32, 3)
+    assert (batch.images[0] == (0, 255, 0)).all()  # the box alone: no background around it
+    np.testing.assert_allclose(batch.xyxy, dets.xyxy)
+    assert (batch.images[1] == 0).all()  # beyond the right edge: the border (black) replicated

@@ -1,0 +1,110 @@
+"""Re-identification training end to end on a tiny synthetic Market folder: the run, its held-out validation,
+resumption, export at the person shape and `eval reid` agreeing with the training's own validation."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import onnxruntime as ort
+import pytest
+import torch
+
+from encoders.export import export_run
+from encoders.reid_train import ReidTrainConfig, build_reid_model, load_reid_run, train_reid
+from encoders.train import TrainError
+from pipeline.cli import main
+
+TINY = ReidTrainConfig(stage=2, height=32, width=16, epochs=2, p=4, k=2, pad=2, val_identities=4, val_every=1,
+                       num_threads=1, progress_every_s=0)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(market_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("reid") / "run"
+    train_reid([market_folder], out, TINY)
+    return out
+
+
+def test_run_holds_out_identities_and_validates(tiny_run: Path) -> None:
+    rows = [json.loads(line) for line in (tiny_run / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert all(0 <= r["rank1"] <= 1 and 0 < r["mAP"] <= 1 for r in rows)
+    assert len(list((tiny_run / "validation" / "query").iterdir())) == 4 * 3
+    model, cfg = load_reid_run(tiny_run)
+    assert cfg == TINY and model.neck == "bn" and not model.training
+
+
+def test_bn_neck_is_the_exported_embedding() -> None:
+    model = build_reid_model(replace(TINY, stage=1)).eval()
+    x = torch.rand(3, 3, 32, 16)
+    with torch.no_grad():
+        emb = model(x)
+        manual = torch.nn.functional.normalize(model.head(model.pooled(x)), dim=1)
+    assert isinstance(emb, torch.Tensor)
+    torch.testing.assert_close(emb, manual)
+    assert not model.head.bias.requires_grad  # type: ignore[union-attr]
+
+
+def test_rerun_refused_and_resume_checks_the_config(tiny_run: Path, market_folder: Path) -> None:
+    with pytest.raises(TrainError, match="already holds a training run"):
+        train_reid([market_folder], tiny_run, TINY)
+    with pytest.raises(TrainError, match=r"config differs.*lr"):
+        train_reid([market_folder], tiny_run, replace(TINY, lr=1e-3), resume=True)
+
+
+def test_resume_trains_the_extra_epochs(market_folder: Path, tmp_path: Path) -> None:
+    first = train_reid([market_folder], tmp_path / "r", replace(TINY, epochs=1))
+    assert first.epochs == 1
+    more = train_reid([market_folder], tmp_path / "r", replace(TINY, epochs=2), resume=True)
+    assert [r.epoch for r in more.history] == [1, 2]
+
+
+def test_export_at_person_shape_and_eval_reid_agrees(tiny_run: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    report = export_run(tiny_run, tmp_path / "reid.onnx")
+    assert report.parity_max_abs <= 1e-4 and report.input_size == (32, 16)
+    sess = ort.InferenceSession(str(report.path), providers=["CPUExecutionProvider"])
+    meta = sess.get_modelmeta().custom_metadata_map
+    assert meta["siamstream.input_size"] == "32x16" and meta["siamstream.task"] == "reid"
+    assert sess.get_inputs()[0].shape[1:] == [3, 32, 16]
+    assert main(["eval", "reid", "--model", str(report.path), "--data", str(tiny_run / "validation"),
+                 "--out", str(tmp_path / "eval")]) == 0
+    figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(figures) == {"rank1", "rank5", "rank10", "mAP", "queries", "gallery"}
+    last = json.loads((tiny_run / "log.jsonl").read_text().splitlines()[-1])
+    assert figures["queries"] == 12
+    assert abs(figures["rank1"] - last["rank1"]) <= 1 / 12 + 1e-9  # ONNX Runtime vs PyTorch: at most one tie
+    assert abs(figures["mAP"] - last["mAP"]) < 0.05
+    assert (tmp_path / "eval" / "cmc.png").stat().st_size > 0 and (tmp_path / "eval" / "matches.png").is_file()
+
+
+def test_cli_train_reid_prints_json(market_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["train", "--recipe", "reid", "--data", str(market_folder), "--out", str(tmp_path / "run"),
+               "--set", "reid.stage=1", "--set", "reid.height=32", "--set", "reid.width=16", "--set", "reid.epochs=1",
+               "--set", "reid.p=4", "--set", "reid.k=2", "--set", "reid.val_identities=3"])
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert out["epochs"] == 1 and 0 <= out["rank1"] <= 1 and out["train_seconds"] > 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--data", "/nonexistent/market"], "training data not found"),
+    (["--data", "{market}", "--set", "reid.val_identities=30"], "cannot hold out 30"),
+    (["--data", "{market}", "--set", "reid.p=30", "--set", "reid.val_identities=0"], "lower p"),
+])
+def test_cli_train_reid_errors_are_one_line(market_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                            args: list[str], message: str) -> None:
+    args = [a.replace("{market}", str(market_folder)) for a in args]
+    assert main(["train", "--recipe", "reid", "--out", str(tmp_path / "run"), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+
+
+def test_eval_reid_on_a_folder_without_the_layout(tiny_run: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    model = export_run(tiny_run, tmp_path / "m.onnx").path
+    assert main(["eval", "reid", "--model", str(model), "--data", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "query" in err and "Market-1501" in err
