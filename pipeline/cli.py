@@ -376,9 +376,12 @@ def cmd_eval_reid(args: argparse.Namespace) -> int:
     print(table(["figure", "value"], [["rank-1", r.rank(1)], ["rank-5", r.rank(5)], ["rank-10", r.rank(10)],
                                       ["mAP", r.mAP], ["queries scored", float(r.queries)],
                                       ["gallery images", float(report.gallery)]]))
+    t = report.thresholds()
+    print(f"distances  cosine distance at the equal error rate ({t['eer']:.3f}): {t['threshold_eer']:.4f}; accepting "
+          f"1% of impostor pairs: {t['threshold_far_1pct']:.4f} (all pairs of the folder's images)")
     if out is not None:
         print(f"outputs    {report.cmc_png}, {report.matches_png}")
-    print(json_line(report.figures()))
+    print(json_line({**report.figures(), **t}))
     return 0
 
 

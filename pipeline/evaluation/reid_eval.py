@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from encoders.data import IMAGE_EXTS, list_images
-from encoders.evaluate import EvaluationError, RankingResult, rank_gallery
+from encoders.evaluate import EvaluationError, RankingResult, VerificationResult, evaluate_verification, rank_gallery
 from encoders.reid_data import MARKET_NAME, ReidDataError, load_reid_image
 from pipeline.encoder import OnnxEncoder
 from pipeline.types import CropBatch
@@ -81,17 +81,33 @@ class ReidEmbedder:
 
 @dataclass(frozen=True)
 class ReidReport:
+    """Ranking figures, and verification over every pair of the folder's images: the cosine distance at the
+    equal error rate and the one that accepts 1% of impostor pairs (what a tracker's appearance gates can be set
+    from: see ``deploy/configs/people.toml``)."""
+
     result: RankingResult
     queries: int
     gallery: int
     seconds: float
     cmc_png: Path | None
     matches_png: Path | None
+    verification: VerificationResult
+    threshold_far_1pct: float
 
     def figures(self) -> dict[str, float | int]:
         r = self.result
         return {"rank1": round(r.rank(1), 4), "rank5": round(r.rank(5), 4), "rank10": round(r.rank(10), 4),
                 "mAP": round(r.mAP, 4), "queries": r.queries, "gallery": self.gallery}
+
+    def thresholds(self) -> dict[str, float]:
+        return {"threshold_eer": round(self.verification.threshold, 4), "eer": round(self.verification.eer, 4),
+                "threshold_far_1pct": round(self.threshold_far_1pct, 4)}
+
+
+def far_threshold(result: VerificationResult, rate: float) -> float:
+    """The largest distance threshold whose false-accept rate (impostor pairs at or below it) is <= ``rate``."""
+    ok = np.flatnonzero(result.fpr <= rate)
+    return float(result.thresholds[ok[-1]]) if len(ok) else float(result.thresholds[0])
 
 
 def evaluate_reid(model: Path, data: Path, out_dir: Path | None = None, threads: int = 0,
@@ -109,12 +125,15 @@ def evaluate_reid(model: Path, data: Path, out_dir: Path | None = None, threads:
     log.info("embedded %d queries and %d gallery images in %.1f s", len(q), len(g), seconds)
     distances = 1.0 - q @ g.T
     result = rank_gallery(distances, query.ids, query.cams, gallery.ids, gallery.cams)
+    real = np.concatenate([query.ids, gallery.ids]) >= 0
+    verification = evaluate_verification(np.concatenate([q, g])[real], np.concatenate([query.ids, gallery.ids])[real])
     cmc_png = matches_png = None
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         cmc_png = save_cmc_png(result, out_dir / "cmc.png", title=f"{data.name}: {Path(model).name}")
         matches_png = save_matches_png(distances, query, gallery, embed, out_dir / "matches.png")
-    return ReidReport(result, len(query.paths), len(gallery.paths), seconds, cmc_png, matches_png)
+    return ReidReport(result, len(query.paths), len(gallery.paths), seconds, cmc_png, matches_png, verification,
+                      far_threshold(verification, 0.01))
 
 
 def save_cmc_png(result: RankingResult, path: Path, title: str = "") -> Path:

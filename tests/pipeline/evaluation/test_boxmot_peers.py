@@ -12,6 +12,7 @@ import pytest
 from pipeline.config import load_config
 from pipeline.evaluation import boxmot_runner
 from pipeline.evaluation.boxmot_peers import (
+    APPEARANCE_TRACKERS,
     ENV_VAR,
     READY,
     TRACKERS,
@@ -112,6 +113,20 @@ def test_boxmot_trackers_run_in_their_environment(tmp_path: Path) -> None:
         assert len(set(run.rows[:, 1].astype(int))) == 2, run.name
     with pytest.raises(PeerUnavailableError, match="boxmot runner failed"):
         run_boxmot(det, MotSequence(**{**seq.__dict__, "frames_uri": str(tmp_path / "none.mp4")}), python)
+    # The appearance trackers take the caller's embeddings: one per detection row; each person its own vector.
+    dets = detection_array(det, LENGTH)
+    embs = np.zeros((len(dets), 8), np.float32)
+    embs[dets[:, 1] < 60, 0] = 1.0
+    embs[dets[:, 1] >= 60, 1] = 1.0
+    runs = run_boxmot(det, seq, python, APPEARANCE_TRACKERS, embeddings=embs)
+    assert [r.name for r in runs] == [f"boxmot-{t}" for t in APPEARANCE_TRACKERS]
+    for run in runs:
+        assert run.frames == LENGTH and len(run.rows) > 0 and run.rows[:, 1].min() >= 1
+        assert len(set(run.rows[:, 1].astype(int))) == 2, run.name
+    with pytest.raises(PeerUnavailableError, match="needs --embs"):
+        run_boxmot(det, seq, python, ("strongsort",))
+    with pytest.raises(ValueError, match="embeddings for"):
+        run_boxmot(det, seq, python, ("strongsort",), embeddings=embs[:3])
 
 
 class _StubTracker:

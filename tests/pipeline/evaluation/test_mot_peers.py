@@ -136,3 +136,34 @@ def test_deepsort_peer(tmp_path: Path) -> None:
     assert ids[3] == [1, 2] and ids[5] == [1, 2] and ids[8] == [1, 2]
     assert set(run.rows[:, 1].astype(int)) == {1, 2}
     assert run.fps_with_embedder < run.tracker_fps
+
+
+def test_deepsort_with_siamstream_embeddings(tmp_path: Path, reid_onnx: Path) -> None:
+    pytest.importorskip("deep_sort_realtime", reason=f"the bench extra is not installed ({BENCH_INSTALL})")
+    from pipeline.crops import box_crop_batch
+    from pipeline.encoder import OnnxEncoder
+    from pipeline.evaluation.mot_peers import EncoderEmbedder
+    from pipeline.types import Detections
+
+    det = det_file(tmp_path)
+    rng = np.random.default_rng(0)
+    frames = []
+    for i in range(LENGTH):
+        image = rng.integers(0, 60, (80, 200, 3), dtype=np.uint8)
+        for tlwh, colour in zip(det.frame_rows(i + 1).tlwh.astype(int), ((0, 0, 220), (220, 200, 0)), strict=False):
+            x, y, w, h = tlwh
+            image[y:y + h, x:x + w] = colour
+        frames.append(Frame(i, i / 10, image))
+    encoder = OnnxEncoder(reid_onnx, device="cpu", threads=1)
+    embedder = EncoderEmbedder(encoder)
+    tlwh = det.frame_rows(1).tlwh
+    feats, kept = embedder.embed(frames[0].image, tlwh)
+    # exactly the vectors siamstream's tracker gets for these boxes
+    xyxy = np.concatenate([tlwh[:, :2], tlwh[:, :2] + tlwh[:, 2:]], axis=1)
+    ours = encoder.embed(box_crop_batch(frames[0], Detections(xyxy, np.ones(2), -np.ones(2)), encoder.input_size),
+                         with_patches=False).vectors
+    np.testing.assert_allclose(feats, ours, atol=1e-6)
+    assert kept.tolist() == [0, 1]
+    run = run_deepsort(det, sequence(tmp_path), frames=frames, embedder=embedder, name="deepsort-reid")
+    assert run.name == "deepsort-reid" and run.crops == 2 * LENGTH - 1
+    assert set(run.rows[:, 1].astype(int)) == {1, 2}
