@@ -8,7 +8,8 @@ BoT-SORT and BoostTrack without ReID (run in boxmot's own environment, which the
 deploy/configs/people.toml --set tracker.reid_model='"reid.onnx"'``) siamstream's tracker compares its embeddings
 of the detection boxes, and the peers that take an appearance get the very same vectors: ``deepsort-reid``
 (DeepSORT fed those embeddings, beside ``deepsort`` with its own MobileNetV2) and boxmot's BoT-SORT with ReID,
-StrongSORT and Deep OC-SORT (``boxmot-botsort-reid``, ``boxmot-strongsort``, ``boxmot-deepocsort``). A peer that cannot run stops the benchmark with the fix, unless
+StrongSORT and Deep OC-SORT (``boxmot-botsort-reid``, ``boxmot-strongsort``, ``boxmot-deepocsort``).
+A peer that cannot run stops the benchmark with the fix, unless
 ``--peers`` leaves it out. ``fps`` is tracker-only
 frames per second (time inside the trackers' update calls; appearance embedding is timed apart, in
 ``fps_with_embedder`` for the trackers that embed). Ground truth is used for scoring only; no parameter of

@@ -43,6 +43,19 @@ def sequence(tmp_path: Path) -> MotSequence:
                        frames_uri=str(tmp_path / "Tiny.mp4"), det_path=tmp_path / "det.txt", gt_path=None)
 
 
+def two_people_frames(det: MotDetectionFile) -> list[Frame]:
+    """The frames of :func:`det_file`: each box filled with its person's colour (red, cyan) on dark noise."""
+    rng = np.random.default_rng(0)
+    frames = []
+    for i in range(LENGTH):
+        image = rng.integers(0, 60, (80, 200, 3), dtype=np.uint8)
+        for tlwh, colour in zip(det.frame_rows(i + 1).tlwh.astype(int), ((0, 0, 220), (220, 200, 0)), strict=False):
+            x, y, w, h = tlwh
+            image[y:y + h, x:x + w] = colour
+        frames.append(Frame(i, i / 10, image))
+    return frames
+
+
 def ids_by_frame(run: PeerRun) -> dict[int, list[int]]:
     out: dict[int, list[int]] = {}
     for frame, tid in run.rows[:, :2].astype(int):
@@ -119,14 +132,7 @@ def test_deepsort_peer(tmp_path: Path) -> None:
     pytest.importorskip("deep_sort_realtime", reason=f"the bench extra is not installed ({BENCH_INSTALL})")
     pytest.importorskip("torch")
     det = det_file(tmp_path)
-    rng = np.random.default_rng(0)
-    frames = []
-    for i in range(LENGTH):
-        image = rng.integers(0, 60, (80, 200, 3), dtype=np.uint8)
-        for tlwh, colour in zip(det.frame_rows(i + 1).tlwh.astype(int), ((0, 0, 220), (220, 200, 0)), strict=False):
-            x, y, w, h = tlwh
-            image[y:y + h, x:x + w] = colour
-        frames.append(Frame(i, i / 10, image))
+    frames = two_people_frames(det)
     # One torch thread: far faster than torch's default on a small or busy machine.
     run = run_deepsort(det, sequence(tmp_path), frames=frames, embedder=MobileNetV2Embedder(threads=1))
     assert run.name == "deepsort" and run.frames == LENGTH and run.embed_seconds > 0
@@ -146,14 +152,7 @@ def test_deepsort_with_siamstream_embeddings(tmp_path: Path, reid_onnx: Path) ->
     from pipeline.types import Detections
 
     det = det_file(tmp_path)
-    rng = np.random.default_rng(0)
-    frames = []
-    for i in range(LENGTH):
-        image = rng.integers(0, 60, (80, 200, 3), dtype=np.uint8)
-        for tlwh, colour in zip(det.frame_rows(i + 1).tlwh.astype(int), ((0, 0, 220), (220, 200, 0)), strict=False):
-            x, y, w, h = tlwh
-            image[y:y + h, x:x + w] = colour
-        frames.append(Frame(i, i / 10, image))
+    frames = two_people_frames(det)
     encoder = OnnxEncoder(reid_onnx, device="cpu", threads=1)
     embedder = EncoderEmbedder(encoder)
     tlwh = det.frame_rows(1).tlwh
