@@ -351,9 +351,10 @@ def test_config_keys_are_the_tracker_arguments() -> None:
 
     params = inspect.signature(Tracker).parameters
     fields = {f.name: f.default for f in dataclasses.fields(TrackerConfig)}
-    # appearance_region and color_weight say which vectors the tracker is fed; they are not its own arguments
+    # appearance_region, color_weight and reid_model say which vectors the tracker is fed; not its own arguments
     assert fields.pop("appearance_region") == "crop"
     assert fields.pop("color_weight") == 0.0
+    assert fields.pop("reid_model") == ""
     assert set(fields) == set(params)
     for name, default in fields.items():
         assert params[name].default == pytest.approx(default), name
