@@ -110,3 +110,20 @@ def test_eval_reid_on_a_folder_without_the_layout(tiny_run: Path, tmp_path: Path
     assert main(["eval", "reid", "--model", str(model), "--data", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "query" in err and "Market-1501" in err
+
+
+def test_verification_pairs_are_capped_by_a_seeded_sample() -> None:
+    import numpy as np
+
+    from pipeline.evaluation.reid_eval import pair_verification
+
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(40, 8)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    ids = np.repeat(np.arange(10), 4)
+    ids[:4] = -1  # junk: never in a pair
+    full = pair_verification(emb, ids)
+    assert full.genuine_pairs + full.impostor_pairs == 36 * 35 // 2
+    capped = pair_verification(emb, ids, limit=20)
+    assert capped.genuine_pairs + capped.impostor_pairs == 20 * 19 // 2
+    assert pair_verification(emb, ids, limit=20).threshold == capped.threshold

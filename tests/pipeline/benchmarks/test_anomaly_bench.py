@@ -66,7 +66,7 @@ def test_unknown_recipe_names_the_candidates() -> None:
 
 def test_the_tire_config_holds_the_recipe_bench_anomaly_chose() -> None:
     """deploy/configs/tire.toml is what the README tells users to run: the settings of the chosen candidate (the
-    README's "Defect detection" table), so that eval anomaly with it reproduces the benchmark."""
+    "Defect detection" table of docs/benchmarks/anomaly.md), so that eval anomaly with it reproduces the benchmark."""
     chosen = next(e for e in bench.CANDIDATES if e.name == "s4+s3 1.75x sigma2 adapted cellnorm")
     tire = load_config(Path(__file__).resolve().parents[3] / "deploy" / "configs" / "tire.toml")
     for section, settings in (("encoder", chosen.encoder), ("bank", chosen.bank), ("anomaly", chosen.anomaly)):
