@@ -118,6 +118,32 @@ class EfficientNetLiteTrunk(nn.Module):
         self.out_channels = self.block_channels[-1]
         self.model_name = model_name
         self.stage = stage
+        self.frozen_stages = 0
+
+    def freeze(self, stages: int) -> None:
+        """Stop training the stem and stages 1..``stages``: no gradients, batch-norm statistics kept (eval mode).
+
+        The early high-resolution stages hold generic edge and texture filters and cost the most per image in the
+        backward pass; fine-tuning only the later ones trains faster per epoch.
+        """
+        if not 0 <= stages <= self.stage:
+            raise ValueError(f"can freeze stages 0..{self.stage}, got {stages}")
+        self.frozen_stages = stages
+        for module in self._frozen_modules():
+            module.requires_grad_(False)
+        self.train(self.training)
+
+    def _frozen_modules(self) -> list[nn.Module]:
+        if not self.frozen_stages:
+            return []
+        return [self.stem, *(b for b, s in zip(self.blocks, self.block_stage, strict=True)
+                               if s <= self.frozen_stages)]
+
+    def train(self, mode: bool = True) -> EfficientNetLiteTrunk:
+        super().train(mode)
+        for module in self._frozen_modules():
+            module.eval()
+        return self
 
     def stage_channels(self, stage: int) -> int:
         last = max(i for i, s in enumerate(self.block_stage) if s == stage)

@@ -75,6 +75,7 @@ class ReidTrainConfig:
         backbone: ``"efficientnet-lite0"`` (ImageNet-pretrained, cut after ``stage``) or ``"small-cnn"`` (from
             scratch, for comparison).
         stage: the last EfficientNet-Lite0 stage kept (1-7).
+        freeze_stages: EfficientNet-Lite0's stem and stages 1..n stay as ImageNet left them (0: all trained).
         height, width: the input shape (people: about 2 to 1).
         pooling: ``"avg"`` or ``"gem"``.
         id_loss: add the identity classifier (cross-entropy with ``label_smoothing``) behind a BNNeck; without
@@ -90,6 +91,7 @@ class ReidTrainConfig:
 
     backbone: str = "efficientnet-lite0"
     stage: int = 7
+    freeze_stages: int = 0
     height: int = 128
     width: int = 64
     pooling: str = "avg"
@@ -115,10 +117,13 @@ class ReidTrainConfig:
     def __post_init__(self) -> None:
         if self.backbone not in REID_BACKBONES:
             raise ValueError(f"backbone must be one of {', '.join(REID_BACKBONES)}, got {self.backbone!r}")
+        if self.backbone == "small-cnn" and self.freeze_stages:
+            raise ValueError("[reid] freeze_stages applies to efficientnet-lite0; set it to 0 for small-cnn")
         if self.pooling not in ("avg", "gem"):
             raise ValueError(f"pooling must be 'avg' or 'gem', got {self.pooling!r}")
         checks = [
             ("stage", 1 <= self.stage <= 7, "in 1..7"),
+            ("freeze_stages", 0 <= self.freeze_stages < self.stage, "in 0..stage-1"),
             ("height", self.height >= 16, ">= 16"), ("width", self.width >= 16, ">= 16"),
             ("label_smoothing", 0 <= self.label_smoothing < 1, "in [0, 1)"),
             ("margin", self.margin >= 0, ">= 0"), ("lr", self.lr > 0, "> 0"),
@@ -180,6 +185,7 @@ def build_reid_model(cfg: ReidTrainConfig, pretrained: bool = True) -> Embedding
         net = SmallConvNet(in_channels=3)
         return EmbeddingNet(net, net.out_channels, pooling=cfg.pooling, neck=neck, mean=(0.5,) * 3, std=(0.5,) * 3)
     trunk = EfficientNetLiteTrunk("efficientnet-lite0", stage=cfg.stage, pretrained=pretrained)
+    trunk.freeze(cfg.freeze_stages)
     return EmbeddingNet(trunk, trunk.out_channels, pooling=cfg.pooling, neck=neck)
 
 

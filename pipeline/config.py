@@ -240,6 +240,7 @@ class ReidConfig:
 
     backbone: str = _f("efficientnet-lite0", choices=("efficientnet-lite0", "small-cnn"))
     stage: int = _f(7, 1, 7)
+    freeze_stages: int = _f(0, 0, 6)
     height: int = _f(128, 16, 1024)
     width: int = _f(64, 16, 1024)
     pooling: str = _f("avg", choices=("avg", "gem"))

@@ -47,6 +47,28 @@ def test_bn_neck_is_the_exported_embedding() -> None:
     assert not model.head.bias.requires_grad  # type: ignore[union-attr]
 
 
+def test_frozen_stages_keep_their_imagenet_weights(market_folder: Path, tmp_path: Path) -> None:
+    cfg = replace(TINY, freeze_stages=1, epochs=1, val_identities=0)
+    before = build_reid_model(cfg).state_dict()
+    train_reid([market_folder], tmp_path / "run", cfg)
+    model, loaded = load_reid_run(tmp_path / "run")
+    after = model.state_dict()
+    assert loaded.freeze_stages == 1
+    frozen = [k for k in before if k.startswith(("backbone.stem.", "backbone.blocks.0."))]
+    trained = [k for k in before if k.startswith("backbone.blocks.1.") and k.endswith("weight")]
+    assert frozen and trained
+    for key in frozen:  # weights and batch-norm running statistics alike
+        torch.testing.assert_close(after[key], before[key])
+    assert any(not torch.equal(after[k], before[k]) for k in trained)
+
+
+def test_freeze_stages_is_checked() -> None:
+    with pytest.raises(ValueError, match="freeze_stages"):
+        replace(TINY, freeze_stages=2)  # TINY keeps stages 1-2: nothing would be left to train
+    with pytest.raises(ValueError, match="small-cnn"):
+        replace(TINY, backbone="small-cnn", freeze_stages=1)
+
+
 def test_rerun_refused_and_resume_checks_the_config(tiny_run: Path, market_folder: Path) -> None:
     with pytest.raises(TrainError, match="already holds a training run"):
         train_reid([market_folder], tiny_run, TINY)
