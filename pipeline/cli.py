@@ -30,6 +30,7 @@ from pipeline.evaluation.mot_metrics import MotEvaluationError
 from pipeline.evaluation.mot_peers import PeerUnavailableError
 from pipeline.evaluation.motchallenge import MotSequenceError
 from pipeline.metrics import MetricsError
+from pipeline.redact import RedactingFormatter, redact_text
 from pipeline.sinks import SinkError, check_writable_dir
 from pipeline.sources import SourceError
 from pipeline.tracking.appearance import AppearanceError, check_region
@@ -64,11 +65,7 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from pipeline import app
-    from pipeline.anomaly.reload import BankReloader
-    from pipeline.metrics import PipelineMetrics, serve, write_snapshot
-    from pipeline.runner import run, stop_on_signals
-    from pipeline.sources import open_source
+    from pipeline.outlock import OutputLock
 
     cfg = _config(args)
     uri = args.source or cfg.source.uri
@@ -76,40 +73,61 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise ConfigError("no source: pass --source FILE|DIR|CAMERA_INDEX|URL or set [source] uri")
     out_dir = Path(args.out or cfg.output.dir)
     check_writable_dir(out_dir)  # before the source and the encoder: an unusable --out fails at once
-    source = open_source(uri, cfg.source)
+    with OutputLock(out_dir, "siamstream run"):  # one run per output folder
+        return _run_locked(cfg, uri, out_dir)
+
+
+def _run_locked(cfg: Config, uri: str, out_dir: Path) -> int:
+    from pipeline import app
+    from pipeline.anomaly.reload import BankReloader
+    from pipeline.metrics import PipelineMetrics, serve, write_snapshot
+    from pipeline.runner import RunSummary, run, stop_on_signals
+    from pipeline.sources import open_source
+
+    registry = CollectorRegistry()
+    metrics = PipelineMetrics(registry, cfg.output.stream_name)
+    summary: RunSummary | None = None
     try:
-        encoder = app.build_encoder(cfg.encoder)
-        # The tracker's own re-identification model, if any, and an encoder without the features
-        # appearance_region needs: say so before anything binds or opens.
-        reid = app.build_reid_encoder(cfg.tracker, cfg.encoder)
-        if reid is None:
-            check_region(cfg.tracker.appearance_region, encoder.patch_grid, getattr(encoder, "path", ""))
-        # Made (it looks at the bank's files) before the bank is loaded: a save during startup is swapped in too.
-        reloader = (BankReloader(cfg.anomaly.bank, cfg.anomaly.reload_interval_s, lambda b: pipeline.swap_bank(b),
-                                 on_error=lambda _m: metrics.bank_reload_errors.inc())
-                    if cfg.anomaly.bank and cfg.anomaly.reload_interval_s > 0 else None)
-        bank = app.load_bank(cfg.anomaly.bank, encoder)
-        registry = CollectorRegistry()
-        metrics = PipelineMetrics(registry, cfg.output.stream_name)
-        if cfg.metrics.enabled:
-            serve(registry, cfg.metrics.address, cfg.metrics.port)
-        pipeline = app.build_pipeline(cfg, encoder, metrics, bank, out_dir, reid)
-        sinks = app.build_sinks(cfg.output, out_dir, source.fps or cfg.source.fps_hint, cfg.alerts, metrics)
-    except BaseException:
-        source.close()
-        raise
-    stop = threading.Event()
-    if reloader is not None:
-        reloader.start()
-    # A live source may be down and retrying: closing it wakes the run so it can flush and exit.
-    try:
-        with stop_on_signals(stop, on_stop=source.close if source.is_live else None):
-            summary = run(source, pipeline, sinks, stop, cfg.output.progress_every_s)
-    finally:
+        source = open_source(uri, cfg.source)
+        try:
+            encoder = app.build_encoder(cfg.encoder)
+            # The tracker's own re-identification model, if any, and an encoder without the features
+            # appearance_region needs: say so before anything binds or opens.
+            reid = app.build_reid_encoder(cfg.tracker, cfg.encoder)
+            if reid is None:
+                check_region(cfg.tracker.appearance_region, encoder.patch_grid, getattr(encoder, "path", ""))
+            # Made (it looks at the bank's files) before the bank is loaded: a save during startup is swapped in.
+            reloader = (BankReloader(cfg.anomaly.bank, cfg.anomaly.reload_interval_s,
+                                     lambda b: pipeline.swap_bank(b),
+                                     on_error=lambda _m: metrics.bank_reload_errors.inc())
+                        if cfg.anomaly.bank and cfg.anomaly.reload_interval_s > 0 else None)
+            bank = app.load_bank(cfg.anomaly.bank, encoder)
+            if cfg.metrics.enabled:
+                serve(registry, cfg.metrics.address, cfg.metrics.port)
+            pipeline = app.build_pipeline(cfg, encoder, metrics, bank, out_dir, reid)
+            sinks = app.build_sinks(cfg.output, out_dir, source.fps or cfg.source.fps_hint, cfg.alerts, metrics)
+        except BaseException:
+            source.close()
+            raise
+        stop = threading.Event()
         if reloader is not None:
-            reloader.stop()
-    write_snapshot(registry, str(out_dir / "metrics.prom"))
-    print(f"source     {uri}")
+            reloader.start()
+        # A live source may be down and retrying: closing it wakes the run so it can flush and exit.
+        try:
+            with stop_on_signals(stop, on_stop=source.close if source.is_live else None):
+                summary = run(source, pipeline, sinks, stop, cfg.output.progress_every_s)
+        finally:
+            if reloader is not None:
+                reloader.stop()
+    finally:
+        # Whatever ended the run (its end, a signal, an error), its last values are written when they can be.
+        try:
+            write_snapshot(registry, str(out_dir / "metrics.prom"))
+        except MetricsError as exc:
+            if summary is not None:
+                raise
+            log.error("%s", exc)
+    print(f"source     {redact_text(uri)}")
     print(f"frames     {summary.frames} in {summary.seconds:.1f} s ({summary.fps:.1f} fps), "
           f"dropped {summary.dropped}, reconnects {summary.reconnects}")
     print(f"tracks     {summary.tracks} confirmed, {summary.inspected} inspected")
@@ -683,12 +701,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"))
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, handlers=[handler])
     try:
         return int(args.func(args))
     except USER_ERRORS as exc:
-        print(f"siamstream: error: {exc}", file=sys.stderr)
+        print(f"siamstream: error: {redact_text(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("siamstream: interrupted", file=sys.stderr)

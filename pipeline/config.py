@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
 
+from pipeline.redact import redact_url
 from pipeline.tracking.appearance import REGIONS
 
 if sys.version_info >= (3, 11):
@@ -376,8 +377,8 @@ def config_from_dict(raw: dict[str, Any], origin: str = "<config>",
 def _check_alerts(cfg: AlertsConfig, origin: str) -> None:
     url = cfg.webhook_url
     if url and (not url.startswith(("http://", "https://")) or len(url.split("://", 1)[1].split("/", 1)[0]) == 0):
-        raise ConfigError(f"{origin}: [alerts] webhook_url: got {url!r}, allowed: an http:// or https:// URL with a "
-                          f"host (e.g. 'http://127.0.0.1:5001/alerts') or '' (off)")
+        raise ConfigError(f"{origin}: [alerts] webhook_url: got {redact_url(url)!r}, allowed: an http:// or https:// "
+                          f"URL with a host (e.g. 'http://127.0.0.1:5001/alerts') or '' (off)")
     topic = cfg.mqtt_topic
     if not topic or "+" in topic or "#" in topic:
         raise ConfigError(f"{origin}: [alerts] mqtt_topic: got {topic!r}, allowed: a non-empty topic without the "

@@ -29,13 +29,13 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import urlsplit, urlunsplit
 
 import cv2
 import numpy as np
 import numpy.typing as npt
 
 from pipeline.config import SourceConfig
+from pipeline.redact import redact_url
 from pipeline.types import Frame, UInt8Array
 
 logger = logging.getLogger(__name__)
@@ -142,18 +142,6 @@ def _natural_key(name: str) -> tuple[list[tuple[int, int, str]], str]:
     parts = [(0, int(part), "") if part.isdigit() else (1, 0, part.lower())
              for part in re.split(r"(\d+)", name) if part]
     return parts, name
-
-
-def _redact(uri: str) -> str:
-    """The URI with any password replaced by ``***``, safe to log."""
-    parts = urlsplit(uri)
-    if parts.password is None:
-        return uri
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    netloc = f"{parts.username or ''}:***@{host}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 def _positive(value: float) -> bool:
@@ -483,7 +471,7 @@ def open_source(uri: str, cfg: SourceConfig) -> FrameSource:
         index = int(uri)
         return LiveSource(f"camera {index}", lambda: _open_camera(index), cfg)
     if uri.lower().startswith(NETWORK_SCHEMES):
-        return LiveSource(_redact(uri), lambda: _open_stream(uri), cfg)
+        return LiveSource(redact_url(uri), lambda: _open_stream(uri), cfg)
     if Path(uri).is_dir():
         return ImageFolderSource(uri, cfg)
     return VideoFileSource(uri, cfg)

@@ -19,6 +19,7 @@ The standard library's ``urllib`` is enough for one small POST at a time; it nee
 
 from __future__ import annotations
 
+import base64
 import http.client
 import logging
 import re
@@ -34,6 +35,7 @@ from typing import Any
 from pipeline.alerts.backoff import backoff_delay
 from pipeline.alerts.outbox import AlertOutbox
 from pipeline.alerts.spool import SpoolEntry
+from pipeline.redact import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -84,10 +86,25 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 def check_webhook_url(url: str) -> str:
     """``url`` if it is an absolute http(s) URL with a host; otherwise a ``ValueError`` that says what to pass."""
     parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValueError(f"webhook url {url!r} is not an http:// or https:// URL with a host; "
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"webhook url {redact_url(url)!r} is not an http:// or https:// URL with a host; "
                          f"e.g. http://127.0.0.1:5001/alerts")
     return url
+
+
+def split_credentials(url: str) -> tuple[str, dict[str, str]]:
+    """``http://user:password@host/path`` -> (``http://host/path``, an HTTP Basic ``Authorization`` header), as
+    curl and browsers read userinfo; a URL without userinfo comes back as it is, with no header. User and
+    password are percent-decoded (``%40`` for ``@`` in a password)."""
+    parts = urllib.parse.urlsplit(url)
+    if "@" not in parts.netloc:
+        return url, {}
+    user = urllib.parse.unquote(parts.username or "")
+    password = urllib.parse.unquote(parts.password or "")
+    host = parts.netloc.rsplit("@", 1)[1]
+    token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+    bare = urllib.parse.urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+    return bare, {"Authorization": f"Basic {token}"}
 
 
 def _user_agent() -> str:
@@ -117,7 +134,8 @@ class WebhookSink(AlertOutbox):
 
     def __init__(self, url: str, spool_dir: Path, *, timeout_s: float = 5.0, max_rejections: int = 5,
                  **kwargs: Any) -> None:
-        self.url = check_webhook_url(url)
+        self._url, auth = split_credentials(check_webhook_url(url))
+        self.url = redact_url(url)  # what logs and errors show
         if not timeout_s > 0:
             raise ValueError(f"WebhookSink: timeout_s must be > 0, got {timeout_s}")
         if max_rejections < 0:
@@ -127,12 +145,12 @@ class WebhookSink(AlertOutbox):
         self.dead_letter_dir = Path(spool_dir).parent / f"{Path(spool_dir).name}-dead-letter"
         super().__init__(spool_dir, **kwargs)
         self._opener = urllib.request.build_opener(_NoRedirect)
-        self._headers = {"Content-Type": "application/json", "User-Agent": _user_agent()}
+        self._headers = {"Content-Type": "application/json", "User-Agent": _user_agent(), **auth}
         self._start()
 
     def post(self, body: bytes, alert_id: str, timeout_s: float) -> PostResult:
         """One delivery attempt."""
-        request = urllib.request.Request(self.url, data=body, method="POST",
+        request = urllib.request.Request(self._url, data=body, method="POST",
                                          headers={**self._headers, "Idempotency-Key": alert_id})
         try:
             with self._opener.open(request, timeout=timeout_s) as response:

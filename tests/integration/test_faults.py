@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -30,6 +31,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pipeline.sinks import EventsJsonlSink, MotTxtSink, SinkError
 from pipeline.types import AnomalyEvent, Detections, Frame, FrameResult, TrackObservation, TrackState
 from tests.camera_servers import send_jpeg, serve_mjpeg
+from tests.media import square_video
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "deploy" / "configs" / "conveyor.toml"
@@ -413,14 +415,7 @@ def test_tracks_file_on_a_full_device_is_a_one_line_error(tmp_path: Path, pretra
     out = tmp_path / "run"
     out.mkdir()
     (out / "tracks.txt").symlink_to("/dev/full")
-    video = tmp_path / "v.avi"
-    writer = cv2.VideoWriter(str(video), cv2.VideoWriter.fourcc(*"MJPG"), 10, (96, 64))
-    for i in range(120):  # a square crossing the frame: a track, rows, and a flush at frame 100
-        image = np.full((64, 96, 3), 40, np.uint8)
-        x = 5 + (i % 60)
-        image[20:44, x:x + 24] = 220
-        writer.write(image)
-    writer.release()
+    video = square_video(tmp_path / "v.avi")  # a square crossing the frame: a track, rows, a flush at frame 100
     proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", "--config", str(REPO / "config.toml"),
                            "--source", str(video), "--out", str(out), "--set", "metrics.enabled=false",
                            "--set", f'encoder.model="{pretrained_onnx}"', "--set", "output.video=false",
@@ -476,3 +471,44 @@ def test_sigterm_while_the_camera_is_away_flushes_and_exits(camera: Callable[...
     assert video_frames(out / "annotated.mp4") == 30
     final = samples((out / "metrics.prom").read_text())
     assert final["siamstream_frames_processed_total"] == final["siamstream_frames_read_total"] == 30
+
+
+# ---------------------------------------------------------------- secrets in URLs
+
+
+def _leaks(secrets: tuple[str, ...], *texts: str, folder: Path) -> list[str]:
+    """Every place (a text, or a file under ``folder``) that holds one of ``secrets``."""
+    found = [f"text {i}: {s}" for i, t in enumerate(texts) for s in secrets if s in t]
+    for path in folder.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            found += [f"{path}: {s}" for s in secrets if s.encode() in data]
+    return found
+
+
+@pytest.mark.data
+def test_secrets_in_the_camera_and_webhook_urls_reach_no_output_log_or_metric(
+        camera: Callable[..., MjpegCamera], tmp_path: Path, pretrained_onnx: Path) -> None:
+    cam = camera("outage", fault_after=40, outage_s=None)
+    secrets = ("cam-s3cret", "cam-k3y", "hook-s3cret", "hook-t0ken")
+    source = cam.url.replace("http://", "http://alice:cam-s3cret@") + "?key=cam-k3y"
+    hook = "http://bob:hook-s3cret@127.0.0.1:9/alerts?token=hook-t0ken"
+    out = tmp_path / "run"
+    run = Run(*live_args(source, out, pretrained_onnx, f'alerts.webhook_url="{hook}"', "alerts.close_timeout_s=0.5"))
+    try:
+        assert cam.faulted.wait(60)
+        wait_for(lambda: run.port is not None and run.metrics()["siamstream_frames_processed_total"] == 40, 60,
+                 "the 40 frames before the outage")
+        live = urllib.request.urlopen(f"http://127.0.0.1:{run.port}/metrics", timeout=5).read().decode()
+        ready = ""
+        try:
+            ready = urllib.request.urlopen(f"http://127.0.0.1:{run.port}/readyz", timeout=5).read().decode()
+        except urllib.error.HTTPError as exc:  # 503 while the camera is away
+            ready = exc.read().decode()
+        run.proc.send_signal(signal.SIGTERM)
+        code, stdout, stderr = run.finish(timeout_s=30)
+    finally:
+        run.kill()
+    assert code == 130, stderr
+    assert "127.0.0.1" in stdout and "***@127.0.0.1" in stderr  # shown, with the secrets masked
+    assert _leaks(secrets, stdout, stderr, live, ready, folder=out) == []

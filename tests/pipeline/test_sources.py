@@ -411,7 +411,7 @@ def test_open_source_live_dispatch_hides_passwords() -> None:
     try:
         assert isinstance(cam, LiveSource) and cam.is_live and cam.name == "camera 7"
         assert isinstance(stream, LiveSource) and stream.is_live
-        assert stream.name == "rtsp://admin:***@127.0.0.1:9/live"
+        assert stream.name == "rtsp://***@127.0.0.1:9/live"
         with pytest.raises(SourceError) as exc:
             list(stream)
         assert "secret" not in str(exc.value)

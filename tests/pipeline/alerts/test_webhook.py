@@ -338,3 +338,23 @@ def test_is_rejection(status: int, rejection: bool) -> None:
 def test_a_negative_max_rejections_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"max_rejections must be >= 0 \(0 = never dead-letter\), got -1"):
         WebhookSink("http://127.0.0.1:9/alerts", tmp_path / "spool", max_rejections=-1)
+
+
+def test_userinfo_in_the_url_is_sent_as_basic_auth_and_never_logged(
+        make_sink: Callable[..., WebhookSink], receiver: WebhookReceiver, flagged: Callable[..., FrameResult],
+        metrics: PipelineMetrics, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    url = receiver.url.replace("http://", "http://alice:p%40ss-s3cret@") + "?token=tok-s3cret&site=a"
+    sink = WebhookSink(url, tmp_path / "spool-auth", stream="line1", metrics=metrics.alert_sink("webhook"),
+                       timeout_s=2.0, **FAST)
+    try:
+        sink.write(flagged(1))  # the receiver is down: failed deliveries are logged
+        wait_until(lambda: value(metrics, "siamstream_alert_delivery_failures_total") >= 2, 10, "failed attempts")
+        receiver.start()
+        wait_until(lambda: len(receiver.unique()) == 1, 10, "the alert after the receiver came back")
+    finally:
+        sink.close()
+    auth = receiver.headers[0]["Authorization"]
+    assert auth == "Basic " + base64.b64encode(b"alice:p@ss-s3cret").decode()
+    assert "s3cret" not in caplog.text and "alice" not in caplog.text
+    assert "127.0.0.1" in caplog.text  # the failures were logged, with the host
+    assert sink.url.startswith("http://***@127.0.0.1:") and sink.url.endswith("?token=***&site=***")

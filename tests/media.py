@@ -1,0 +1,22 @@
+"""Small real media files written by the tests: a video of a bright square crossing a dark frame."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+
+def square_video(path: Path, frames: int = 120, size: tuple[int, int] = (96, 64), fps: float = 10.0) -> Path:
+    """An MJPG AVI of ``frames`` frames (``size`` = width, height): a 24 px square moving right, wrapping every
+    60 frames, so background subtraction finds it and the tracker follows it."""
+    w, h = size
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), fps, (w, h))
+    for i in range(frames):
+        image = np.full((h, w, 3), 40, np.uint8)
+        x = 5 + (i % 60)
+        image[20:44, x:x + 24] = 220
+        writer.write(image)
+    writer.release()
+    return path

@@ -1,0 +1,36 @@
+"""URL redaction: userinfo and query values masked wherever a URL is shown, the rest kept readable."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from pipeline.redact import RedactingFormatter, redact_text, redact_url
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("rtsp://admin:hunter2@10.0.0.5:554/stream1", "rtsp://***@10.0.0.5:554/stream1"),
+    ("https://tok3n@hooks.example.com/x", "https://***@hooks.example.com/x"),
+    ("https://h.example.com/hook?token=abc&x=1", "https://h.example.com/hook?token=***&x=***"),
+    ("http://u:p@h/p?flag", "http://***@h/p?***"),
+    ("http://127.0.0.1:5001/alerts", "http://127.0.0.1:5001/alerts"),
+    ("/data/videos/line1.mp4", "/data/videos/line1.mp4"),
+    ("0", "0"),
+])
+def test_redact_url(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
+
+
+def test_urls_inside_text_and_log_lines_are_masked() -> None:
+    text = "camera rtsp://a:pw1@cam/x down; webhook 'https://h/x?k=pw2' failed (pw3 is not a url)"
+    assert redact_text(text) == "camera rtsp://***@cam/x down; webhook 'https://h/x?k=***' failed (pw3 is not a url)"
+    record = logging.LogRecord("t", logging.WARNING, __file__, 1, "opening %s", ("rtsp://a:pw1@cam/x",), None)
+    line = RedactingFormatter("%(message)s").format(record)
+    assert line == "opening rtsp://***@cam/x"
+    try:
+        raise OSError("cannot reach http://a:pw4@h/")
+    except OSError:
+        import sys
+        record = logging.LogRecord("t", logging.ERROR, __file__, 1, "failed", (), sys.exc_info())
+    assert "pw4" not in RedactingFormatter("%(message)s").format(record)
