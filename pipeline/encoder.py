@@ -15,6 +15,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import logging
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -228,6 +229,17 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def _check_finite(path: Path, out: np.ndarray, patches: np.ndarray | None) -> None:
+    """A model that outputs NaN or infinity is broken: nothing it gave may be scored or tracked."""
+    bad = ~np.isfinite(out).all(axis=1)
+    if patches is not None:
+        bad |= ~np.isfinite(patches).all(axis=(1, 2))
+    if bad.any():
+        raise EncoderContractError(f"{path}: the encoder output NaN or infinite values for {int(bad.sum())} of "
+                                   f"{len(out)} crops; the model is broken (check its weights, or re-export it with "
+                                   f"`siamstream export`)")
+
+
 class OnnxEncoder:
     """Embeds crops with an ONNX model.
 
@@ -273,11 +285,15 @@ class OnnxEncoder:
         self.patch_grid = self.contract.patch_grid
         self.max_batch = self.contract.fixed_batch or max_batch
         declared = self.metadata.get("siamstream.embedding_dim")
-        if declared is not None and int(declared) != self.embedding_dim:
-            raise EncoderContractError(f"{self.path}: metadata says embedding_dim={declared} but the output "
-                                       f"has D={self.embedding_dim}; re-export the model")
+        if declared is not None and (not declared.strip().isdigit() or int(declared) != self.embedding_dim):
+            raise EncoderContractError(f"{self.path}: metadata says embedding_dim={declared[:20]!r} but the output "
+                                       f"has D={self.embedding_dim}; re-export the model (siamstream export)")
         # Identity of the encoder for banks: the weights hash when exported by siamstream, else the file hash.
-        self.encoder_id = self.metadata.get("siamstream.weights_sha256") or file_sha256(self.path)
+        weights = self.metadata.get("siamstream.weights_sha256")
+        if weights is not None and not re.fullmatch(r"[0-9a-f]{64}", weights):
+            raise EncoderContractError(f"{self.path}: metadata siamstream.weights_sha256 = {weights[:20]!r} is not a "
+                                       f"SHA-256 hex digest; re-export the model (siamstream export)")
+        self.encoder_id = weights or file_sha256(self.path)
 
     def _prepare(self, images: np.ndarray) -> np.ndarray:
         """``(N, H, W, 3)`` uint8 RGB -> the model's input tensor (scaled by dtype, not by content)."""
@@ -315,5 +331,6 @@ class OnnxEncoder:
                 # (B, C, h, w) -> (B, h*w, C): one row per patch, row-major over the grid
                 pt = np.asarray(ys[1], dtype=np.float32)[:real]
                 patches[start:start + real] = pt.reshape(real, self.patch_dim, p).transpose(0, 2, 1)
+        _check_finite(self.path, out, patches)
         out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
         return Embeddings(out, patches, (h, w) if patches is not None else (0, 0))

@@ -25,58 +25,22 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import faiss
 import numpy as np
 
+from pipeline.anomaly.bank_meta import INDEX_TYPES, LEVELS, BankError, BankMeta, parse_meta
 from pipeline.anomaly.calibrate import false_alarm_upper_bound, group_folds, threshold_for_false_alarm_rate
 from pipeline.anomaly.cellnorm import CellNorm, fit_cell_norm, leave_one_out
 from pipeline.anomaly.coreset import chunked_greedy_coreset
+from pipeline.anomaly.faiss_file import IndexFileError, check_index_file
 from pipeline.types import Embeddings
 
-BANK_FORMAT = 1
-INDEX_TYPES = ("flat", "hnsw", "ivf-flat", "ivf-pq")
 HNSW_M = 32
 HNSW_EF_SEARCH = 64
 PQ_BITS = 8
-LEVELS = ("global", "patch")
-
-
-class BankError(ValueError):
-    """A bank is missing, corrupt, empty or made for another encoder. ``str()`` says what and how to fix."""
-
-
-@dataclass(frozen=True)
-class BankMeta:
-    encoder_id: str
-    embedding_dim: int  # dimension of the indexed vectors (D for global, C for patch banks)
-    input_size: tuple[int, int]
-    level: str = "global"
-    patches_per_crop: int = 1
-    index_type: str = "flat"
-    metric: str = "l2"
-    k: int = 1
-    threshold: float = float("nan")
-    false_alarm_rate: float = 0.01
-    calibration_samples: int = 0
-    calibration_groups: int = 0
-    false_alarm_upper_95: float = 1.0
-    sample_count: int = 0
-    crops: int = 0
-    coreset_fraction: float = 1.0
-    coreset_coverage: float = 0.0  # every good vector lies within this L2 distance of a kept one
-    sources: list[str] = field(default_factory=list)
-    created: float = 0.0
-    updated: float = 0.0
-    nlist: int = 0  # IVF cells; 0 = chosen from the first vectors added (about 4 sqrt(N))
-    nprobe: int = 8  # IVF cells searched per query
-    pq_m: int = 0  # IVF-PQ sub-quantisers (must divide the dimension); 0 = dim / 4 rounded to a divisor
-    format: int = BANK_FORMAT
-    # Per-cell normalisation of patch scores (:mod:`pipeline.anomaly.cellnorm`): P means and scales, or empty.
-    cell_mean: list[float] = field(default_factory=list)
-    cell_scale: list[float] = field(default_factory=list)
 
 
 def auto_nlist(n: int) -> int:
@@ -313,37 +277,29 @@ class Bank:
             raise BankError(f"{path}: not a bank (needs meta.json and index.faiss); rebuild it with "
                             f"`siamstream bank build`")
         try:
-            text = meta_file.read_text()
+            meta_bytes, index_bytes = meta_file.read_bytes(), index_file.read_bytes()
         except OSError as exc:  # e.g. a save renamed the directory between the check above and this read
-            raise BankError(f"{meta_file}: cannot read the bank metadata ({exc.strerror or exc}); check the path "
-                            f"and its permissions") from None
+            raise BankError(f"{path}: cannot read the bank ({exc.strerror or exc}); check the path and its "
+                            f"permissions") from None
+        meta = parse_meta(meta_bytes, str(meta_file))
         try:
-            raw = json.loads(text)
-            raw["input_size"] = tuple(raw["input_size"])
-            meta = BankMeta(**raw)
-        except (ValueError, TypeError, KeyError) as exc:
-            raise BankError(f"{meta_file}: corrupt bank metadata ({exc}); rebuild the bank") from None
-        if meta.format != BANK_FORMAT:
-            raise BankError(f"{path}: bank format {meta.format}, this version reads {BANK_FORMAT}; rebuild it")
-        try:
-            index = faiss.read_index(str(index_file))
-        except RuntimeError as exc:
+            # The lengths the file states are checked against its size before FAISS allocates anything.
+            dim, _ = check_index_file(index_bytes)
+            index = faiss.deserialize_index(np.frombuffer(index_bytes, np.uint8))
+        except (IndexFileError, RuntimeError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unreadable"
             raise BankError(f"{index_file}: corrupt FAISS index ({first}); rebuild the bank") from None
-        if meta.cell_mean or meta.cell_scale:
+        if dim != meta.embedding_dim:
+            raise BankError(f"{path}: index holds vectors of dimension {dim}, metadata says {meta.embedding_dim}; "
+                            f"the bank is corrupt, rebuild it")
+        if meta.cell_mean:
             try:
-                if meta.level != "patch":
-                    raise ValueError(f"a {meta.level} bank has no cells")
-                if len(meta.cell_mean) != meta.patches_per_crop:
-                    raise ValueError(f"{len(meta.cell_mean)} cells for {meta.patches_per_crop} patches per crop")
                 CellNorm(np.asarray(meta.cell_mean, np.float32), np.asarray(meta.cell_scale, np.float32))
             except (ValueError, TypeError) as exc:
                 raise BankError(f"{meta_file}: corrupt cell normalisation ({exc}); rebuild the bank") from None
         if index.ntotal != meta.sample_count:
             raise BankError(f"{path}: index holds {index.ntotal} vectors, metadata says {meta.sample_count}; "
                             f"the bank is corrupt, rebuild it")
-        if index.ntotal == 0:
-            raise BankError(f"{path}: the bank is empty; add good samples with `siamstream bank build`")
         kind = "ivf" if faiss.try_extract_index_ivf(index) is not None else (
             "hnsw" if isinstance(index, faiss.IndexHNSW) else "flat")
         if kind != meta.index_type.split("-")[0]:

@@ -231,3 +231,29 @@ def test_a_bank_saved_while_the_run_starts_up_is_not_missed(camera: HeldCamera, 
         run.kill()
     assert final["siamstream_bank_size"] == len(grown), run.log
     assert final["siamstream_bank_reloads_total"] == 1 and final["siamstream_bank_reload_errors_total"] == 0
+
+
+@pytest.mark.parametrize(("field", "value", "said"), [("k", 0, "bank field k = 0"),
+                                                      ("threshold", -1.0, "bank field threshold = -1.0")])
+def test_a_bank_rewritten_with_an_impossible_value_is_never_swapped_in(
+        camera: HeldCamera, tmp_path: Path, pretrained_onnx: Path, encoder_and_cfg: tuple[OnnxEncoder, Config],
+        field: str, value: float, said: str) -> None:
+    bank = first_bank(tmp_path, *encoder_and_cfg)
+    start = Bank.load(bank)
+    run = Run(camera, bank, tmp_path / "run", pretrained_onnx, MAX_FRAMES)
+    try:
+        wait_for(lambda: run.port is not None or run.proc.poll() is not None, 60, "the metrics endpoint")
+        assert run.port is not None, run.log
+        wait_for(lambda: run.live().get("siamstream_frames_processed_total", 0) >= 1, 60, "the first frame")
+        camera.hold()
+        meta = json.loads((bank / "meta.json").read_text())
+        (bank / "meta.json").write_text(json.dumps({**meta, field: value}))  # rewritten in place, as by hand
+        wait_for(lambda: run.live().get("siamstream_bank_reload_errors_total", 0) >= 1, 30, "the reload error")
+        camera.release()
+        last, final = run.finish()  # exit 0: the run went on with the bank it had
+    finally:
+        run.kill()
+    assert last["frames"] > 0 and final["siamstream_frames_read_total"] == MAX_FRAMES
+    assert final["siamstream_bank_reloads_total"] == 0 and final["siamstream_bank_reload_errors_total"] == 1
+    assert final["siamstream_bank_threshold"] == pytest.approx(start.meta.threshold)
+    assert "bank swapped in" not in run.log and said in run.log and "previous bank stays in use" in run.log

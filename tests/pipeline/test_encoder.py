@@ -179,3 +179,32 @@ def test_cuda_libraries_checked_are_the_ones_the_cuda_provider_links() -> None:
     if onnxruntime.__version__ == "1.31.1":  # what the project installs: CUDA 13's runtime, cuBLAS, and curand 10
         assert checked == ("libcuda.so.1", "libcublasLt.so.13", "libcublas.so.13", "libcurand.so.10",
                            "libcudart.so.13", "libcudnn.so.9")  # not libcudart.so.12: in its strings, not linked
+
+
+def test_metadata_that_cannot_be_right_is_a_contract_error(tmp_path: Path) -> None:
+    path = pooled_model(tmp_path / "m.onnx", ["N", 3, 16, 16])
+    for key, value, said in (("siamstream.embedding_dim", "abc", "embedding_dim='abc'"),
+                             ("siamstream.embedding_dim", "7", "embedding_dim='7' but the output has D=3"),
+                             ("siamstream.weights_sha256", "not-a-hash", "is not a SHA-256")):
+        model = onnx.load(str(path))
+        helper.set_model_props(model, {key: value})
+        onnx.save(model, str(tmp_path / "meta.onnx"))
+        with pytest.raises(EncoderContractError, match=f"meta.onnx: metadata .*{said}.*re-export"):
+            OnnxEncoder(tmp_path / "meta.onnx", device="cpu")
+
+
+def test_an_encoder_that_outputs_nan_is_named_and_nothing_is_returned(tmp_path: Path) -> None:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])
+    nodes = [helper.make_node("ReduceMean", ["x", "axes"], ["m"], keepdims=0),
+             helper.make_node("Neg", ["m"], ["n"]), helper.make_node("Sqrt", ["n"], ["y"])]  # sqrt(-mean): NaN
+    graph = helper.make_graph(nodes, "g", [x], [y],
+                              initializer=[helper.make_tensor("axes", TensorProto.INT64, [2], [2, 3])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8
+    onnx.save(model, str(tmp_path / "nan.onnx"))
+    enc = OnnxEncoder(tmp_path / "nan.onnx", device="cpu")
+    assert enc.embed(crops(2, 8, value=0)).vectors.shape == (2, 3)  # black crops: sqrt(-0) = 0, finite
+    with pytest.raises(EncoderContractError, match=r"nan.onnx: the encoder output NaN or infinite values for 4 of "
+                                                   r"4 crops; the model is broken"):
+        enc.embed(crops(4, 8))

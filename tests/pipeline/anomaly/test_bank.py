@@ -72,6 +72,7 @@ def test_load_errors(tmp_path: Path, data: tuple[np.ndarray, np.ndarray]) -> Non
         empty.scores(data[1])
     good = Bank.create("enc", 32, (64, 64))
     good.add(data[0])
+    good.with_threshold(1.0, 0.01, 10, 2, 0.5)
     good.save(tmp_path / "corrupt")
     (tmp_path / "corrupt" / "index.faiss").write_bytes(b"garbage")
     with pytest.raises(BankError, match="corrupt FAISS index"):
@@ -222,6 +223,7 @@ def test_ivf_needs_enough_vectors_to_train() -> None:
 def test_index_file_of_another_type_than_its_metadata(tmp_path: Path) -> None:
     bank = Bank.create("enc", 16, (64, 64), "flat")
     bank.add(clustered(100, 16, 5, 0))
+    bank.with_threshold(1.0, 0.01, 10, 2, 0.5)
     bank.save(tmp_path / "b")
     meta = json.loads((tmp_path / "b" / "meta.json").read_text())
     meta["index_type"] = "ivf-pq"
@@ -237,6 +239,7 @@ def test_bank_lock_serialises_read_modify_write(tmp_path: Path) -> None:
 
     base = Bank.create("enc", 8, (64, 64))
     base.add(clustered(100, 8, 4, 0))
+    base.with_threshold(1.0, 0.01, 10, 2, 0.5)
     base.save(tmp_path / "b")
 
     def add(seed: int) -> None:

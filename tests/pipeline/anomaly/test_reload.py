@@ -286,9 +286,9 @@ def test_metadata_vanishing_while_it_is_read_is_a_bank_error(tmp_path: Path, mon
     path = tmp_path / "bank"
     marked_bank(5).save(path)
 
-    def gone(self: Path, *args: object, **kwargs: object) -> str:
+    def gone(self: Path, *args: object, **kwargs: object) -> bytes:
         raise FileNotFoundError(2, "No such file or directory")  # a save renamed the directory just now
 
-    monkeypatch.setattr(Path, "read_text", gone)
-    with pytest.raises(BankError, match="cannot read the bank metadata"):
+    monkeypatch.setattr(Path, "read_bytes", gone)
+    with pytest.raises(BankError, match="cannot read the bank"):
         Bank.load(path)
