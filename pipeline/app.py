@@ -43,6 +43,7 @@ from pipeline.sources import IMAGE_EXTENSIONS
 from pipeline.tracking.appearance import check_region, tracking_embeddings
 from pipeline.tracking.tracker import Tracker
 from pipeline.types import CropBatch, Frame, TrackState
+from pipeline.video_segments import SegmentedVideoSink
 
 if TYPE_CHECKING:
     from encoders.reid_train import ReidTrainConfig
@@ -158,7 +159,11 @@ def build_sinks(cfg: OutputConfig, out_dir: Path, fps: float, alerts: AlertsConf
     sinks: list[Sink] = []
     if cfg.video:
         suffix = ".avi" if cfg.video_fourcc.upper() in ("MJPG", "XVID") else ".mp4"
-        sinks.append(AnnotatedVideoSink(out_dir / f"annotated{suffix}", fps or 25.0, cfg.video_fourcc))
+        if cfg.video_segment_s > 0:
+            frames = max(1, round(cfg.video_segment_s * (fps or 25.0)))
+            sinks.append(SegmentedVideoSink(out_dir / "annotated", fps or 25.0, frames, cfg.video_fourcc, suffix))
+        else:
+            sinks.append(AnnotatedVideoSink(out_dir / f"annotated{suffix}", fps or 25.0, cfg.video_fourcc))
     if cfg.events:
         sinks.append(EventsJsonlSink(out_dir / "events.jsonl"))
     if cfg.mot:

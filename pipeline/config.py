@@ -162,6 +162,7 @@ class OutputConfig:
     mot: bool = _f(True)
     mot_fill_gaps: bool = _f(True)
     video_fourcc: str = _f("mp4v")
+    video_segment_s: float = _f(60.0, 0.0, 86400.0)
     stream_name: str = _f("default")
     progress_every_s: float = _f(5.0, 0.0, 3600.0)
 

@@ -302,6 +302,8 @@ class AnnotatedVideoSink:
         self.fps = float(fps)
         self.fourcc = fourcc
         check_writable_dir(self.path.parent)
+        if self.path.is_dir():
+            raise SinkError(self.path, "the video's path is a directory", "remove it or choose another --out")
         self._writer: cv2.VideoWriter | None = None
         self._size: tuple[int, int] | None = None  # (width, height) of the video, set by the first frame
         self._warned_resize = False

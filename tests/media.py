@@ -20,3 +20,23 @@ def square_video(path: Path, frames: int = 120, size: tuple[int, int] = (96, 64)
         writer.write(image)
     writer.release()
     return path
+
+
+def video_frames(path: Path) -> int:
+    """Frames OpenCV decodes from one video file (0 for a file it cannot open)."""
+    cap = cv2.VideoCapture(str(path))
+    n = 0
+    while cap.read()[0]:
+        n += 1
+    cap.release()
+    return n
+
+
+def segments(out: Path) -> list[Path]:
+    """The annotated video's segment files of a run's output folder, in order."""
+    return sorted(p for p in (out / "annotated").iterdir() if p.suffix in (".mp4", ".avi"))
+
+
+def annotated_frames(out: Path) -> int:
+    """Frames of a run's whole annotated video: every segment under ``out/annotated/``."""
+    return sum(video_frames(p) for p in segments(out))

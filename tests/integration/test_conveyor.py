@@ -12,6 +12,8 @@ from pathlib import Path
 import cv2
 import pytest
 
+from tests.media import annotated_frames
+
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "deploy" / "configs" / "conveyor.toml"
 
@@ -58,11 +60,7 @@ def test_bank_build_then_run_on_conveyor(tmp_path: Path, shared_data: Callable[.
     rows = [line.split(",") for line in (out / "tracks.txt").read_text().splitlines()]
     assert rows and all(len(r) == 10 for r in rows)
     assert len({r[1] for r in rows}) >= 4
-    cap = cv2.VideoCapture(str(out / "annotated.mp4"))
-    n = 0
-    while cap.read()[0]:
-        n += 1
-    assert n == 535
+    assert annotated_frames(out) == 535
 
 
 def flat_parts_bank(folder: Path, model: Path) -> Path:
@@ -116,7 +114,7 @@ def test_sigterm_mid_run_flushes_every_sink(tmp_path: Path, shared_data: Callabl
     assert 0 < frames < 535 and last["flagged"] > 0
 
     # The video was finalised, every processed frame in it.
-    assert video_frames(out / "annotated.mp4") == frames
+    assert annotated_frames(out) == frames
     # One whole JSON object per line, one line per flagged part, each with its evidence crop.
     events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
     assert len(events) == last["flagged"]
@@ -146,12 +144,3 @@ def test_sigterm_mid_run_flushes_every_sink(tmp_path: Path, shared_data: Callabl
     assert final[("siamstream_tracks_started_total", "")] == final[("siamstream_tracks_ended_total", "")] \
         == last["tracks"]
     assert final[("siamstream_active_tracks", "")] == 0  # every track ended when the run stopped
-
-
-def video_frames(path: Path) -> int:
-    cap = cv2.VideoCapture(str(path))
-    n = 0
-    while cap.read()[0]:
-        n += 1
-    cap.release()
-    return n

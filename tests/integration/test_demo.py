@@ -26,5 +26,5 @@ def test_demo_short_run_finds_defects(tmp_path: Path, encoder_cache: Path) -> No
     assert any(line.startswith("recall") for line in lines)
     events = [json.loads(x) for x in (out / "events.jsonl").read_text().splitlines()]
     assert len(events) == result["flagged"]
-    assert (out / "annotated.mp4").stat().st_size > 0 and (out / "tracks.txt").stat().st_size > 0
+    assert (out / "annotated" / "000000.mp4").stat().st_size > 0 and (out / "tracks.txt").stat().st_size > 0
     assert (out / "bank" / "meta.json").is_file()

@@ -31,7 +31,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pipeline.sinks import EventsJsonlSink, MotTxtSink, SinkError
 from pipeline.types import AnomalyEvent, Detections, Frame, FrameResult, TrackObservation, TrackState
 from tests.camera_servers import send_jpeg, serve_mjpeg
-from tests.media import square_video
+from tests.media import annotated_frames, square_video
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "deploy" / "configs" / "conveyor.toml"
@@ -199,15 +199,6 @@ def wait_for(cond: Callable[[], bool], timeout_s: float, what: str) -> None:
         time.sleep(0.05)
 
 
-def video_frames(path: Path) -> int:
-    cap = cv2.VideoCapture(str(path))
-    n = 0
-    while cap.read()[0]:
-        n += 1
-    cap.release()
-    return n
-
-
 def mot_rows(path: Path) -> list[list[str]]:
     """Every line of a MOT file, checked complete: 10 fields, numbers where numbers belong."""
     rows = [line.split(",") for line in path.read_text().splitlines()]
@@ -273,7 +264,7 @@ def test_camera_outage_then_back_the_run_reconnects_and_goes_on(camera: Callable
     assert final["siamstream_frames_read_total"] == final["siamstream_frames_processed_total"] == 100
     assert final["siamstream_frames_processed_total"] > during["siamstream_frames_processed_total"]
     assert final["siamstream_frames_dropped_total"] == 0 == final["siamstream_source_queue_depth"]
-    assert video_frames(out / "annotated.mp4") == 100  # frames from both sides of the outage
+    assert annotated_frames(out) == 100  # frames from both sides of the outage
     mot_rows(out / "tracks.txt")
 
 
@@ -290,7 +281,7 @@ def test_camera_that_never_comes_back_ends_the_run_with_one_line_and_flushed_out
     assert code == 2, stderr
     assert_one_line_error(stderr, cam.url, "stopped delivering frames", "3 consecutive attempts")
     # Every frame the camera sent was queued, processed and written before the error was raised.
-    assert video_frames(out / "annotated.mp4") == 30
+    assert annotated_frames(out) == 30
     rows = mot_rows(out / "tracks.txt")
     assert all(int(r[0]) <= 30 for r in rows)
 
@@ -312,7 +303,7 @@ def test_camera_that_hangs_is_reopened_after_the_read_timeout(camera: Callable[.
     final = samples((out / "metrics.prom").read_text())
     assert final["siamstream_source_reconnects_total"] == 1
     assert final["siamstream_frames_processed_total"] == 60
-    assert video_frames(out / "annotated.mp4") == 60
+    assert annotated_frames(out) == 60
 
 
 # ---------------------------------------------------------------- the output disk
@@ -386,7 +377,8 @@ def test_run_refuses_box_appearance_without_a_patch_output_before_binding_the_me
                               cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert_one_line_error(proc.stderr, f"the encoder {onnx} has none", 'set appearance_region = "crop"')
-    assert not any(out.iterdir())  # no sink was opened
+    # no sink was opened: only the folder's lock and the final metrics are there
+    assert sorted(p.name for p in out.iterdir()) == [".siamstream.lock", "metrics.prom"]
 
 
 @pytest.mark.data
@@ -399,10 +391,10 @@ def test_disk_filling_up_mid_run_stops_with_one_line_and_a_playable_video(
                            "--set", f'encoder.model="{pretrained_onnx}"', "--set", "metrics.enabled=false"],
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr
-    assert_one_line_error(proc.stderr, str(out / "annotated.mp4"), "disk nearly full")
+    assert_one_line_error(proc.stderr, str(out / "annotated" / "000000.mp4"), "disk nearly full")
     assert "Failed to write" not in proc.stderr  # stopped before OpenCV started losing frames
     # The video so far was finalised in the room kept for it, the text outputs are whole.
-    n = video_frames(out / "annotated.mp4")
+    n = annotated_frames(out)
     assert 0 < n < 535
     assert all(int(r[0]) <= n + 1 for r in mot_rows(out / "tracks.txt"))
     assert (out / "events.jsonl").read_text() == ""
@@ -468,7 +460,7 @@ def test_sigterm_while_the_camera_is_away_flushes_and_exits(camera: Callable[...
     assert code == 130, stderr
     assert "Traceback" not in stderr
     assert json.loads(stdout.strip().splitlines()[-1])["frames"] == 30
-    assert video_frames(out / "annotated.mp4") == 30
+    assert annotated_frames(out) == 30
     final = samples((out / "metrics.prom").read_text())
     assert final["siamstream_frames_processed_total"] == final["siamstream_frames_read_total"] == 30
 

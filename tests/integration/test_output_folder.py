@@ -17,7 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.outlock import LOCK_NAME
-from tests.media import square_video
+from tests.media import annotated_frames, square_video, video_frames
 
 REPO = Path(__file__).resolve().parents[2]
 BASE = ["--config", str(REPO / "config.toml"), "--set", "metrics.enabled=false", "--set", "output.progress_every_s=0",
@@ -90,11 +90,7 @@ def test_two_real_runs_on_one_folder_one_is_refused_and_the_other_is_intact(tmp_
     assert second.returncode == 2 and f"pid {first.pid}" in second.stderr, second.stderr
     assert first.returncode == 0, stderr
     assert b"\0" not in (out / "tracks.txt").read_bytes()
-    cap = cv2.VideoCapture(str(out / "annotated.mp4"))
-    frames = 0
-    while cap.read()[0]:
-        frames += 1
-    assert frames == 1500
+    assert annotated_frames(out) == 1500
 
 
 def test_a_run_that_ends_on_an_error_still_writes_metrics_prom(tmp_path: Path, pretrained_onnx: Path) -> None:
@@ -142,3 +138,35 @@ def test_lock_file_left_by_a_killed_run_is_stale(tmp_path: Path) -> None:
         assert json.loads((out / LOCK_NAME).read_text())["pid"] == os.getpid()
         with pytest.raises(SinkError, match=f"in use by pid {os.getpid()}"):
             OutputLock(out, "second").acquire()
+
+
+def test_kill_9_mid_run_loses_at_most_the_segment_being_written(tmp_path: Path, pretrained_onnx: Path) -> None:
+    video = square_video(tmp_path / "long.avi", frames=3000)
+    out = tmp_path / "out"
+    run = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", "--source", str(video), "--out", str(out),
+                            "--set", f'encoder.model="{pretrained_onnx}"', "--set", "output.video_segment_s=2",
+                            *BASE], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        index = out / "annotated" / "segments.jsonl"
+        deadline = time.monotonic() + 120
+        while not (index.exists() and len(index.read_text().splitlines()) >= 6):  # past tracks.txt's first flush
+            assert run.poll() is None and time.monotonic() < deadline, "no six segments were closed"
+            time.sleep(0.05)
+    finally:
+        run.kill()  # SIGKILL: nothing is flushed or closed
+        run.wait()
+    assert run.returncode == -signal.SIGKILL
+    closed = [json.loads(line) for line in index.read_text().splitlines()]  # whole lines only
+    assert len(closed) >= 6
+    for entry in closed:  # every closed segment plays, with the frames the index says
+        assert video_frames(out / "annotated" / entry["file"]) == entry["frames"] == 20
+    assert [e["first_frame"] for e in closed] == [20 * i for i in range(len(closed))]
+    rows = (out / "tracks.txt").read_text()  # flushed every 100 frames, in whole lines
+    assert rows.endswith("\n") and all(len(r.split(",")) == 10 for r in rows.splitlines())
+    assert int(rows.splitlines()[-1].split(",")[0]) >= 90
+    # the next run takes the folder over (the kernel released the dead run's lock) and replaces its outputs
+    again = siamstream("run", "--source", str(square_video(tmp_path / "short.avi", frames=30)), "--out", str(out),
+                       "--set", "output.video_segment_s=2", model=pretrained_onnx)
+    assert again.returncode == 0, again.stderr
+    assert [json.loads(x)["frames"] for x in index.read_text().splitlines()] == [20, 10]
+    assert annotated_frames(out) == 30
