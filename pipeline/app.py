@@ -34,7 +34,7 @@ from pipeline.crops import crop_batch
 from pipeline.detect import Detector
 from pipeline.detect.background import BackgroundSubtractionDetector
 from pipeline.detect.onnx_detector import OnnxDetector
-from pipeline.encoder import Encoder, OnnxEncoder
+from pipeline.encoder import Encoder, EncoderContractError, OnnxEncoder
 from pipeline.encoder_torch import TorchEncoder
 from pipeline.metrics import PipelineMetrics
 from pipeline.runner import Pipeline, edge_mask
@@ -67,13 +67,26 @@ def build_encoder(cfg: EncoderConfig, size: tuple[int, int] | None = None) -> En
                                patch_detail_stage=cfg.patch_detail_stage)
         return TorchEncoder(net, size or (cfg.input_size, cfg.input_size), device=cfg.device, threads=cfg.threads,
                             max_batch=cfg.max_batch)
-    path = cfg.model
-    if not path:
-        from encoders.export import ensure_pretrained_onnx
+    if cfg.model:
+        return OnnxEncoder(cfg.model, device=cfg.device, threads=cfg.threads, max_batch=cfg.max_batch)
+    from encoders.export import ensure_pretrained_onnx
 
-        path = str(ensure_pretrained_onnx(cfg.cache_dir, cfg.stage, cfg.pooling, size or cfg.input_size,
-                                          cfg.patch_stage, cfg.patch_detail_stage))
-    return OnnxEncoder(path, device=cfg.device, threads=cfg.threads, max_batch=cfg.max_batch)
+    def cached() -> Path:
+        return ensure_pretrained_onnx(cfg.cache_dir, cfg.stage, cfg.pooling, size or cfg.input_size, cfg.patch_stage,
+                                      cfg.patch_detail_stage)
+
+    path = cached()
+    try:
+        return OnnxEncoder(path, device=cfg.device, threads=cfg.threads, max_batch=cfg.max_batch)
+    except EncoderContractError as exc:
+        # A damaged cache file (a full disk, a copy cut short): it is ours to rebuild.
+        log.warning("the cached built-in encoder cannot be used (%s); building it again", exc)
+        try:
+            path.unlink()
+        except OSError as gone:
+            raise EncoderContractError(f"{exc}; delete {path} (a cache file, rebuilt by the next run): it could "
+                                       f"not be removed here ({gone.strerror or gone})") from None
+    return OnnxEncoder(cached(), device=cfg.device, threads=cfg.threads, max_batch=cfg.max_batch)
 
 
 def train_config(cfg: TrainingConfig) -> TrainConfig:
@@ -302,7 +315,7 @@ def good_samples_from_images(folder: Path, encoder: Encoder, level: str, batch: 
 
 def bank_from_samples(samples: GoodSamples, cfg: Config, encoder: Encoder, source: str) -> Bank:
     return build_bank(samples.features, samples.groups, encoder.encoder_id, encoder.input_size,
-                      level=cfg.bank.level, index_type=cfg.bank.index, k=cfg.anomaly.k, folds=cfg.bank.folds,
+                      level=cfg.bank.level, index_type=cfg.bank.index, k=cfg.bank.k, folds=cfg.bank.folds,
                       false_alarm_rate=cfg.bank.false_alarm_rate, max_vectors=cfg.bank.max_vectors,
                       coreset_fraction=cfg.bank.coreset_fraction, nlist=cfg.bank.nlist, nprobe=cfg.bank.nprobe,
                       pq_m=cfg.bank.pq_m, sources=[source], cell_norm=cfg.bank.cell_norm)

@@ -129,7 +129,6 @@ class TrackerConfig:
 @dataclass(frozen=True)
 class AnomalyConfig:
     bank: str = _f("")
-    k: int = _f(1, 1, 256)
     min_frames: int = _f(3, 1, 10_000)
     aggregate: str = _f("median", choices=("median", "mean", "max"))
     edge_margin: int = _f(4, 0, 10_000)
@@ -142,6 +141,7 @@ class AnomalyConfig:
 @dataclass(frozen=True)
 class BankConfig:
     level: str = _f("patch", choices=("patch", "global"))
+    k: int = _f(1, 1, 256)
     index: str = _f("flat", choices=("flat", "hnsw", "ivf-flat", "ivf-pq"))
     nlist: int = _f(0, 0, 1 << 20)
     nprobe: int = _f(8, 1, 1 << 20)
@@ -316,12 +316,21 @@ def _suggest(key: str, options: list[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+# Keys that moved, and why: the old place is refused with the new one named (a silently ignored key misleads).
+MOVED: dict[tuple[str, str], str] = {
+    ("anomaly", "k"): "[bank] k (the bank's k is fixed when it is built: its threshold is calibrated with it; "
+                      "rebuild the bank to change it)",
+}
+
+
 def _build_section(cls: type, raw: dict[str, Any], origin: str, section: str) -> Any:
     hints = get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     values: dict[str, Any] = {}
     for key, value in raw.items():
         where = f"{origin}: [{section}] {key}"
+        if (section, key) in MOVED:
+            raise ConfigError(f"{origin}: [{section}] {key} is now {MOVED[section, key]}; move it there")
         if key not in hints:
             raise ConfigError(f"{origin}: unknown key [{section}] {key!r}{_suggest(key, names)}; "
                               f"allowed keys: {', '.join(names)}")

@@ -6,8 +6,10 @@ histograms; labels are bounded (``stream``, ``stage``), never track or part ids.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -242,9 +244,13 @@ def serve(registry: CollectorRegistry, address: str, port: int, stale_after_s: f
     try:
         server = ThreadingHTTPServer((address, port), _handler(registry, stale_after_s))
     except OSError as exc:
-        msg = (f"cannot serve metrics on {address}:{port} ({exc.strerror or exc}); choose another port with "
-               f"--set metrics.port=N (0 = any free port) or --set metrics.enabled=false")
-        raise MetricsError(msg) from None
+        if isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:
+            fix = (f"[metrics] address {address!r} is not an address of this machine; use 127.0.0.1 (this host "
+                   f"only), 0.0.0.0 (every interface) or one of its own addresses")
+        else:
+            fix = ("choose another port with --set metrics.port=N (0 = any free port) or --set "
+                   "metrics.enabled=false")
+        raise MetricsError(f"cannot serve metrics on {address}:{port} ({exc.strerror or exc}); {fix}") from None
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
     bound = int(server.server_address[1])

@@ -37,8 +37,10 @@ def test_config_check_ok_and_bad(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("[tracker]\nmin_hits = 'x'\n")
     assert_clean_error(siamstream("config", "check", str(bad)), str(bad), "min_hits", "expected an integer")
-    assert_clean_error(siamstream("config", "check", str(REPO / "config.toml"), "--set", "anomaly.k=0"),
-                       "[anomaly] k", "allowed range")
+    assert_clean_error(siamstream("config", "check", str(REPO / "config.toml"), "--set", "bank.k=0"),
+                       "[bank] k", "allowed range")
+    assert_clean_error(siamstream("config", "check", str(REPO / "config.toml"), "--set", "anomaly.k=256"),
+                       "[anomaly] k is now [bank] k", "rebuild the bank")
 
 
 def test_run_missing_video(tmp_path: Path) -> None:

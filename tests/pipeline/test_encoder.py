@@ -208,3 +208,18 @@ def test_an_encoder_that_outputs_nan_is_named_and_nothing_is_returned(tmp_path: 
     with pytest.raises(EncoderContractError, match=r"nan.onnx: the encoder output NaN or infinite values for 4 of "
                                                    r"4 crops; the model is broken"):
         enc.embed(crops(4, 8))
+
+
+def test_a_damaged_cached_built_in_encoder_is_built_again(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from encoders.export import default_model_path
+    from pipeline import app
+    from pipeline.config import EncoderConfig
+
+    cfg = EncoderConfig(cache_dir=str(tmp_path), input_size=64)
+    path = default_model_path(tmp_path, cfg.stage, cfg.pooling, cfg.input_size, cfg.patch_stage,
+                              cfg.patch_detail_stage)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x08\x07 half of a model")  # what a copy cut short leaves
+    encoder = app.build_encoder(cfg)
+    assert isinstance(encoder, OnnxEncoder) and encoder.path == path and encoder.input_size == (64, 64)
+    assert "cached built-in encoder cannot be used" in caplog.text

@@ -265,3 +265,17 @@ def test_snapshot_holds_the_final_values_and_fails_in_one_line(tmp_path: Path) -
     with pytest.raises(MetricsError) as exc:
         write_snapshot(registry, str(tmp_path / "missing" / "metrics.prom"))
     assert str(tmp_path / "missing" / "metrics.prom") in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_a_port_in_use_and_an_address_not_of_this_machine_get_their_own_fix() -> None:
+    import socket
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        with pytest.raises(MetricsError, match="choose another port"):
+            serve(CollectorRegistry(), "127.0.0.1", held.getsockname()[1])
+    for address in ("nope.invalid", "192.0.2.1"):  # not resolvable; a TEST-NET address no interface holds
+        with pytest.raises(MetricsError, match=f"address '{address}' is not an address of this machine") as exc:
+            serve(CollectorRegistry(), address, 0)
+        assert "choose another port" not in str(exc.value)
