@@ -518,6 +518,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         return bench_reid.main(_config(args), out_dir=Path(args.out) if args.out else None, epochs=args.epochs,
                                threads=args.threads or 2)
+    if args.bench == "soak":
+        from pipeline.benchmarks import soak
+
+        return soak.main(_config(args), frames=args.frames, sample_every=args.sample_every,
+                         out_dir=Path(args.out) if args.out else None)
     if args.bench == "mot":
         from pipeline.benchmarks import mot
 
@@ -687,7 +692,14 @@ def build_parser() -> argparse.ArgumentParser:
                                       "folder)")
     b_reid.add_argument("--epochs", type=int, help="override [reid] epochs (a shorter run for a quick look)")
     b_reid.add_argument("--threads", type=int, default=2, help="torch and ONNX Runtime CPU threads (default 2)")
-    for b in (b_enc, b_one, b_ver, b_mot, b_anom, b_reid):
+    b_soak = bench_sub.add_parser("soak", help="the synthetic line looped through the default config with a bank, "
+                                               "alerts and metrics on: memory and open-file slopes, frames lost, "
+                                               "alerts delivered")
+    common(b_soak)
+    b_soak.add_argument("--frames", type=int, default=200_000, help="frames to run (default 200000)")
+    b_soak.add_argument("--sample-every", type=int, default=1000, help="frames between samples (default 1000)")
+    b_soak.add_argument("--out", help="keep the run's outputs here (default: a temporary folder)")
+    for b in (b_enc, b_one, b_ver, b_mot, b_anom, b_reid, b_soak):
         b.set_defaults(func=cmd_bench)
 
     config = sub.add_parser("config", help="configuration tools")
