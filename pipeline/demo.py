@@ -32,23 +32,29 @@ MIN_VISIBLE_FRAMES = 15  # parts seen fully for fewer frames than this (scene st
 
 
 class SceneSource:
-    """A synthetic scene as a (file-like, lossless) frame source."""
+    """A synthetic scene as a (file-like, lossless) frame source; with ``total`` longer than the scene, the scene
+    plays over and over, frame indices and times running on."""
 
     is_live = False
     dropped = 0
     reconnects = 0
+    pending = 0
 
-    def __init__(self, scene: ProductionLineScene, name: str) -> None:
+    def __init__(self, scene: ProductionLineScene, name: str, total: int | None = None) -> None:
         self.scene = scene
         self.name = name
         self.fps = scene.cfg.fps
-        self.total_frames = len(scene)
+        self.total_frames = len(scene) if total is None else total
         self.frames_read = 0
 
     def __iter__(self) -> Iterator[Frame]:
-        for frame in self.scene:
-            self.frames_read += 1
-            yield frame
+        while self.frames_read < self.total_frames:
+            for frame in self.scene:
+                if self.frames_read >= self.total_frames:
+                    return
+                i = self.frames_read
+                self.frames_read += 1
+                yield frame if i == frame.index else Frame(i, i / self.fps, frame.image)
 
     def close(self) -> None:
         pass

@@ -1,12 +1,12 @@
 """``siamstream bench soak``: the whole run for a long time, watched for leaks and losses.
 
 The embedded synthetic production line (a scene of ``LOOP_FRAMES`` frames, looped with frame indices and times
-running on) goes through the default config with a bank built from good parts, every file output on (the video in
-segments) and the webhook alert sink posting to a real HTTP receiver on 127.0.0.1, with ``/metrics`` served and
-scraped. Every ``sample_every`` frames the process's resident memory and open file descriptors are sampled. After a
-warm-up (the first ``warmup`` fraction of the frames) the least-squares slope of each over frames is the figure:
-a leak shows as a slope however noisy single samples are. At the end every frame read must have been processed and
-every flagged part must have reached the receiver.
+running on: :class:`~pipeline.demo.SceneSource`) goes through the default config with a bank built from good parts,
+every file output on (the video in segments) and the webhook alert sink posting to a real HTTP receiver on
+127.0.0.1, with ``/metrics`` served and scraped. Every ``sample_every`` frames the process's resident memory and
+open file descriptors are sampled. After a warm-up (the first ``warmup`` fraction of the frames) the least-squares
+slope of each over frames is the figure: a leak shows as a slope however noisy single samples are. At the end every
+frame read must have been processed and every flagged part must have reached the receiver.
 
 Closed video segments are deleted as the run goes (as a recorder's retention would), so the disk does not fill.
 """
@@ -20,7 +20,6 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -31,43 +30,17 @@ from prometheus_client import CollectorRegistry
 from pipeline import app
 from pipeline.benchmarks.report import json_line, table
 from pipeline.config import Config
+from pipeline.demo import SceneSource
 from pipeline.metrics import PipelineMetrics, serve
 from pipeline.runner import run, stop_on_signals
 from pipeline.synthetic import ProductionLineScene, SceneConfig
-from pipeline.types import Frame, FrameResult
+from pipeline.types import FrameResult
 from pipeline.video_segments import INDEX
 
 log = logging.getLogger(__name__)
 
 LOOP_FRAMES = 2000
 RSS_TARGET_MB_PER_10K = 1.0
-
-
-class LoopedScene:
-    """A synthetic scene played over and over as one lossless source of ``total`` frames."""
-
-    is_live = False
-    dropped = 0
-    reconnects = 0
-    pending = 0
-
-    def __init__(self, scene: ProductionLineScene, total: int) -> None:
-        self.scene = scene
-        self.total_frames = total
-        self.fps = scene.cfg.fps
-        self.frames_read = 0
-
-    def __iter__(self) -> Iterator[Frame]:
-        while self.frames_read < self.total_frames:
-            for frame in self.scene:
-                if self.frames_read >= self.total_frames:
-                    return
-                i = self.frames_read
-                self.frames_read += 1
-                yield Frame(i, i / self.fps, frame.image)
-
-    def close(self) -> None:
-        pass
 
 
 class AlertReceiver:
@@ -155,7 +128,7 @@ def main(cfg: Config, frames: int = 200_000, sample_every: int = 1000, warmup: f
         registry = CollectorRegistry()
         metrics = PipelineMetrics(registry, cfg.output.stream_name)
         port = serve(registry, "127.0.0.1", 0)
-        source = LoopedScene(ProductionLineScene(SceneConfig(num_frames=LOOP_FRAMES, seed=0)), frames)
+        source = SceneSource(ProductionLineScene(SceneConfig(num_frames=LOOP_FRAMES, seed=0)), "soak", frames)
         pipeline = app.build_pipeline(cfg, encoder, metrics, bank, out)
         sinks = app.build_sinks(cfg.output, out, source.fps, cfg.alerts, metrics)
         samples: list[Sample] = []

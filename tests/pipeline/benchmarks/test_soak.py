@@ -1,4 +1,4 @@
-"""bench soak's parts: the looped source, the slopes, segment retention; and the command end to end (slow)."""
+"""bench soak's parts: the looped scene source, the slopes, segment retention; and the command end to end (slow)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.benchmarks.soak import LoopedScene, Sample, _retire_segments, slope_per_10k
+from pipeline.benchmarks.soak import Sample, _retire_segments, slope_per_10k
+from pipeline.demo import SceneSource
 from pipeline.synthetic import ProductionLineScene, SceneConfig
 
 REPO = Path(__file__).resolve().parents[3]
@@ -17,7 +18,7 @@ REPO = Path(__file__).resolve().parents[3]
 
 def test_looped_scene_runs_on_past_the_scene_with_continuous_indices_and_times() -> None:
     scene = ProductionLineScene(SceneConfig(width=160, height=120, num_frames=7))
-    source = LoopedScene(scene, total=17)
+    source = SceneSource(scene, "looped", total=17)
     frames = list(source)
     assert [f.index for f in frames] == list(range(17)) and source.frames_read == 17
     assert frames[9].timestamp == pytest.approx(9 / scene.cfg.fps)
