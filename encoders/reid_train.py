@@ -255,7 +255,8 @@ def _schedule(step: int, total: int, warm: int) -> float:
 
 
 def _check_resume(saved: dict[str, Any], cfg: ReidTrainConfig, path: Path) -> None:
-    changed = sorted(k for k, v in cfg.as_dict().items() if k not in RESUMABLE and saved.get(k) != v)
+    defaults = ReidTrainConfig().as_dict()  # keys a run saved before they existed had their default then
+    changed = sorted(k for k, v in cfg.as_dict().items() if k not in RESUMABLE and saved.get(k, defaults[k]) != v)
     if changed:
         raise TrainError(f"{path}: cannot resume, the config differs from the run's ({', '.join(changed)}); only "
                          f"{', '.join(sorted(RESUMABLE))} may change; use the run's config or another --out")

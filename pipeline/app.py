@@ -34,9 +34,10 @@ from pipeline.crops import crop_batch
 from pipeline.detect import Detector
 from pipeline.detect.background import BackgroundSubtractionDetector
 from pipeline.detect.onnx_detector import OnnxDetector
-from pipeline.encoder import Encoder, EncoderContractError, OnnxEncoder
+from pipeline.encoder import Encoder, EncoderContractError, ModelFileError, OnnxEncoder
 from pipeline.encoder_torch import TorchEncoder
 from pipeline.metrics import PipelineMetrics
+from pipeline.redact import redact_url
 from pipeline.runner import Pipeline, edge_mask
 from pipeline.sinks import AnnotatedVideoSink, EventsJsonlSink, MotTxtSink, Sink, check_writable_dir
 from pipeline.sources import IMAGE_EXTENSIONS
@@ -78,7 +79,7 @@ def build_encoder(cfg: EncoderConfig, size: tuple[int, int] | None = None) -> En
     path = cached()
     try:
         return OnnxEncoder(path, device=cfg.device, threads=cfg.threads, max_batch=cfg.max_batch)
-    except EncoderContractError as exc:
+    except ModelFileError as exc:
         # A damaged cache file (a full disk, a copy cut short): it is ours to rebuild.
         log.warning("the cached built-in encoder cannot be used (%s); building it again", exc)
         try:
@@ -224,7 +225,7 @@ def build_alert_sinks(cfg: AlertsConfig, stream: str, out_dir: Path,
             sink.close()
         raise
     log.info("alerts: %s; spool %s", ", ".join(
-        ([f"webhook {cfg.webhook_url}"] if cfg.webhook_url else [])
+        ([f"webhook {redact_url(cfg.webhook_url)}"] if cfg.webhook_url else [])
         + ([f"mqtt {cfg.mqtt_host}:{cfg.mqtt_port} topic {cfg.mqtt_topic}"] if cfg.mqtt_host else [])), spool_root)
     return sinks
 

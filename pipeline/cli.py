@@ -30,7 +30,7 @@ from pipeline.evaluation.mot_metrics import MotEvaluationError
 from pipeline.evaluation.mot_peers import PeerUnavailableError
 from pipeline.evaluation.motchallenge import MotSequenceError
 from pipeline.metrics import MetricsError
-from pipeline.redact import RedactingFormatter, redact_text
+from pipeline.redact import RedactingFormatter, redact_text, redact_url
 from pipeline.sinks import SinkError, check_writable_dir
 from pipeline.sources import SourceError
 from pipeline.tracking.appearance import AppearanceError, check_region
@@ -127,7 +127,7 @@ def _run_locked(cfg: Config, uri: str, out_dir: Path) -> int:
             if summary is not None:
                 raise
             log.error("%s", exc)
-    print(f"source     {redact_text(uri)}")
+    print(f"source     {redact_url(uri)}")
     print(f"frames     {summary.frames} in {summary.seconds:.1f} s ({summary.fps:.1f} fps), "
           f"dropped {summary.dropped}, reconnects {summary.reconnects}")
     print(f"tracks     {summary.tracks} confirmed, {summary.inspected} inspected")
@@ -173,7 +173,7 @@ def cmd_bank_add(args: argparse.Namespace) -> int:
                            patches=encoder.patch_grid[0] * encoder.patch_grid[1])
         before = len(bank)
         samples = _good_samples(args.source, args.detect, cfg, encoder)
-        added = append_samples(bank, samples.features, str(args.source))
+        added = append_samples(bank, samples.features, redact_url(str(args.source)))  # stored: no secrets
         bank.save(args.bank)  # atomic: a running pipeline reloads it whole
     print(f"bank       {args.bank}: {before} + {added} vectors from {len(samples.features)} good crops of "
           f"{samples.parts} parts/images = {len(bank)}")
@@ -203,7 +203,7 @@ def cmd_bank_info(args: argparse.Namespace) -> int:
         ("scores", f"k-NN distance normalised per cell ({len(m.cell_mean)} cells: mean and spread of good samples)"
                    if m.cell_mean else "k-NN distance"),
         ("encoder", f"{m.encoder_id[:16]}, input {m.input_size[0]}x{m.input_size[1]}"),
-        ("sources", ", ".join(m.sources) or "-"),
+        ("sources", redact_text(", ".join(m.sources)) or "-"),
         ("created", when(m.created)),
         ("updated", when(m.updated)),
     ]
@@ -225,7 +225,7 @@ def cmd_bank_build(args: argparse.Namespace) -> int:
     check_writable_dir(out.parent)
     encoder = app.build_encoder(cfg.encoder)
     samples = _good_samples(args.source, args.detect, cfg, encoder)
-    bank = app.bank_from_samples(samples, cfg, encoder, str(args.source))
+    bank = app.bank_from_samples(samples, cfg, encoder, redact_url(str(args.source)))  # stored: no secrets
     bank.save(args.out)
     m = bank.meta
     print(f"bank       {args.out}: {m.level} level, {len(bank)} vectors from {m.crops} good crops of "

@@ -14,6 +14,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_args, get_origin, get_type_hints
+from urllib.parse import urlsplit
 
 from pipeline.redact import redact_url
 from pipeline.tracking.appearance import REGIONS
@@ -386,9 +387,14 @@ def config_from_dict(raw: dict[str, Any], origin: str = "<config>",
 
 def _check_alerts(cfg: AlertsConfig, origin: str) -> None:
     url = cfg.webhook_url
-    if url and (not url.startswith(("http://", "https://")) or len(url.split("://", 1)[1].split("/", 1)[0]) == 0):
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:  # an unbalanced "[" in the host
+        parts, host = urlsplit(""), None
+    if url and (parts.scheme not in ("http", "https") or not host or any(c.isspace() for c in url)):
         raise ConfigError(f"{origin}: [alerts] webhook_url: got {redact_url(url)!r}, allowed: an http:// or https:// "
-                          f"URL with a host (e.g. 'http://127.0.0.1:5001/alerts') or '' (off)")
+                          f"URL with a host and no spaces (e.g. 'http://127.0.0.1:5001/alerts') or '' (off)")
     topic = cfg.mqtt_topic
     if not topic or "+" in topic or "#" in topic:
         raise ConfigError(f"{origin}: [alerts] mqtt_topic: got {topic!r}, allowed: a non-empty topic without the "
@@ -401,6 +407,10 @@ def _check_alerts(cfg: AlertsConfig, origin: str) -> None:
 def _check_together(cfg: Config, origin: str) -> None:
     """Rules that involve more than one key."""
     _check_alerts(cfg.alerts, origin)
+    if cfg.reid.freeze_stages and (cfg.reid.backbone == "small-cnn" or cfg.reid.freeze_stages >= cfg.reid.stage):
+        raise ConfigError(f"{origin}: [reid] freeze_stages = {cfg.reid.freeze_stages} with backbone = "
+                          f"{cfg.reid.backbone!r}, stage = {cfg.reid.stage}; allowed: 0 .. stage - 1 with "
+                          f"efficientnet-lite0, 0 with small-cnn")
     if cfg.encoder.patch_stage > cfg.encoder.stage:
         raise ConfigError(f"{origin}: [encoder] patch_stage = {cfg.encoder.patch_stage} comes after stage = "
                           f"{cfg.encoder.stage}; allowed: 0 (no patches) .. {cfg.encoder.stage}")

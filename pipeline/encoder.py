@@ -34,6 +34,10 @@ class EncoderContractError(ValueError):
     """The ONNX model does not fit the encoder contract. ``str()`` names the model, the problem and the fix."""
 
 
+class ModelFileError(EncoderContractError):
+    """The model file itself is unreadable (truncated, not ONNX): not a matter of the device or the config."""
+
+
 class Encoder(Protocol):
     """Anything that embeds a batch of crops."""
 
@@ -273,7 +277,7 @@ class OnnxEncoder:
             self.session = ort.InferenceSession(str(self.path), opts, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types for unreadable models
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise EncoderContractError(f"{self.path}: not a loadable ONNX model ({first})") from None
+            raise ModelFileError(f"{self.path}: not a loadable ONNX model ({first})") from None
         self.provider = self.session.get_providers()[0]
         if providers[0] == "CUDAExecutionProvider":
             log.info("encoder on %s", self.provider)
@@ -285,7 +289,7 @@ class OnnxEncoder:
         self.patch_grid = self.contract.patch_grid
         self.max_batch = self.contract.fixed_batch or max_batch
         declared = self.metadata.get("siamstream.embedding_dim")
-        if declared is not None and (not declared.strip().isdigit() or int(declared) != self.embedding_dim):
+        if declared is not None and (not re.fullmatch(r"[0-9]{1,9}", declared) or int(declared) != self.embedding_dim):
             raise EncoderContractError(f"{self.path}: metadata says embedding_dim={declared[:20]!r} but the output "
                                        f"has D={self.embedding_dim}; re-export the model (siamstream export)")
         # Identity of the encoder for banks: the weights hash when exported by siamstream, else the file hash.

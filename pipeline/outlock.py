@@ -8,6 +8,7 @@ into it, so that a second run can name the holder in its error.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -27,7 +28,7 @@ def _holder(fd: int) -> str:
         info = json.loads(raw.decode("utf-8"))
         started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(info["started"])))
         return f"pid {int(info['pid'])} on {info['host']}, {info['command']!s}, since {started}"
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, OverflowError):
         return "another process (its lock file holds no readable owner)"
 
 
@@ -63,18 +64,22 @@ class OutputLock:
                             "use an output folder on a local file system") from None
         owner = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "command": self.command,
                             "started": time.time()}).encode()
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, owner, 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, owner, 0)
+        except OSError as exc:
+            os.close(fd)
+            raise SinkError(self.path, f"cannot write the output lock ({exc.strerror or exc})",
+                            "free space on that disk or choose another output folder") from None
         self._fd = fd
 
     def release(self) -> None:
         if self._fd is None:
             return
         fd, self._fd = self._fd, None
-        try:
-            os.ftruncate(fd, 0)  # the file stays (removing it would race a waiting locker); its owner goes
-        finally:
-            os.close(fd)  # closing releases the flock
+        with contextlib.suppress(OSError):  # the owner goes; the file stays (removing it would race a locker)
+            os.ftruncate(fd, 0)
+        os.close(fd)  # closing releases the flock
 
     def __enter__(self) -> OutputLock:
         self.acquire()

@@ -12,8 +12,10 @@ import re
 from urllib.parse import SplitResult, urlsplit, urlunsplit
 
 MASK = "***"
-# scheme://rest, up to whitespace or a quote/bracket that would end it in a message.
-_URL = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>()\[\]{}]+")
+# scheme://rest, up to whitespace, a double quote or an angle bracket; punctuation that ends a sentence or closes
+# a quote or a bracket around the URL is put back (see _URL_TAIL). Userinfo may hold ( ) ' [ ] { } unencoded.
+_URL = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s\"<>]+")
+_URL_TAIL = re.compile(r"[)\]}'.,;:!]+$")
 
 
 def _mask_query(query: str) -> str:
@@ -24,24 +26,34 @@ def _mask_query(query: str) -> str:
 
 def redact_url(url: str) -> str:
     """``url`` with its userinfo (user and password) and every query value replaced by ``***``; other text is
-    returned as it is."""
-    try:
-        parts: SplitResult = urlsplit(url)
-    except ValueError:  # e.g. an unbalanced "[" in the host: show the scheme only
-        return url.split("://", 1)[0] + "://" + MASK if "://" in url else url
-    if not parts.scheme or not parts.netloc:
+    returned as it is. A password holding ``/ ? # @`` unencoded (which ends the host part of a URL early) is
+    masked too: everything up to the last ``@`` is."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or not scheme:
         return url
-    netloc = parts.netloc
-    if "@" in netloc:
-        netloc = f"{MASK}@{netloc.rsplit('@', 1)[1]}"
-    return urlunsplit((parts.scheme, netloc, parts.path, _mask_query(parts.query), parts.fragment))
+    if "@" in rest:
+        # userinfo ends at the last "@" (RFC 3986 forbids "@" in it, but passwords carry one often enough)
+        rest = f"{MASK}@{rest.rsplit('@', 1)[1]}"
+    try:
+        parts: SplitResult = urlsplit(f"{scheme}://{rest}")
+    except ValueError:  # e.g. an unbalanced "[" in the host: show the scheme only
+        return f"{scheme}://{MASK}"
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, _mask_query(parts.query), parts.fragment))
 
 
 def redact_text(text: str) -> str:
     """Every URL in ``text`` through :func:`redact_url`."""
     if "://" not in text:
         return text
-    return _URL.sub(lambda m: redact_url(m.group(0)), text)
+
+    def one(match: re.Match[str]) -> str:
+        url = match.group(0)
+        tail = _URL_TAIL.search(url)
+        if tail is None or "@" in url[tail.start():]:
+            return redact_url(url)
+        return redact_url(url[:tail.start()]) + url[tail.start():]
+
+    return _URL.sub(one, text)
 
 
 class RedactingFormatter(logging.Formatter):

@@ -1,8 +1,8 @@
 """A bank's ``meta.json``: the record, and the one parser that checks every stored field's type and range.
 
-A bank decides which parts are flagged, so a value that cannot be right (a NaN or negative threshold, ``k = 0``,
-a count stored as a string) must stop the bank from loading, at start and at hot reload alike, with the field,
-the value and the fix named; it must never be used.
+A bank decides which parts are flagged, so a value that cannot be right (a NaN threshold, a negative distance
+threshold, ``k = 0``, a count stored as a string) must stop the bank from loading, at start and at hot reload
+alike, with the field, the value and the fix named; it must never be used.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ _RULES: dict[str, tuple[Any, str]] = {
     "index_type": (lambda v: v in INDEX_TYPES, f"one of {', '.join(INDEX_TYPES)}"),
     "metric": (lambda v: v == "l2", "'l2'"),
     "k": (lambda v: _is_int(v) and 1 <= v <= MAX_K, f"an integer in 1..{MAX_K}"),
-    "threshold": (lambda v: _is_number(v) and v > 0, "a finite number > 0 (an anomaly-score threshold)"),
+    "threshold": (_is_number, "a finite number (an anomaly-score threshold)"),
     "false_alarm_rate": (lambda v: _is_number(v) and 0 < v < 1, "a number in (0, 1)"),
     "calibration_samples": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
     "calibration_groups": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
@@ -106,8 +106,9 @@ def parse_meta(data: bytes, where: str) -> BankMeta:
     fix = "rebuild the bank with `siamstream bank build` (or restore it from a copy)"
     try:
         raw = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        reason = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else f"not JSON ({exc})"
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        reason = ("not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else
+                  "nested too deeply" if isinstance(exc, RecursionError) else f"not JSON ({exc})")
         raise BankError(f"{where}: corrupt bank metadata, {reason}; {fix}") from None
     if not isinstance(raw, dict):
         raise BankError(f"{where}: corrupt bank metadata, a JSON {type(raw).__name__} instead of an object; {fix}")
@@ -131,9 +132,9 @@ def parse_meta(data: bytes, where: str) -> BankMeta:
     meta = BankMeta(**{**raw, "input_size": tuple(raw["input_size"])})
     if meta.level == "global" and meta.patches_per_crop != 1:
         raise BankError(f"{where}: a global bank with patches_per_crop = {meta.patches_per_crop} (must be 1); {fix}")
-    if meta.k > meta.sample_count:
-        raise BankError(f"{where}: bank k = {meta.k} but it holds {meta.sample_count} vectors (k must not exceed "
-                        f"them); {fix}")
+    if meta.threshold < 0 and not meta.cell_mean:
+        raise BankError(f"{where}: bank field threshold = {meta.threshold!r} is below 0, but k-NN distances never are "
+                        f"(every part would be flagged); {fix}")
     if meta.cell_mean or meta.cell_scale:
         if meta.level != "patch":
             raise BankError(f"{where}: a {meta.level} bank with a cell normalisation (patch banks only); {fix}")

@@ -29,7 +29,7 @@ from prometheus_client import CollectorRegistry
 
 from pipeline import app
 from pipeline.benchmarks.report import json_line, table
-from pipeline.config import Config
+from pipeline.config import Config, ConfigError
 from pipeline.demo import SceneSource
 from pipeline.metrics import PipelineMetrics, serve
 from pipeline.runner import run, stop_on_signals
@@ -114,8 +114,9 @@ def _retire_segments(folder: Path, keep: int = 2) -> None:
 
 def main(cfg: Config, frames: int = 200_000, sample_every: int = 1000, warmup: float = 0.1,
          out_dir: Path | None = None) -> int:
-    if frames < 3 * sample_every:
-        raise ValueError(f"bench soak: --frames {frames} gives fewer than 3 samples of {sample_every} frames")
+    if sample_every < 1 or frames < 3 * sample_every:
+        raise ConfigError(f"bench soak: --frames {frames} with --sample-every {sample_every} gives fewer than 3 "
+                          f"samples; use --sample-every >= 1 and --frames >= 3 x --sample-every")
     receiver = AlertReceiver()
     with tempfile.TemporaryDirectory(prefix="siamstream-soak-") as tmp:
         out = Path(out_dir) if out_dir else Path(tmp)

@@ -149,3 +149,12 @@ def test_verification_pairs_are_capped_by_a_seeded_sample() -> None:
     capped = pair_verification(emb, ids, limit=20)
     assert capped.genuine_pairs + capped.impostor_pairs == 20 * 19 // 2
     assert pair_verification(emb, ids, limit=20).threshold == capped.threshold
+
+
+def test_a_run_saved_before_a_key_existed_resumes_with_its_default(tmp_path: Path) -> None:
+    from encoders.reid_train import _check_resume
+
+    saved = {k: v for k, v in TINY.as_dict().items() if k != "freeze_stages"}
+    _check_resume(saved, TINY, tmp_path / "checkpoint.pt")  # freeze_stages 0 then and now
+    with pytest.raises(TrainError, match=r"differs from the run's \(freeze_stages\)"):
+        _check_resume(saved, replace(TINY, freeze_stages=1), tmp_path / "checkpoint.pt")

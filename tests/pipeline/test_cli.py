@@ -41,6 +41,8 @@ def test_config_check_ok_and_bad(tmp_path: Path) -> None:
                        "[bank] k", "allowed range")
     assert_clean_error(siamstream("config", "check", str(REPO / "config.toml"), "--set", "anomaly.k=256"),
                        "[anomaly] k is now [bank] k", "rebuild the bank")
+    assert_clean_error(siamstream("config", "check", str(REPO / "config.toml"), "--set", "reid.stage=3",
+                                  "--set", "reid.freeze_stages=3"), "[reid] freeze_stages = 3", "0 .. stage - 1")
 
 
 def test_run_missing_video(tmp_path: Path) -> None:

@@ -223,3 +223,11 @@ def test_a_damaged_cached_built_in_encoder_is_built_again(tmp_path: Path, caplog
     encoder = app.build_encoder(cfg)
     assert isinstance(encoder, OnnxEncoder) and encoder.path == path and encoder.input_size == (64, 64)
     assert "cached built-in encoder cannot be used" in caplog.text
+    # A device that is not there is not a damaged cache: the good file stays.
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        built = path.stat().st_mtime_ns
+        with pytest.raises(EncoderContractError, match="cuda"):
+            app.build_encoder(EncoderConfig(cache_dir=str(tmp_path), input_size=64, device="cuda"))
+        assert path.stat().st_mtime_ns == built

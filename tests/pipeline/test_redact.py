@@ -15,11 +15,22 @@ from pipeline.redact import RedactingFormatter, redact_text, redact_url
     ("https://h.example.com/hook?token=abc&x=1", "https://h.example.com/hook?token=***&x=***"),
     ("http://u:p@h/p?flag", "http://***@h/p?***"),
     ("http://127.0.0.1:5001/alerts", "http://127.0.0.1:5001/alerts"),
+    ("http://[::1]:8080/hook?token=abc", "http://[::1]:8080/hook?token=***"),
+    ("rtsp://admin:p(ss)@cam/s", "rtsp://***@cam/s"),
+    ("rtsp://admin:pa#ss@cam/", "rtsp://***@cam/"),  # "#", "/" and "?" end a URL's host early: still masked
+    ("rtsp://admin:pa/ss@cam/", "rtsp://***@cam/"),
+    ("rtsp://admin:pa?ss@cam/", "rtsp://***@cam/"),
     ("/data/videos/line1.mp4", "/data/videos/line1.mp4"),
     ("0", "0"),
 ])
 def test_redact_url(url: str, shown: str) -> None:
     assert redact_url(url) == shown
+
+
+def test_punctuation_around_a_url_in_text_is_kept() -> None:
+    assert redact_text("see http://h/a?x=1, then (http://u:p@h/x).") == "see http://h/a?x=***, then (http://***@h/x)."
+    assert redact_text("pw rtsp://a:SEC]RET@cam/x and 'rtsp://a:pa'ss@cam/y'") == \
+        "pw rtsp://***@cam/x and 'rtsp://***@cam/y'"
 
 
 def test_urls_inside_text_and_log_lines_are_masked() -> None:

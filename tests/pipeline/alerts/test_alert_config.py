@@ -74,6 +74,10 @@ def test_webhook_max_rejections_reaches_the_sink(tmp_path: Path) -> None:
     ({"webhook_url": "127.0.0.1:5001/alerts"}, ["[alerts] webhook_url", "'127.0.0.1:5001/alerts'",
                                                  "allowed: an http:// or https:// URL with a host"]),
     ({"webhook_url": "http://"}, ["[alerts] webhook_url", "with a host"]),
+    ({"webhook_url": "http://:5001/alerts"}, ["[alerts] webhook_url", "with a host"]),
+    ({"webhook_url": "http://user:s3cret@/alerts"}, ["'http://***@/alerts'", "with a host"]),
+    ({"webhook_url": "http://h/al erts?token=s3cret"}, ["token=***", "no spaces"]),
+    ({"webhook_url": "ftp://u:s3cret@h/x"}, ["'ftp://***@h/x'", "http:// or https://"]),
     ({"mqtt_topic": "line/#"}, ["[alerts] mqtt_topic", "'line/#'", "without the wildcards + and #"]),
     ({"mqtt_port": 0}, ["[alerts] mqtt_port", "allowed range 1 .. 65535"]),
     ({"webhook_max_rejections": -1}, ["[alerts] webhook_max_rejections", "-1", "allowed range 0 .. 1000000"]),
@@ -85,7 +89,7 @@ def test_bad_alert_settings_name_the_key_and_what_is_allowed(alerts: dict[str, o
     with pytest.raises(ConfigError) as info:
         config_from_dict({"alerts": alerts}, "line.toml")
     message = str(info.value)
-    assert "\n" not in message and message.startswith("line.toml")
+    assert "\n" not in message and message.startswith("line.toml") and "s3cret" not in message
     for fragment in fragments:
         assert fragment in message
 
@@ -97,5 +101,5 @@ def test_the_command_line_reports_a_bad_url_in_one_line() -> None:
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [
         f"siamstream: error: {REPO / 'config.toml'} (with --set overrides): [alerts] webhook_url: got "
-        "'ftp://host/alerts', allowed: an http:// or https:// URL with a host (e.g. "
+        "'ftp://host/alerts', allowed: an http:// or https:// URL with a host and no spaces (e.g. "
         "'http://127.0.0.1:5001/alerts') or '' (off)"]
