@@ -1,6 +1,6 @@
-"""A bank damaged in each of its fields, and index files that lie about their size, through the real command line:
-`bank info` and `run` refuse them with one line naming the file, the field and the fix (exit 2), and a crafted
-index costs no memory it does not hold."""
+"""A bank damaged in each of its fields, and index files that lie about their size: refused with one line naming the
+file, the field and the fix (through the real command line, `bank info` and `run`: exit 2), and a crafted index
+costs no memory it does not hold."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from pipeline import app
+from pipeline.anomaly.bank import Bank, BankError
 from pipeline.config import Config, replace
 from pipeline.synthetic import KINDS, render_part
 from tests.media import square_video
@@ -99,27 +100,44 @@ BROKEN_FIELDS = [
 
 @pytest.mark.parametrize(("fields", "said"), BROKEN_FIELDS, ids=[next(iter(f)) + "=" + repr(next(iter(f.values())))
                                                                  for f, _ in BROKEN_FIELDS])
-def test_bank_info_refuses_each_impossible_field(good_bank: Path, tmp_path: Path, fields: dict[str, Any],
-                                                 said: str) -> None:
+def test_each_impossible_field_is_refused_naming_it(good_bank: Path, tmp_path: Path, fields: dict[str, Any],
+                                                    said: str) -> None:
     bank = damaged(good_bank, tmp_path, **fields)
+    with pytest.raises(BankError) as info:
+        Bank.load(bank)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(str(bank / "meta.json")), message
+    assert said in message and "rebuild the bank" in message, message
+
+
+def test_bank_info_refuses_an_impossible_field_in_one_line(good_bank: Path, tmp_path: Path) -> None:
+    bank = damaged(good_bank, tmp_path, k=0)
     code, _, stderr, _ = siamstream("bank", "info", str(bank))
-    one_line(code, stderr, str(bank / "meta.json"), said, "rebuild the bank")
+    one_line(code, stderr, str(bank / "meta.json"), "bank field k = 0 is not an integer in 1..1024",
+             "rebuild the bank")
 
 
 def test_a_count_contradicting_the_index_says_both_numbers(good_bank: Path, tmp_path: Path) -> None:
     n = json.loads((good_bank / "meta.json").read_text())["sample_count"]
     bank = damaged(good_bank, tmp_path, sample_count=n + 1)
-    code, _, stderr, _ = siamstream("bank", "info", str(bank))
-    one_line(code, stderr, f"index holds {n} vectors, metadata says {n + 1}")
+    with pytest.raises(BankError, match=f"index holds {n} vectors, metadata says {n + 1}"):
+        Bank.load(bank)
 
 
-@pytest.mark.parametrize("content", [os.urandom(256), b"", b"[1, 2]", b"{\"k\": 1"],
-                         ids=["random-bytes", "empty", "a-list", "cut-json"])
+@pytest.mark.parametrize("content", [b"", b"[1, 2]", b"{\"k\": 1", b"[" * 100_000],
+                         ids=["empty", "a-list", "cut-json", "deeply-nested"])
 def test_meta_json_that_is_not_a_json_object(good_bank: Path, tmp_path: Path, content: bytes) -> None:
     bank = damaged(good_bank, tmp_path)
     (bank / "meta.json").write_bytes(content)
+    with pytest.raises(BankError, match=r"corrupt bank metadata.*rebuild the bank"):
+        Bank.load(bank)
+
+
+def test_bank_info_on_random_bytes_is_one_line(good_bank: Path, tmp_path: Path) -> None:
+    bank = damaged(good_bank, tmp_path)
+    (bank / "meta.json").write_bytes(bytes(range(256)) * 4)
     code, _, stderr, _ = siamstream("bank", "info", str(bank))
-    one_line(code, stderr, "corrupt bank metadata", "rebuild the bank")
+    one_line(code, stderr, "corrupt bank metadata, not UTF-8 text", "rebuild the bank")
 
 
 def test_the_run_refuses_a_corrupt_bank_before_any_frame_and_writes_its_metrics(
@@ -151,13 +169,13 @@ def test_a_truncated_index_is_refused(good_bank: Path, tmp_path: Path, cut: floa
     bank = damaged(good_bank, tmp_path)
     data = (bank / "index.faiss").read_bytes()
     (bank / "index.faiss").write_bytes(data[:int(len(data) * cut)])
-    code, _, stderr, _ = siamstream("bank", "info", str(bank))
-    one_line(code, stderr, "corrupt FAISS index")
+    with pytest.raises(BankError, match="corrupt FAISS index"):
+        Bank.load(bank)
 
 
 def test_bytes_after_the_index_are_refused(good_bank: Path, tmp_path: Path) -> None:
     bank = damaged(good_bank, tmp_path)
     with (bank / "index.faiss").open("ab") as fh:
         fh.write(b"\0" * 16)
-    code, _, stderr, _ = siamstream("bank", "info", str(bank))
-    one_line(code, stderr, "16 bytes follow the end of the index")
+    with pytest.raises(BankError, match="16 bytes follow the end of the index"):
+        Bank.load(bank)
