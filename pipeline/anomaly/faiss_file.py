@@ -41,7 +41,7 @@ class _Reader:
         """A length-prefixed vector of ``item``-byte elements; skipped after checking its length."""
         n = self.unpack("Q", f"the length of {what}")
         if n > (len(self.data) - self.pos) // item:
-            raise IndexFileError(f"{what} claims {n} elements of {item} bytes, the file has "
+            raise IndexFileError(f"{what}: the file states {n} elements of {item} bytes but has "
                                  f"{len(self.data) - self.pos} bytes left")
         self.take(n * item, what)
         return n

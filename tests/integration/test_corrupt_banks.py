@@ -159,7 +159,7 @@ def test_an_index_claiming_far_more_vectors_than_it_holds_allocates_nothing(good
     struct.pack_into("<Q", data, 37, 1 << 29)  # the vectors' length field: 2^29 floats (2 GiB) in a small file
     (bank / "index.faiss").write_bytes(bytes(data))
     code, _, stderr, peak_kib = siamstream("bank", "info", str(bank))
-    one_line(code, stderr, str(bank / "index.faiss"), "corrupt FAISS index", "claims 536870912 elements",
+    one_line(code, stderr, str(bank / "index.faiss"), "corrupt FAISS index", "states 536870912 elements of 4 bytes",
              "rebuild the bank")
     assert 0 < peak_kib < 1024 * 1024, f"peak RSS {peak_kib} KiB"
 
