@@ -21,7 +21,6 @@ import torch
 
 from encoders.backbones import BackboneError
 from encoders.models import EmbeddingNet, pretrained_lite0, weights_sha256
-from encoders.train import backbone_name, load_run
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +178,7 @@ def export_run(run_dir: str | Path, out: str | Path, tolerance: float = PARITY_T
         ExportParityError: ONNX Runtime and PyTorch differ by more than ``tolerance``; nothing is written.
     """
     from encoders.reid_train import backbone_label, is_reid_run, load_reid_run
+    from encoders.train import backbone_name, load_run
 
     if is_reid_run(Path(run_dir)):
         reid, rcfg = load_reid_run(Path(run_dir))

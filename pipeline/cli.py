@@ -13,27 +13,12 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
 
-from encoders.adapt import AdaptError
-from encoders.backbones import BackboneError
-from encoders.evaluate import EvaluationError
-from encoders.export import ExportParityError
-from encoders.reid_data import ReidDataError
-from encoders.train import TrainError
-from pipeline.anomaly.bank import BankError
-from pipeline.benchmarks.data import BenchDataError
+from pipeline.anomaly.bank_meta import BankError
 from pipeline.config import Config, ConfigError, load_config
-from pipeline.detect.motchallenge import MotFileError
-from pipeline.detect.onnx_detector import DetectorContractError
-from pipeline.encoder import EncoderContractError
-from pipeline.evaluation.anomaly_eval import ManifestError
-from pipeline.evaluation.mot_metrics import MotEvaluationError
-from pipeline.evaluation.mot_peers import PeerUnavailableError
-from pipeline.evaluation.motchallenge import MotSequenceError
 from pipeline.metrics import MetricsError
 from pipeline.redact import RedactingFormatter, redact_text, redact_url
-from pipeline.sinks import SinkError, check_writable_dir
-from pipeline.sources import SourceError
-from pipeline.tracking.appearance import AppearanceError, check_region
+from pipeline.sinks import check_writable_dir
+from pipeline.tracking.appearance import check_region
 
 if TYPE_CHECKING:
     from pipeline.app import GoodSamples
@@ -41,13 +26,25 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("siamstream")
 
-# Errors whose message is complete: reported as one line, no traceback.
-USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError, SourceError, SinkError, EncoderContractError,
-                                                BankError, MetricsError, BackboneError, ExportParityError,
-                                                TrainError, EvaluationError, BenchDataError, ReidDataError,
-                                                MotFileError, MotSequenceError, MotEvaluationError,
-                                                DetectorContractError, ManifestError, AdaptError,
-                                                PeerUnavailableError, AppearanceError)
+# Errors whose message is complete: reported as one line, no traceback. Named, not imported: `run` loads none of
+# the training, evaluation and benchmark modules (an error class whose module was never imported was never raised).
+USER_ERRORS: tuple[tuple[str, str], ...] = (
+    ("pipeline.config", "ConfigError"), ("pipeline.sources", "SourceError"), ("pipeline.sinks", "SinkError"),
+    ("pipeline.encoder", "EncoderContractError"), ("pipeline.anomaly.bank_meta", "BankError"),
+    ("pipeline.metrics", "MetricsError"), ("pipeline.tracking.appearance", "AppearanceError"),
+    ("pipeline.detect.onnx_detector", "DetectorContractError"), ("pipeline.detect.motchallenge", "MotFileError"),
+    ("encoders.backbones", "BackboneError"), ("encoders.export", "ExportParityError"), ("encoders.train", "TrainError"),
+    ("encoders.evaluate", "EvaluationError"), ("encoders.reid_data", "ReidDataError"), ("encoders.adapt", "AdaptError"),
+    ("pipeline.benchmarks.data", "BenchDataError"), ("pipeline.evaluation.anomaly_eval", "ManifestError"),
+    ("pipeline.evaluation.mot_metrics", "MotEvaluationError"), ("pipeline.evaluation.motchallenge", "MotSequenceError"),
+    ("pipeline.evaluation.mot_peers", "PeerUnavailableError"),
+)
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """The classes of :data:`USER_ERRORS` whose modules are loaded."""
+    loaded = (getattr(sys.modules[m], name) for m, name in USER_ERRORS if m in sys.modules)
+    return tuple(cls for cls in loaded if isinstance(cls, type))
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -718,7 +715,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, handlers=[handler])
     try:
         return int(args.func(args))
-    except USER_ERRORS as exc:
+    except Exception as exc:
+        if not isinstance(exc, user_errors()):
+            raise
         print(f"siamstream: error: {redact_text(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

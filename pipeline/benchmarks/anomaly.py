@@ -64,27 +64,27 @@ _BANK: dict[str, object] = {"index": "ivf-flat", "nprobe": 8, "coreset_fraction"
 _S43: dict[str, object] = {"stage": 4, "patch_stage": 4, "patch_detail_stage": 3}
 _S32: dict[str, object] = {"stage": 3, "patch_stage": 3, "patch_detail_stage": 2}
 CANDIDATES = (
-    Entry("s4+s3 2x sigma2", _S43, _BANK, {"map_sigma": 2.0, "map_border": 8, "k": 1}, scale=2.0),
-    Entry("s4+s3 2x sigma4", _S43, _BANK, {"map_sigma": 4.0, "map_border": 8, "k": 1}, scale=2.0),
-    Entry("s4+s3 1.75x sigma2", _S43, _BANK, {"map_sigma": 2.0, "map_border": 8, "k": 1}, scale=1.75),
-    Entry("s4+s3 1.75x sigma2 adapted", _S43, _BANK, {"map_sigma": 2.0, "map_border": 8, "k": 1}, scale=1.75,
+    Entry("s4+s3 2x sigma2", _S43, _BANK, {"map_sigma": 2.0, "map_border": 8}, scale=2.0),
+    Entry("s4+s3 2x sigma4", _S43, _BANK, {"map_sigma": 4.0, "map_border": 8}, scale=2.0),
+    Entry("s4+s3 1.75x sigma2", _S43, _BANK, {"map_sigma": 2.0, "map_border": 8}, scale=1.75),
+    Entry("s4+s3 1.75x sigma2 adapted", _S43, _BANK, {"map_sigma": 2.0, "map_border": 8}, scale=1.75,
           adapt=True),
-    Entry("s4+s3 1.5x sigma2", _S43, _BANK, {"map_sigma": 2.0, "map_border": 8, "k": 1}, scale=1.5),
+    Entry("s4+s3 1.5x sigma2", _S43, _BANK, {"map_sigma": 2.0, "map_border": 8}, scale=1.5),
     Entry("s4+s3 1.5x sigma2 10%", _S43, {**_BANK, "coreset_fraction": 0.1},
-          {"map_sigma": 2.0, "map_border": 8, "k": 1}, scale=1.5),
-    Entry("s4+s3 1x sigma2", _S43, _BANK, {"map_sigma": 2.0, "map_border": 8, "k": 1}, scale=1.0),
-    Entry("s3+s2 1x sigma2", _S32, _BANK, {"map_sigma": 2.0, "map_border": 8, "k": 1}, scale=1.0),
+          {"map_sigma": 2.0, "map_border": 8}, scale=1.5),
+    Entry("s4+s3 1x sigma2", _S43, _BANK, {"map_sigma": 2.0, "map_border": 8}, scale=1.0),
+    Entry("s3+s2 1x sigma2", _S32, _BANK, {"map_sigma": 2.0, "map_border": 8}, scale=1.0),
     Entry("s3 2x sigma2", {"stage": 3, "patch_stage": 3, "patch_detail_stage": 0}, _BANK,
-          {"map_sigma": 2.0, "map_border": 8, "k": 1}, scale=2.0),
+          {"map_sigma": 2.0, "map_border": 8}, scale=2.0),
     Entry("s4 1x sigma4", {"stage": 4, "patch_stage": 4, "patch_detail_stage": 0}, _BANK,
-          {"map_sigma": 4.0, "map_border": 8, "k": 1}, scale=1.0),
+          {"map_sigma": 4.0, "map_border": 8}, scale=1.0),
     # Each patch scored against how good images score at that cell (pipeline.anomaly.cellnorm).
     Entry("s4+s3 1.75x sigma2 cellnorm", _S43, {**_BANK, "cell_norm": True},
-          {"map_sigma": 2.0, "map_border": 8, "k": 1}, scale=1.75),
+          {"map_sigma": 2.0, "map_border": 8}, scale=1.75),
     Entry("s4+s3 1.75x sigma2 adapted cellnorm", _S43, {**_BANK, "cell_norm": True},
-          {"map_sigma": 2.0, "map_border": 8, "k": 1}, scale=1.75, adapt=True),
+          {"map_sigma": 2.0, "map_border": 8}, scale=1.75, adapt=True),
     Entry("s3 2x sigma2 cellnorm", {"stage": 3, "patch_stage": 3, "patch_detail_stage": 0},
-          {**_BANK, "cell_norm": True}, {"map_sigma": 2.0, "map_border": 8, "k": 1}, scale=2.0),
+          {**_BANK, "cell_norm": True}, {"map_sigma": 2.0, "map_border": 8}, scale=2.0),
 )
 # Good vectors appended in the timed bank add (the "bank add of 10k vectors").
 ADD_VECTORS = 10_000
@@ -93,7 +93,7 @@ MS_BUDGET = 50.0
 BASELINES = (
     Entry("patchcore-s4-224", {"stage": 4, "patch_stage": 4, "patch_detail_stage": 0},
           {"index": "flat", "coreset_fraction": 0.1, "false_alarm_rate": 0.02, "max_vectors": 500_000, "folds": 5},
-          {"map_sigma": 4.0, "map_border": 0, "k": 1}, size=(224, 224)),
+          {"map_sigma": 4.0, "map_border": 0}, size=(224, 224)),
 )
 
 
@@ -169,7 +169,7 @@ def select_recipe(base: Config, rows: list[ManifestRow], work: Workspace,
         encoder = app.build_encoder(cfg.encoder, size=entry_size(entry, rows))
         b, a = cfg.bank, cfg.anomaly
         scores[entry.name] = score = score_synthetic(
-            train, synthetic, encoder, k=a.k, index_type=b.index, coreset_fraction=b.coreset_fraction,
+            train, synthetic, encoder, k=b.k, index_type=b.index, coreset_fraction=b.coreset_fraction,
             max_vectors=b.max_vectors, sigma_px=a.map_sigma, border_px=a.map_border, nlist=b.nlist,
             nprobe=b.nprobe, pq_m=b.pq_m, cell_norm=b.cell_norm, folds=b.folds, seed=seed, progress=log.info)
         log.info("selection: %s: synthetic image AUROC %.3f, pixel AP %.3f, %.1f ms/image", entry.name,

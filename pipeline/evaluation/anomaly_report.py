@@ -61,7 +61,7 @@ def run_evaluation(cfg: Config, manifest: Path, out: Path | None, size: tuple[in
     rows = load_manifest(manifest)
     encoder = evaluation_encoder(cfg, rows, size, model)
     b, a = cfg.bank, cfg.anomaly
-    ev, bank = evaluate_anomaly(rows, encoder, k=a.k, index_type=b.index, coreset_fraction=b.coreset_fraction,
+    ev, bank = evaluate_anomaly(rows, encoder, k=b.k, index_type=b.index, coreset_fraction=b.coreset_fraction,
                                 max_vectors=b.max_vectors, false_alarm_rate=b.false_alarm_rate,
                                 sigma_px=a.map_sigma, border_px=a.map_border, calibration_folds=b.folds,
                                 nlist=b.nlist, nprobe=b.nprobe, pq_m=b.pq_m, cell_norm=b.cell_norm,
@@ -81,7 +81,7 @@ def run_synthetic(cfg: Config, manifest: Path, size: tuple[int, int] | None = No
     encoder = evaluation_encoder(cfg, rows, size, model)
     synthetic = synthetic_set([r for r in rows if r.split == "validation"], per_image=per_image, seed=seed)
     b, a = cfg.bank, cfg.anomaly
-    return score_synthetic([r.image for r in rows if r.split == "train"], synthetic, encoder, k=a.k,
+    return score_synthetic([r.image for r in rows if r.split == "train"], synthetic, encoder, k=b.k,
                            index_type=b.index, coreset_fraction=b.coreset_fraction, max_vectors=b.max_vectors,
                            sigma_px=a.map_sigma, border_px=a.map_border, nlist=b.nlist, nprobe=b.nprobe, pq_m=b.pq_m,
                            cell_norm=b.cell_norm, folds=b.folds, seed=seed, progress=log.info)

@@ -19,12 +19,12 @@ from ..evaluation.test_anomaly_eval import write_manifest
 SMALL = {"index": "flat", "coreset_fraction": 0.5, "false_alarm_rate": 0.2, "max_vectors": 100_000, "folds": 0}
 CANDIDATES = (
     bench.Entry("s4 sigma2", {"stage": 4, "patch_stage": 4, "patch_detail_stage": 0}, SMALL,
-                {"map_sigma": 2.0, "map_border": 0, "k": 1}, size=(64, 64)),
+                {"map_sigma": 2.0, "map_border": 0}, size=(64, 64)),
     # Sized from the images (128 px, here at half their size): the size comes from the validation images.
     bench.Entry("s4+s3 half", {"stage": 4, "patch_stage": 4, "patch_detail_stage": 3}, SMALL,
-                {"map_sigma": 2.0, "map_border": 0, "k": 1}, scale=0.5),
+                {"map_sigma": 2.0, "map_border": 0}, scale=0.5),
     bench.Entry("s4+s3 half adapted", {"stage": 4, "patch_stage": 4, "patch_detail_stage": 3}, SMALL,
-                {"map_sigma": 2.0, "map_border": 0, "k": 1}, scale=0.5, adapt=True),
+                {"map_sigma": 2.0, "map_border": 0}, scale=0.5, adapt=True),
 )
 
 

@@ -1,0 +1,43 @@
+"""`siamstream run` loads the product, not the lab: no training, evaluation or benchmark module, and none of the
+libraries only they use."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.media import square_video
+
+REPO = Path(__file__).resolve().parents[2]
+LAB = ("encoders.train", "encoders.adapt", "encoders.reid_train", "encoders.evaluate", "pipeline.evaluation",
+       "pipeline.benchmarks", "trackeval", "motmetrics", "sklearn", "matplotlib")
+
+PROBE = """
+import json, sys
+from pipeline.cli import main
+code = main(sys.argv[1:])
+print(json.dumps({"code": code, "modules": sorted(sys.modules)}))
+"""
+
+
+def test_run_imports_no_lab_module(tmp_path: Path, pretrained_onnx: Path) -> None:
+    video = square_video(tmp_path / "v.avi", frames=20)
+    proc = subprocess.run([sys.executable, "-c", PROBE, "-q", "run", "--config", str(REPO / "config.toml"),
+                           "--source", str(video), "--out", str(tmp_path / "out"), "--set",
+                           f'encoder.model="{pretrained_onnx}"', "--set", "metrics.enabled=false"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    probe = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert probe["code"] == 0
+    loaded = [m for m in probe["modules"] if m.startswith(LAB)]
+    assert loaded == [], loaded
+
+
+def test_an_error_of_a_lab_module_is_still_one_line(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "-q", "train", "--config", str(REPO / "config.toml"),
+                           "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "run")],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("siamstream: error: ")
