@@ -41,6 +41,10 @@ USER_ERRORS: tuple[tuple[str, str], ...] = (
 )
 
 
+# Packages of the `lab` extra (evaluation and benchmarks); `run`, `bank` and `demo` work without them.
+LAB_PACKAGES = frozenset({"sklearn", "matplotlib", "trackeval", "motmetrics"})
+
+
 def user_errors() -> tuple[type[BaseException], ...]:
     """The classes of :data:`USER_ERRORS` whose modules are loaded."""
     loaded = (getattr(sys.modules[m], name) for m, name in USER_ERRORS if m in sys.modules)
@@ -715,6 +719,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, handlers=[handler])
     try:
         return int(args.func(args))
+    except ModuleNotFoundError as exc:
+        if exc.name not in LAB_PACKAGES:
+            raise
+        print(f"siamstream: error: this command needs {exc.name}, which comes with the evaluation tools: "
+              f"pip install 'siamstream[lab]'", file=sys.stderr)
+        return 2
     except Exception as exc:
         if not isinstance(exc, user_errors()):
             raise

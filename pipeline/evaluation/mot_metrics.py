@@ -239,10 +239,7 @@ def _write_trackeval_layout(root: Path, gt: Float64Array, tracks: Float64Array, 
 
 
 def _trackeval(gt: Float64Array, tracks: Float64Array, seq: MotSequence) -> dict[str, Any]:
-    try:
-        import trackeval
-    except ImportError as exc:  # pragma: no cover - a core dependency
-        raise ImportError("TrackEval is missing: pip install -e . (it is a core dependency)") from exc
+    import trackeval  # the `lab` extra
     with tempfile.TemporaryDirectory(prefix="siamstream-trackeval-") as tmp:
         root = Path(tmp)
         _write_trackeval_layout(root, gt, tracks, seq)
@@ -297,10 +294,7 @@ def _tlwh_iou(a: Float64Array, b: Float64Array) -> Float64Array:
 
 
 def _motmetrics(gt: Float64Array, tracks: Float64Array, seq: MotSequence) -> MotmetricsScores:
-    try:
-        import motmetrics as mm
-    except ImportError as exc:  # pragma: no cover - a core dependency
-        raise ImportError("motmetrics is missing: pip install -e . (it is a core dependency)") from exc
+    import motmetrics as mm  # the `lab` extra
     acc = mm.MOTAccumulator(auto_id=False)
     gt_frames = gt[:, 0].astype(np.int64)
     tr_frames = tracks[:, 0].astype(np.int64)

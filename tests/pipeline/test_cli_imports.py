@@ -6,7 +6,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 from tests.media import square_video
 
@@ -41,3 +44,21 @@ def test_an_error_of_a_lab_module_is_still_one_line(tmp_path: Path) -> None:
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("siamstream: error: ")
+
+
+def test_a_lab_command_without_the_lab_extra_says_what_to_install(monkeypatch: pytest.MonkeyPatch,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from pipeline import cli
+
+    def needs(name: str) -> Callable[[object], int]:
+        def command(_args: object) -> int:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)  # what `import NAME` raises
+        return command
+
+    monkeypatch.setattr(cli, "cmd_config_check", needs("trackeval"))
+    assert cli.main(["config", "check", "x.toml"]) == 2
+    assert capsys.readouterr().err.strip() == ("siamstream: error: this command needs trackeval, which comes with "
+                                               "the evaluation tools: pip install 'siamstream[lab]'")
+    monkeypatch.setattr(cli, "cmd_config_check", needs("not_a_lab_package"))
+    with pytest.raises(ModuleNotFoundError):  # any other missing module is a bug, shown as such
+        cli.main(["config", "check", "x.toml"])
