@@ -277,18 +277,11 @@ class Bank:
             raise BankError(f"{path}: not a bank (needs meta.json and index.faiss); rebuild it with "
                             f"`siamstream bank build`")
         try:
-            meta_bytes, index_bytes = meta_file.read_bytes(), index_file.read_bytes()
+            meta = parse_meta(meta_file.read_bytes(), str(meta_file))
+            index, dim = _read_index(index_file)
         except OSError as exc:  # e.g. a save renamed the directory between the check above and this read
             raise BankError(f"{path}: cannot read the bank ({exc.strerror or exc}); check the path and its "
                             f"permissions") from None
-        meta = parse_meta(meta_bytes, str(meta_file))
-        try:
-            # The lengths the file states are checked against its size before FAISS allocates anything.
-            dim, _ = check_index_file(index_bytes)
-            index = faiss.deserialize_index(np.frombuffer(index_bytes, np.uint8))
-        except (IndexFileError, RuntimeError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unreadable"
-            raise BankError(f"{index_file}: corrupt FAISS index ({first}); rebuild the bank") from None
         if dim != meta.embedding_dim:
             raise BankError(f"{path}: index holds vectors of dimension {dim}, metadata says {meta.embedding_dim}; "
                             f"the bank is corrupt, rebuild it")
@@ -306,6 +299,21 @@ class Bank:
             raise BankError(f"{path}: metadata says a {meta.index_type} index but index.faiss holds a {kind} one; "
                             f"the bank is corrupt, rebuild it")
         return cls(index, meta)
+
+
+def _read_index(index_file: Path) -> tuple[faiss.Index, int]:
+    """The index in ``index_file`` and its dimension. The file is opened once: its structure is checked (the
+    lengths it states against its size, before FAISS allocates anything), then FAISS reads the same open file, so a
+    save that replaces the file meanwhile cannot slip another one in, and the file is never held in memory twice."""
+    with index_file.open("rb") as fh:
+        try:
+            dim, _ = check_index_file(fh)
+            fh.seek(0)
+            index = faiss.read_index(faiss.PyCallbackIOReader(fh.read))
+        except (IndexFileError, RuntimeError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unreadable"
+            raise BankError(f"{index_file}: corrupt FAISS index ({first}); rebuild the bank") from None
+    return index, dim
 
 
 def _reduce_rows(features: np.ndarray, max_vectors: int, coreset_fraction: float,

@@ -9,7 +9,9 @@ bytes left in the file and that the file ends where the index does. It allocates
 
 from __future__ import annotations
 
+import os
 import struct
+from typing import BinaryIO
 
 _MAX_DIM = 1 << 20
 
@@ -19,17 +21,30 @@ class IndexFileError(ValueError):
 
 
 class _Reader:
-    def __init__(self, data: bytes) -> None:
-        self.data = data
+    """Reads the fixed-size fields of an open binary file, stepping over the payload without reading it."""
+
+    def __init__(self, fh: BinaryIO) -> None:
+        self.fh = fh
+        self.size = fh.seek(0, os.SEEK_END)
         self.pos = 0
 
-    def take(self, n: int, what: str) -> bytes:
-        if n < 0 or n > len(self.data) - self.pos:
-            raise IndexFileError(f"{what} needs {n} bytes at offset {self.pos}, the file has "
-                                 f"{len(self.data) - self.pos} left")
-        out = self.data[self.pos:self.pos + n]
+    def left(self) -> int:
+        return self.size - self.pos
+
+    def skip(self, n: int, what: str) -> None:
+        """Step over ``n`` bytes without reading them (the vectors themselves)."""
+        if n < 0 or n > self.left():
+            raise IndexFileError(f"{what} needs {n} bytes at offset {self.pos}, the file has {self.left()} left")
         self.pos += n
-        return out
+
+    def take(self, n: int, what: str) -> bytes:
+        start = self.pos
+        self.skip(n, what)
+        self.fh.seek(start)
+        data = self.fh.read(n)
+        if len(data) != n:
+            raise IndexFileError(f"{what}: the file ended while it was read")
+        return data
 
     def unpack(self, fmt: str, what: str) -> int:
         return int(struct.unpack("<" + fmt, self.take(struct.calcsize("<" + fmt), what))[0])
@@ -40,20 +55,20 @@ class _Reader:
     def vector(self, item: int, what: str) -> int:
         """A length-prefixed vector of ``item``-byte elements; skipped after checking its length."""
         n = self.unpack("Q", f"the length of {what}")
-        if n > (len(self.data) - self.pos) // item:
+        if n > self.left() // item:
             raise IndexFileError(f"{what}: the file states {n} elements of {item} bytes but has "
-                                 f"{len(self.data) - self.pos} bytes left")
-        self.take(n * item, what)
+                                 f"{self.left()} bytes left")
+        self.skip(n * item, what)
         return n
 
 
 def _header(r: _Reader) -> tuple[int, int]:
     d = r.unpack("i", "the dimension")
     ntotal = r.unpack("q", "the vector count")
-    r.take(16 + 1, "the header")  # two unused int64, is_trained
+    r.skip(16 + 1, "the header")  # two unused int64, is_trained
     metric = r.unpack("i", "the metric")
     if metric > 1:
-        r.take(4, "the metric argument")
+        r.skip(4, "the metric argument")
     if not 0 < d <= _MAX_DIM or ntotal < 0:
         raise IndexFileError(f"header states dimension {d} and {ntotal} vectors")
     return d, ntotal
@@ -73,9 +88,10 @@ def _invlists(r: _Reader, nlist: int, code_size: int) -> int:
     if r.unpack("Q", "the list count") != nlist or r.unpack("Q", "the code size") != code_size:
         raise IndexFileError("inverted lists disagree with their index on the list count or the code size")
     kind = r.fourcc()
-    start = r.pos + 8
-    n = r.vector(8, "the list sizes")
-    sizes = struct.unpack(f"<{n}Q", r.data[start:start + 8 * n])
+    n = r.unpack("Q", "the length of the list sizes")
+    if n > r.left() // 8:
+        raise IndexFileError(f"the list sizes: the file states {n} elements of 8 bytes but has {r.left()} bytes left")
+    sizes = struct.unpack(f"<{n}Q", r.take(8 * n, "the list sizes"))
     if kind == "full":
         if n != nlist:
             raise IndexFileError(f"{n} list sizes for {nlist} lists")
@@ -87,8 +103,8 @@ def _invlists(r: _Reader, nlist: int, code_size: int) -> int:
     else:
         raise IndexFileError(f"inverted lists stored as {kind!r}")
     for count in counts:
-        r.take(count * code_size, "a list's codes")
-        r.take(count * 8, "a list's ids")
+        r.skip(count * code_size, "a list's codes")
+        r.skip(count * 8, "a list's ids")
     return sum(counts)
 
 
@@ -110,7 +126,7 @@ def _ivf(r: _Reader, tag: str) -> tuple[int, int]:
     if tag == "IwFl":
         code_size = 4 * d
     else:
-        r.take(1, "by_residual")
+        r.skip(1, "by_residual")
         code_size = r.unpack("Q", "the code size")
         pq_d, m, nbits = (r.unpack("Q", f"the quantiser's {f}") for f in ("dimension", "sub-quantisers", "bits"))
         if pq_d != d or not 0 < m <= d or not 0 < nbits <= 16 or code_size != (m * nbits + 7) // 8:
@@ -131,7 +147,7 @@ def _hnsw(r: _Reader) -> tuple[int, int]:
     if r.vector(8, "the offsets") != ntotal + 1:
         raise IndexFileError("HNSW offsets do not match the vector count")
     r.vector(4, "the neighbours")
-    r.take(20, "the HNSW parameters")
+    r.skip(20, "the HNSW parameters")
     if r.fourcc() not in ("IxF2", "IxFI"):
         raise IndexFileError("HNSW storage is not a flat index")
     sd, sn = _flat(r)
@@ -140,9 +156,10 @@ def _hnsw(r: _Reader) -> tuple[int, int]:
     return d, ntotal
 
 
-def check_index_file(data: bytes) -> tuple[int, int]:
-    """``(dimension, vectors)`` of a well-formed index file's bytes; :class:`IndexFileError` otherwise."""
-    r = _Reader(data)
+def check_index_file(fh: BinaryIO) -> tuple[int, int]:
+    """``(dimension, vectors)`` of the well-formed index file open in ``fh``; :class:`IndexFileError` otherwise.
+    Only the fixed-size fields are read; ``fh`` is left at an unspecified position."""
+    r = _Reader(fh)
     tag = r.fourcc()
     if tag in ("IxF2", "IxFI"):
         shape = _flat(r)
@@ -152,6 +169,6 @@ def check_index_file(data: bytes) -> tuple[int, int]:
         shape = _ivf(r, tag)
     else:
         raise IndexFileError(f"index type {tag!r} is not one siamstream writes (flat, HNSW, IVF-flat, IVF-PQ)")
-    if r.pos != len(data):
-        raise IndexFileError(f"{len(data) - r.pos} bytes follow the end of the index")
+    if r.left():
+        raise IndexFileError(f"{r.left()} bytes follow the end of the index")
     return shape
