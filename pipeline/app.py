@@ -19,6 +19,7 @@ import numpy as np
 
 from pipeline.anomaly.bank import Bank, BankError, build_bank, crop_features
 from pipeline.anomaly.inspector import PartInspector
+from pipeline.anomaly.stage import AnomalyStage, edge_mask
 from pipeline.config import (
     AlertsConfig,
     Config,
@@ -30,7 +31,6 @@ from pipeline.config import (
     TrackerConfig,
     TrainingConfig,
 )
-from pipeline.crops import crop_batch
 from pipeline.detect import Detector
 from pipeline.detect.background import BackgroundSubtractionDetector
 from pipeline.detect.onnx_detector import OnnxDetector
@@ -38,10 +38,10 @@ from pipeline.encoder import Encoder, EncoderContractError, ModelFileError, Onnx
 from pipeline.encoder_torch import TorchEncoder
 from pipeline.metrics import PipelineMetrics
 from pipeline.redact import redact_url
-from pipeline.runner import Pipeline, edge_mask
-from pipeline.sinks import AnnotatedVideoSink, EventsJsonlSink, MotTxtSink, Sink, check_writable_dir
+from pipeline.runner import Pipeline
+from pipeline.sinks import AnnotatedVideoSink, EventsJsonlSink, EvidenceSink, MotTxtSink, Sink, check_writable_dir
 from pipeline.sources import IMAGE_EXTENSIONS
-from pipeline.tracking.appearance import check_region, tracking_embeddings
+from pipeline.step import FrameStep, Observe
 from pipeline.tracking.tracker import Tracker
 from pipeline.types import CropBatch, Frame, TrackState
 from pipeline.video_segments import SegmentedVideoSink
@@ -133,28 +133,38 @@ def build_tracker(cfg: TrackerConfig) -> Tracker:
     return Tracker(**args)
 
 
+def build_frame_step(cfg: Config, encoder: Encoder | None, detector: Detector, *, parts: bool,
+                     reid_encoder: Encoder | None = None, observe: Observe | None = None) -> FrameStep:
+    """detect -> crop -> embed -> track as ``[encoder]`` and ``[tracker]`` set it, with a new tracker; ``parts``:
+    the part embeddings are needed (with patch features for a patch-level bank)."""
+    return FrameStep(detector, build_tracker(cfg.tracker), encoder, reid_encoder=reid_encoder, parts=parts,
+                     part_patches=parts, crop_padding=cfg.encoder.crop_padding,
+                     appearance_region=cfg.tracker.appearance_region, color_weight=cfg.tracker.color_weight,
+                     observe=observe)
+
+
 def build_pipeline(cfg: Config, encoder: Encoder, metrics: PipelineMetrics, bank: Bank | None,
                    out_dir: Path, reid_encoder: Encoder | None = None) -> Pipeline:
     """The per-frame pipeline; ``reid_encoder`` is the tracker's own appearance model (:func:`build_reid_encoder`,
-    built by the caller so that a bad model fails before anything binds or opens)."""
-    inspector = None
-    evidence_dir = None
+    built by the caller so that a bad model fails before anything binds or opens). Evidence images go to
+    ``OUT/evidence/`` (``[anomaly] evidence``), written by the sink :func:`build_sinks` adds for
+    ``pipeline.evidence_dir``."""
+    anomaly = None
     if bank is not None:
-        inspector = PartInspector(bank.meta.threshold, cfg.anomaly.min_frames, cfg.anomaly.aggregate)
-        if cfg.anomaly.evidence:
-            evidence_dir = out_dir / "evidence"
+        evidence_dir = out_dir / "evidence" if cfg.anomaly.evidence else None
+        if evidence_dir is not None:
             check_writable_dir(evidence_dir)
+        anomaly = AnomalyStage(bank, PartInspector(bank.meta.threshold, cfg.anomaly.min_frames, cfg.anomaly.aggregate),
+                               metrics, cfg.output.stream_name, cfg.anomaly.edge_margin, evidence_dir)
     else:
         log.info("no bank configured ([anomaly] bank is empty): anomaly scoring is off; "
                  "build one with `siamstream bank build --source GOOD_VIDEO_OR_DIR --out BANK`")
     metrics.encoder_info.info({"provider": getattr(encoder, "provider", "unknown"),
                                "model": str(getattr(encoder, "path", "")),
                                "embedding_dim": str(encoder.embedding_dim)})
-    return Pipeline(build_detector(cfg.detector), encoder, build_tracker(cfg.tracker), metrics, bank, inspector,
-                    stream=cfg.output.stream_name, crop_padding=cfg.encoder.crop_padding,
-                    edge_margin=cfg.anomaly.edge_margin, evidence_dir=evidence_dir,
-                    appearance_region=cfg.tracker.appearance_region, color_weight=cfg.tracker.color_weight,
-                    reid_encoder=reid_encoder)
+    step = build_frame_step(cfg, encoder, build_detector(cfg.detector), parts=bank is not None,
+                            reid_encoder=reid_encoder, observe=lambda stage, s: metrics.stage[stage].observe(s))
+    return Pipeline(step, metrics, anomaly)
 
 
 def load_bank(path: str, encoder: Encoder) -> Bank | None:
@@ -167,10 +177,12 @@ def load_bank(path: str, encoder: Encoder) -> Bank | None:
 
 
 def build_sinks(cfg: OutputConfig, out_dir: Path, fps: float, alerts: AlertsConfig | None = None,
-                metrics: PipelineMetrics | None = None) -> list[Sink]:
-    """The file sinks ``[output]`` turns on, then the alert sinks of ``alerts`` (see :func:`build_alert_sinks`)."""
+                metrics: PipelineMetrics | None = None, evidence_dir: Path | None = None) -> list[Sink]:
+    """The evidence images (into ``evidence_dir``, the pipeline's, when set), the file sinks ``[output]`` turns on,
+    then the alert sinks of ``alerts`` (see :func:`build_alert_sinks`)."""
     check_writable_dir(out_dir)
-    sinks: list[Sink] = []
+    # First: the events file and the alerts read the evidence image an event names.
+    sinks: list[Sink] = [EvidenceSink(evidence_dir)] if evidence_dir is not None else []
     if cfg.video:
         suffix = ".avi" if cfg.video_fourcc.upper() in ("MJPG", "XVID") else ".mp4"
         if cfg.video_segment_s > 0:
@@ -255,17 +267,15 @@ def _even(indices: list[int], n: int) -> list[int]:
 
 
 def good_samples_from_frames(frames: Iterable[Frame], cfg: Config, encoder: Encoder,
-                             progress_every_s: float = 5.0) -> GoodSamples:
-    """Detect, track and embed good parts in a stream; one group per confirmed track.
+                             reid_encoder: Encoder | None = None, progress_every_s: float = 5.0) -> GoodSamples:
+    """Detect, track and embed good parts in a stream with the frame step ``run`` uses; one group per confirmed
+    track.
 
     Only crops of confirmed tracks that lie fully inside the frame are kept (the crops the anomaly stage
     scores at run time), at most ``[bank] crops_per_part`` per track, evenly spaced along it.
     """
     level = cfg.bank.level
-    region = cfg.tracker.appearance_region
-    check_region(region, encoder.patch_grid, getattr(encoder, "path", ""))
-    detector = build_detector(cfg.detector)
-    tracker = build_tracker(cfg.tracker)
+    step = build_frame_step(cfg, encoder, build_detector(cfg.detector), parts=True, reid_encoder=reid_encoder)
     feats: list[np.ndarray] = []
     groups: list[int] = []
     last_log = time.perf_counter()
@@ -273,15 +283,11 @@ def good_samples_from_frames(frames: Iterable[Frame], cfg: Config, encoder: Enco
         if progress_every_s and time.perf_counter() - last_log >= progress_every_s:
             last_log = time.perf_counter()
             log.info("bank: frame %d, %d good crops from %d parts so far", frame.index, len(feats), len(set(groups)))
-        dets = detector.detect(frame)
-        crops = crop_batch(frame, dets, encoder.input_size, cfg.encoder.crop_padding)
-        emb = encoder.embed(crops, with_patches=level == "patch" or region == "box")
-        seen = tracking_embeddings(emb, crops.xyxy, dets.xyxy, region, (frame.width, frame.height), image=frame.image,
-                                   color_weight=cfg.tracker.color_weight)
-        out = tracker.update(dets, seen, frame.timestamp, frame_image=frame.image)
-        inside = edge_mask(dets.xyxy, frame.width, frame.height, cfg.anomaly.edge_margin)
-        rows = crop_features(emb, level)
-        for obs in out.observations:
+        result = step(frame)
+        assert result.embeddings is not None
+        inside = edge_mask(result.detections.xyxy, frame.width, frame.height, cfg.anomaly.edge_margin)
+        rows = crop_features(result.embeddings, level)
+        for obs in result.tracked.observations:
             di = obs.detection_index
             if obs.state == TrackState.CONFIRMED and di >= 0 and inside[di]:
                 feats.append(rows[di])

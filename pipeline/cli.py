@@ -106,7 +106,8 @@ def _run_locked(cfg: Config, uri: str, out_dir: Path) -> int:
             if cfg.metrics.enabled:
                 serve(registry, cfg.metrics.address, cfg.metrics.port)
             pipeline = app.build_pipeline(cfg, encoder, metrics, bank, out_dir, reid)
-            sinks = app.build_sinks(cfg.output, out_dir, source.fps or cfg.source.fps_hint, cfg.alerts, metrics)
+            sinks = app.build_sinks(cfg.output, out_dir, source.fps or cfg.source.fps_hint, cfg.alerts, metrics,
+                                    pipeline.evidence_dir)
         except BaseException:
             source.close()
             raise
@@ -150,7 +151,9 @@ def _good_samples(source_uri: str, detect: bool, cfg: Config, encoder: Encoder) 
     else:
         source = open_source(source_uri, cfg.source)
         try:
-            samples = app.good_samples_from_frames(source, cfg, encoder)
+            # tracked as `run` tracks them: with the tracker's own re-identification model when one is set
+            reid = app.build_reid_encoder(cfg.tracker, cfg.encoder)
+            samples = app.good_samples_from_frames(source, cfg, encoder, reid)
         finally:
             source.close()
     if len(samples.features) == 0:
@@ -243,7 +246,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from pipeline.demo import run_demo
 
     cfg = _config(args)
-    result = run_demo(cfg, Path(args.out), frames=args.frames, bank_frames=args.bank_frames,
+    result = run_demo(cfg, Path(args.out), frames=args.frames, bank_frames=args.bank_frames, seed=args.seed,
                       serve_metrics=not args.no_metrics)
     for line in result.report_lines():
         print(line)
@@ -549,6 +552,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--frames", type=int, default=600, help="frames of the inspected scene (default 600)")
     demo.add_argument("--bank-frames", type=int, default=1200,
                       help="frames of the good-parts scene used to build the bank (default 1200)")
+    demo.add_argument("--seed", type=int, default=0,
+                      help="which embedded line: the scene, its parts and their defects (default 0)")
     demo.add_argument("--no-metrics", action="store_true", help="do not serve /metrics")
     demo.set_defaults(func=cmd_demo)
 

@@ -16,18 +16,20 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 from prometheus_client import CollectorRegistry
 
 from pipeline import app
 from pipeline.config import Config
-from pipeline.metrics import PipelineMetrics, serve
+from pipeline.metrics import PipelineMetrics, serve, write_snapshot
 from pipeline.runner import RunSummary, run, stop_on_signals
-from pipeline.sinks import check_writable_dir
+from pipeline.sinks import EvidenceSink, check_writable_dir, draw_annotations
 from pipeline.synthetic import ProductionLineScene, SceneConfig
 from pipeline.types import Frame, FrameResult
 
 log = logging.getLogger(__name__)
 
+FLAGGED_FRAME = "first_flagged.png"
 MIN_VISIBLE_FRAMES = 15  # parts seen fully for fewer frames than this (scene start/end) are not counted
 
 
@@ -75,6 +77,9 @@ class DemoResult:
     bank_size: int = 0
     threshold: float = 0.0
     metrics_url: str = ""
+    video: Path | None = None  # the annotated video (its first segment)
+    flagged_frame: Path | None = None  # the annotated frame the first part was flagged in
+    sheet: Path | None = None  # the flagged parts beside their anomaly maps
 
     @property
     def recall(self) -> float:
@@ -94,14 +99,22 @@ class DemoResult:
         ]
         if self.missed:
             lines.append("missed       " + ", ".join(f"part {p} ({d})" for p, d in self.missed))
-        if self.metrics_url:
-            lines.append(f"metrics      {self.metrics_url} (served while the demo ran)")
-        lines.append(f"outputs      {self.out}: annotated video, events.jsonl, tracks.txt, evidence/, bank/")
+        lines.append(f"outputs      {self.out}: annotated video, events.jsonl, tracks.txt, evidence/, bank/, "
+                     f"metrics.prom")
+        look = [(self.video, "the annotated video: boxes, track ids, verdicts and anomaly maps"),
+                (self.flagged_frame, "the frame the first defective part was flagged in"),
+                (self.sheet, "the flagged parts, each beside its anomaly map")]
+        look += [(self.metrics_url, "what Prometheus scrapes (served while the demo ran; final values in "
+                                    "metrics.prom)")] if self.metrics_url else []
+        shown = [(str(what), why) for what, why in look if what]
+        width = max((len(w) for w, _ in shown), default=0)
+        for i, (what, why) in enumerate(shown):
+            lines.append(f"{'look at' if i == 0 else '':<13}{what:<{width}}  {why}")
         return lines
 
     def as_json(self) -> dict[str, object]:
         return {"frames": self.summary.frames, "fps": round(self.summary.fps, 2), "parts": self.parts,
-                "flagged": len(self.summary.flagged), "recall": round(self.recall, 4),
+                "defective": self.defective, "flagged": len(self.summary.flagged), "recall": round(self.recall, 4),
                 "false_alarms": self.false_alarms, "out": str(self.out)}
 
 
@@ -136,20 +149,28 @@ def run_demo(cfg: Config, out: Path, frames: int = 600, bank_frames: int = 1200,
     if serve_metrics and cfg.metrics.enabled:
         port = serve(registry, cfg.metrics.address, cfg.metrics.port)
         url = f"http://{cfg.metrics.address}:{port}/metrics"
-    sinks = app.build_sinks(cfg.output, out, scene.cfg.fps)
     pipeline = app.build_pipeline(cfg, encoder, metrics, bank, out)
+    sinks = app.build_sinks(cfg.output, out, scene.cfg.fps, evidence_dir=pipeline.evidence_dir)
 
     votes: dict[int, Counter[int | None]] = defaultdict(Counter)
+
+    first_flag = out / FLAGGED_FRAME
+    first_flag.unlink(missing_ok=True)
 
     def record(result: FrameResult) -> None:
         for obs in result.tracks:
             if obs.detection_index >= 0:
                 votes[obs.track_id][scene.part_at(result.frame.index, obs.xyxy)] += 1
+        if result.events and not first_flag.exists():  # the annotated frame the first part was flagged in
+            cv2.imwrite(str(first_flag), draw_annotations(result.frame.image, result))
 
     stop = threading.Event()
-    with stop_on_signals(stop):
-        summary = run(SceneSource(scene, "synthetic production line"), pipeline, sinks, stop,
-                      cfg.output.progress_every_s, on_result=record)
+    try:
+        with stop_on_signals(stop):
+            summary = run(SceneSource(scene, "synthetic production line"), pipeline, sinks, stop,
+                          cfg.output.progress_every_s, on_result=record)
+    finally:
+        write_snapshot(registry, str(out / "metrics.prom"))
 
     truth = _eligible_parts(scene)
     track_part = {t: c.most_common(1)[0][0] for t, c in votes.items()}
@@ -166,4 +187,12 @@ def run_demo(cfg: Config, out: Path, frames: int = 600, bank_frames: int = 1200,
         found=sum(p in flagged_ids for p in defective), false_alarms=false_alarms,
         good_parts=len(truth) - len(defective), flagged_parts=flagged_parts,
         missed=[(p, d) for p, d in defective.items() if p not in flagged_ids and d is not None],
-        by_defect=by_defect, bank_size=len(bank), threshold=bank.meta.threshold, metrics_url=url)
+        by_defect=by_defect, bank_size=len(bank), threshold=bank.meta.threshold, metrics_url=url,
+        video=_first_video(out), flagged_frame=first_flag if first_flag.is_file() else None,
+        sheet=next((s.sheet_path for s in sinks if isinstance(s, EvidenceSink) and s.sheet_path.is_file()), None))
+
+
+def _first_video(out: Path) -> Path | None:
+    """The annotated video the run wrote: ``annotated.*``, or the first of its segments."""
+    found = sorted(out.glob("annotated.*")) + sorted((out / "annotated").glob("[0-9]*.*"))
+    return next((p for p in found if p.suffix in (".mp4", ".avi")), None)

@@ -7,6 +7,7 @@ Three file sinks, all behind the same two-method :class:`Sink` interface:
   once so a crash loses nothing.
 * :class:`MotTxtSink` writes confirmed, matched tracks in MOTChallenge ``frame,id,x,y,w,h,conf,-1,-1,-1``
   format (1-based frames, ``tlwh`` boxes) for offline tracking evaluation.
+* :class:`EvidenceSink` saves the image of every flagged part (beside its anomaly map) where its event points.
 
 :class:`SinkGroup` fans one result out to several sinks and closes them all. Output problems (a directory
 that cannot be created or written, a video codec that will not open, a disk that fills up mid-run) raise
@@ -15,6 +16,7 @@ that cannot be created or written, a video codec that will not open, a disk that
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import math
@@ -28,7 +30,7 @@ import cv2
 import numpy as np
 
 from pipeline.anomaly.maps import overlay_patch_maps
-from pipeline.types import FrameResult, TrackObservation, TrackState, UInt8Array, Verdict
+from pipeline.types import AnomalyEvent, FrameResult, TrackObservation, TrackState, UInt8Array, Verdict
 
 logger = logging.getLogger(__name__)
 
@@ -465,6 +467,96 @@ class MotTxtSink:
             file.close()
         except OSError as exc:
             raise _write_error(self.path, exc) from exc
+
+
+def evidence_image(result: FrameResult, event: AnomalyEvent) -> UInt8Array:
+    """The flagged part of ``event`` in ``result``'s frame: with a patch map, the region the encoder saw and beside
+    it the same region under its anomaly map (its worst 10% of patches coloured); else the box with some context."""
+    index = {obs.track_id: obs.detection_index for obs in result.tracks}.get(event.track_id, -1)
+    patch_map = next((m for m in result.patch_maps if index >= 0 and m.detection_index == index), None)
+    image = result.frame.image
+    x1, y1, x2, y2 = (round(float(v)) for v in (patch_map.xyxy if patch_map is not None else event.xyxy))
+    pad = 0 if patch_map is not None else max(4, (x2 - x1) // 5)
+    window = (slice(max(0, y1 - pad), max(0, y2 + pad)), slice(max(0, x1 - pad), max(0, x2 + pad)))
+    crop = image[window]
+    if patch_map is not None and crop.size:
+        crop = np.hstack([crop, overlay_patch_maps(image, [patch_map], worst=0.1)[window]])
+    return crop
+
+
+SHEET_NAME = "sheet.png"
+SHEET_PARTS = 24
+_THUMB_H, _THUMB_MAX_W, _CAPTION_H, _SHEET_COLUMNS = 128, 288, 18, 4
+
+
+def contact_sheet(tiles: Sequence[tuple[str, UInt8Array]], columns: int = _SHEET_COLUMNS) -> UInt8Array:
+    """One image of ``tiles`` (caption, image), each scaled to :data:`_THUMB_H` px high (at most
+    :data:`_THUMB_MAX_W` wide) over its caption, ``columns`` to a row."""
+    if not tiles:
+        raise ValueError("contact_sheet needs at least one tile")
+    cells = []
+    for caption, image in tiles:
+        h, w = image.shape[:2]
+        scale = min(_THUMB_H / max(h, 1), _THUMB_MAX_W / max(w, 1))
+        thumb = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+        cell = np.zeros((_THUMB_H + _CAPTION_H, _THUMB_MAX_W, 3), np.uint8)
+        cell[:thumb.shape[0], :thumb.shape[1]] = thumb
+        cv2.putText(cell, caption, (2, _THUMB_H + _CAPTION_H - 5), _FONT, _FONT_SCALE, _HEADER_FG, _FONT_THICKNESS,
+                    cv2.LINE_AA)
+        cells.append(cell)
+    while len(cells) % columns and len(cells) > columns:
+        cells.append(np.zeros_like(cells[0]))
+    rows = [np.hstack(cells[i:i + columns]) for i in range(0, len(cells), columns)]
+    return np.vstack(rows)
+
+
+class EvidenceSink:
+    """Saves :func:`evidence_image` of every event to the path the event names (``event.evidence``), before the
+    events file and the alert sinks see it (put it first among the sinks). A failed write is logged and the run
+    goes on: the event keeps its path, and an alert goes without its image.
+
+    On :meth:`close` the last ``sheet_parts`` flagged parts are laid out on one contact sheet,
+    ``FOLDER/sheet.png`` (each part beside its anomaly map, captioned with its track, score and threshold).
+    """
+
+    def __init__(self, folder: Path, sheet_parts: int = SHEET_PARTS) -> None:
+        self.folder = Path(folder)
+        check_writable_dir(self.folder)
+        self.saved = 0
+        self._tiles: collections.deque[tuple[str, UInt8Array]] = collections.deque(maxlen=sheet_parts)
+
+    @property
+    def sheet_path(self) -> Path:
+        return self.folder / SHEET_NAME
+
+    def write(self, result: FrameResult) -> None:
+        for event in result.events:
+            crop = evidence_image(result, event)
+            if crop.size and self._tiles.maxlen:
+                self._tiles.append((f"track {event.track_id}  {event.score:.3g} > {event.threshold:.3g}", crop))
+            if not event.evidence:
+                continue
+            try:
+                ok = bool(crop.size) and cv2.imwrite(event.evidence, crop)
+            except cv2.error:
+                ok = False
+            if ok:
+                self.saved += 1
+            else:
+                logger.warning("could not save the evidence image %s (is the disk full?)", event.evidence)
+
+    def close(self) -> None:
+        tiles, self._tiles = list(self._tiles), collections.deque(maxlen=self._tiles.maxlen)
+        if not tiles:
+            return
+        tmp = self.sheet_path.with_name(f".{SHEET_NAME}.tmp.png")
+        try:
+            if not cv2.imwrite(str(tmp), contact_sheet(tiles)):
+                raise OSError("the PNG encoder failed")
+            os.replace(tmp, self.sheet_path)
+        except (OSError, cv2.error) as exc:
+            tmp.unlink(missing_ok=True)
+            logger.warning("could not save the contact sheet %s: %s", self.sheet_path, exc)
 
 
 class SinkGroup:

@@ -64,6 +64,9 @@ class FrameSource(Protocol):
         frames_read: frames decoded from the device or file so far.
         dropped: frames discarded because the consumer fell behind (live sources only; 0 for files).
         reconnects: successful reopenings after the source stopped delivering.
+        pending: frames read and queued but not yet yielded (live sources; 0 for files).
+        total_frames: frames the source will yield when known in advance (a file's declared length, capped by
+            ``max_frames``), else 0.
     """
 
     name: str
@@ -72,6 +75,8 @@ class FrameSource(Protocol):
     frames_read: int
     dropped: int
     reconnects: int
+    pending: int
+    total_frames: int
 
     def __iter__(self) -> Iterator[Frame]: ...
 
@@ -159,6 +164,7 @@ class VideoFileSource:
     """
 
     is_live = False
+    pending = 0
 
     def __init__(self, path: str | os.PathLike[str], cfg: SourceConfig) -> None:
         self.name = str(path)
@@ -184,6 +190,7 @@ class VideoFileSource:
         self.fps = cap_fps if _positive(cap_fps) else (cfg.fps_hint or DEFAULT_FPS)
         count = self._cap.get(cv2.CAP_PROP_FRAME_COUNT)
         self._declared = int(count) if _positive(count) else 0
+        self.total_frames = min(self._declared, cfg.max_frames) if cfg.max_frames else self._declared
 
     def _decode(self) -> npt.NDArray[Any] | None:
         if self._cap is None:
@@ -229,6 +236,7 @@ class ImageFolderSource:
     """
 
     is_live = False
+    pending = 0
 
     def __init__(self, folder: str | os.PathLike[str], cfg: SourceConfig) -> None:
         self.name = str(folder)
@@ -238,6 +246,7 @@ class ImageFolderSource:
         self.fps = cfg.fps_hint or DEFAULT_FPS
         self._max_frames = cfg.max_frames
         self.paths: list[Path] = folder_images(Path(folder))
+        self.total_frames = min(len(self.paths), cfg.max_frames) if cfg.max_frames else len(self.paths)
         self._closed = False
 
     def __iter__(self) -> Iterator[Frame]:
@@ -279,6 +288,7 @@ class LiveSource:
     """
 
     is_live = True
+    total_frames = 0
 
     def __init__(self, name: str, open_capture: Callable[[], CaptureLike], cfg: SourceConfig) -> None:
         self.name = name

@@ -24,7 +24,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -329,6 +329,31 @@ def _reduce_rows(features: np.ndarray, max_vectors: int, coreset_fraction: float
     return rows[picks], coverage
 
 
+def out_of_fold_patch_scores(features: np.ndarray, groups: np.ndarray, make_bank: Callable[[np.ndarray], Bank],
+                             folds: int, seed: int = 0, progress: Callable[[str], None] | None = None) -> np.ndarray:
+    """``(N, P)`` raw k-NN distances of each sample's patches (``features`` ``(N, P, C)``) against a bank that
+    ``make_bank`` builds from the samples of the other folds; folds split by ``groups`` (a part's crops stay
+    together), so no sample is scored against itself or its own part. The threshold calibration of
+    :func:`build_bank` (``bank build``) and of ``eval anomaly``."""
+    oof = np.empty(features.shape[:2], np.float32)
+    for i, held in enumerate(group_folds(groups, folds, seed)):
+        rest = np.setdiff1d(np.arange(len(features)), held)
+        oof[held] = make_bank(features[rest]).raw_patch_scores(features[held])
+        if progress is not None:
+            progress(f"calibration fold {i + 1}/{folds}: {len(held)} good samples scored out of fold")
+    return oof
+
+
+def calibration_patch_scores(oof: np.ndarray, groups: np.ndarray, cell_norm: bool
+                             ) -> tuple[CellNorm | None, np.ndarray]:
+    """The out-of-fold patch scores a threshold is calibrated on and, with ``cell_norm``, the per-cell statistics
+    they give the bank: each group's scores normalised with the statistics of the other groups
+    (:func:`~pipeline.anomaly.cellnorm.leave_one_out`), as a new part will be at run time."""
+    if not cell_norm:
+        return None, oof
+    return fit_cell_norm(oof), leave_one_out(oof, np.asarray(groups))
+
+
 def build_bank(features: np.ndarray, groups: np.ndarray, encoder_id: str, input_size: tuple[int, int],
                level: str = "global", index_type: str = "flat", k: int = 1, folds: int = 5,
                false_alarm_rate: float = 0.01, max_vectors: int = 50_000, coreset_fraction: float = 1.0,
@@ -359,7 +384,6 @@ def build_bank(features: np.ndarray, groups: np.ndarray, encoder_id: str, input_
         raise BankError("no good samples: the source gave no detections to build a bank from")
     rng = np.random.default_rng(seed)
     n, p, c = x.shape
-    oof = np.empty((n, p), np.float32)
     if cell_norm and (level != "patch" or not folds or len(np.unique(np.asarray(groups))) < 3):
         raise BankError("cell normalisation needs a patch bank (level = 'patch'), calibration folds (folds >= 2) and "
                         f"good samples of at least 3 parts (got level {level!r}, folds {folds}, "
@@ -368,14 +392,16 @@ def build_bank(features: np.ndarray, groups: np.ndarray, encoder_id: str, input_
         raise BankError("good samples come from only one part or image: the threshold is calibrated by scoring "
                         "good parts against other good parts, so give at least 2 (many more for a reliable "
                         "threshold)")
-    fold_idx = group_folds(groups, folds, seed) if folds else []
-    for held in fold_idx:
-        rest = np.setdiff1d(np.arange(n), held)
+    def fold_bank(rows: np.ndarray) -> Bank:  # reduced exactly as the final bank is
         calib = Bank.create(encoder_id, c, input_size, index_type, k, level, p, nlist, nprobe, pq_m)
-        calib.add(_reduce_rows(x[rest], max_vectors, coreset_fraction, rng)[0])
-        oof[held] = calib.raw_patch_scores(x[held], k)
-    norm = fit_cell_norm(oof) if cell_norm else None
-    crop_oof = (leave_one_out(oof, np.asarray(groups)) if cell_norm else oof).max(axis=1)
+        calib.add(_reduce_rows(rows, max_vectors, coreset_fraction, rng)[0])
+        return calib
+
+    norm, crop_oof = None, np.zeros(0, np.float32)
+    if folds:
+        norm, oof = calibration_patch_scores(out_of_fold_patch_scores(x, groups, fold_bank, folds, seed), groups,
+                                             cell_norm)
+        crop_oof = oof.max(axis=1)
     threshold = threshold_for_false_alarm_rate(crop_oof, false_alarm_rate) if folds else float("nan")
     n_groups = len(np.unique(np.asarray(groups)))
     bank = Bank.create(encoder_id, c, input_size, index_type, k, level, p, nlist, nprobe, pq_m)

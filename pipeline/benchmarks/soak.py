@@ -131,7 +131,7 @@ def main(cfg: Config, frames: int = 200_000, sample_every: int = 1000, warmup: f
         port = serve(registry, "127.0.0.1", 0)
         source = SceneSource(ProductionLineScene(SceneConfig(num_frames=LOOP_FRAMES, seed=0)), "soak", frames)
         pipeline = app.build_pipeline(cfg, encoder, metrics, bank, out)
-        sinks = app.build_sinks(cfg.output, out, source.fps, cfg.alerts, metrics)
+        sinks = app.build_sinks(cfg.output, out, source.fps, cfg.alerts, metrics, pipeline.evidence_dir)
         samples: list[Sample] = []
         start = time.perf_counter()
 

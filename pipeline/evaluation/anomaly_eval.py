@@ -25,9 +25,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pipeline.anomaly.bank import Bank, BankError, build_bank
-from pipeline.anomaly.calibrate import false_alarm_upper_bound, group_folds, threshold_for_false_alarm_rate
-from pipeline.anomaly.cellnorm import fit_cell_norm, leave_one_out
+from pipeline.anomaly.bank import Bank, BankError, build_bank, calibration_patch_scores, out_of_fold_patch_scores
+from pipeline.anomaly.calibrate import false_alarm_upper_bound, threshold_for_false_alarm_rate
 from pipeline.anomaly.maps import DEFAULT_SIGMA_PX, anomaly_maps, map_scores, mask_border
 from pipeline.encoder import Encoder
 from pipeline.evaluation.anomaly_metrics import Interval
@@ -256,10 +255,10 @@ def evaluate_anomaly(rows: list[ManifestRow], encoder: Encoder, *, k: int = 1, i
     held_out = []
     if calibration_folds:
         t0 = time.perf_counter()
-        oof = out_of_fold_patch_scores(train, make_bank, calibration_folds, seed, say)
-        if cell_norm:
-            bank.with_cell_norm(fit_cell_norm(oof))
-            oof = leave_one_out(oof)
+        images = np.arange(len(train))  # each train image its own group
+        norm, oof = calibration_patch_scores(out_of_fold_patch_scores(train, images, make_bank, calibration_folds,
+                                                                      seed, say), images, cell_norm)
+        bank.with_cell_norm(norm)
         held_out.append(to_scores_only(oof))
         say(f"out-of-fold calibration in {time.perf_counter() - t0:.1f} s")
     val_scores, _ = score(by_split["validation"])
@@ -294,19 +293,6 @@ def evaluate_anomaly(rows: list[ManifestRow], encoder: Encoder, *, k: int = 1, i
         test_rows=test, test_scores=test_scores, calibration_scores=good, test_maps=test_maps,
         test_masks=masks)
     return evaluation, bank
-
-
-def out_of_fold_patch_scores(features: np.ndarray, make_bank: Callable[[np.ndarray], Bank], folds: int, seed: int,
-                             say: Callable[[str], None] | None = None) -> np.ndarray:
-    """``(N, P)`` raw k-NN distances of each image's patches (``features`` ``(N, P, C)``) against a bank made by
-    ``make_bank`` from the images of the other ``folds`` folds."""
-    oof = np.empty(features.shape[:2], np.float32)
-    for i, fold in enumerate(group_folds(np.arange(len(features)), folds, seed)):
-        rest = np.setdiff1d(np.arange(len(features)), fold)
-        oof[fold] = make_bank(features[rest]).raw_patch_scores(features[fold])
-        if say is not None:
-            say(f"calibration fold {i + 1}/{folds}: {len(fold)} train images scored out of fold")
-    return oof
 
 
 def patch_grid_of(encoder: Encoder) -> tuple[int, int]:

@@ -22,15 +22,13 @@ import cv2
 import numpy as np
 
 from encoders.data import SMALL_DEFECT_WINDOW, small_defect
-from pipeline.anomaly.bank import Bank, BankError, build_bank
-from pipeline.anomaly.cellnorm import fit_cell_norm
+from pipeline.anomaly.bank import Bank, BankError, build_bank, calibration_patch_scores, out_of_fold_patch_scores
 from pipeline.anomaly.maps import anomaly_maps, map_scores, mask_border
 from pipeline.encoder import Encoder
 from pipeline.evaluation.anomaly_eval import (
     ManifestError,
     ManifestRow,
     image_patch_features,
-    out_of_fold_patch_scores,
     patch_grid_of,
 )
 
@@ -113,7 +111,9 @@ def score_synthetic(train: list[Path], synthetic: SyntheticSet, encoder: Encoder
 
     bank = make_bank(feats)
     if cell_norm:
-        bank.with_cell_norm(fit_cell_norm(out_of_fold_patch_scores(feats, make_bank, folds, seed)))
+        images = np.arange(len(feats))
+        bank.with_cell_norm(calibration_patch_scores(out_of_fold_patch_scores(feats, images, make_bank, folds, seed),
+                                                     images, True)[0])
     say(f"bank of {len(bank)} vectors from {len(train)} train images")
     grid = patch_grid_of(encoder)
     size_hw = synthetic.images.shape[1:3]

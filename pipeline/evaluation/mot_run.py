@@ -1,7 +1,7 @@
 """Run siamstream's tracker over a MOTChallenge sequence with its public detections (``det/det.txt``).
 
-Per frame: the frame's detections, one crop per detection embedded by the encoder (the same ONNX model and
-crop code as the pipeline), then :meth:`Tracker.update` with the capture time ``(frame - 1) / frameRate``. The
+Per frame, the pipeline's own frame step (:class:`pipeline.step.FrameStep`): the frame's detections, one crop per
+detection embedded by the encoder, then :meth:`Tracker.update` with the capture time ``(frame - 1) / frameRate``. The
 online output rows are the confirmed tracks matched to a detection in that frame, with the tracker's box.
 With ``fill_gaps`` (``[output] mot_fill_gaps``), the rows returned are cleaned up offline once the whole sequence
 is tracked (:mod:`pipeline.tracking.postprocess`): a confirmed track also gets the frames it was tentative in,
@@ -13,23 +13,20 @@ own update calls from embedding, so that tracker speed compares with peers that 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 
 import numpy as np
 
 from pipeline.config import SourceConfig
-from pipeline.crops import box_crop_batch, crop_batch
 from pipeline.detect.motchallenge import MotDetectionFile
 from pipeline.encoder import Encoder
 from pipeline.evaluation.mot_peers import PeerRun
 from pipeline.evaluation.motchallenge import MotSequence
 from pipeline.sources import open_source
-from pipeline.tracking.appearance import check_region, tracking_embeddings
-from pipeline.tracking.color import color_dim
+from pipeline.step import FrameStep
 from pipeline.tracking.postprocess import interpolate_gaps, keep_confirmed
 from pipeline.tracking.tracker import Tracker
-from pipeline.types import Embeddings, FrameResult, TrackState
+from pipeline.types import FrameResult, TrackState
 
 log = logging.getLogger(__name__)
 
@@ -44,43 +41,30 @@ def track_sequence(seq: MotSequence, detections: MotDetectionFile, encoder: Enco
     (:func:`pipeline.tracking.appearance.tracking_embeddings`). With ``reid``, ``encoder`` is a person
     re-identification model (``[tracker] reid_model``): it embeds each detection box at its own shape
     (:func:`pipeline.crops.box_crop_batch`) and the tracker compares those embeddings."""
-    if not reid:
-        check_region(appearance_region, encoder.patch_grid, getattr(encoder, "path", ""))
-    box = appearance_region == "box" and not reid
     tracker.reset()
     detections.reset()
-    source = open_source(seq.frames_uri, SourceConfig())
-    size = encoder.input_size
+    seconds = {"detect": 0.0, "crop": 0.0, "encode": 0.0, "track": 0.0}
+
+    def observe(stage: str, s: float) -> None:
+        seconds[stage] += s
+
+    step = FrameStep(detections, tracker, None if reid else encoder, reid_encoder=encoder if reid else None,
+                     crop_padding=crop_padding, appearance_region=appearance_region, color_weight=color_weight,
+                     use_frame_image=use_frame_image, observe=observe)
+    # frames at (frame - 1) / frameRate seconds
+    source = open_source(seq.frames_uri, SourceConfig(fps_hint=seq.frame_rate))
     rows: list[tuple[float, ...]] = []
     candidates: list[tuple[float, ...]] = []  # tentative and confirmed, for the offline clean-up
     confirmed: set[int] = set()
-    tracker_s = embed_s = 0.0
     frames = crops = 0
     try:
         for frame in source:
             if frame.index >= seq.length:
                 break
             mot_frame = frame.index + 1
-            timestamp = frame.index / seq.frame_rate
-            dets = detections.detect(frame)
-            start = time.perf_counter()
-            if len(dets) and reid:
-                emb = encoder.embed(box_crop_batch(frame, dets, size), with_patches=False)
-                crops += len(dets)
-            elif len(dets):
-                batch = crop_batch(frame, dets, size, crop_padding)
-                emb = tracking_embeddings(encoder.embed(batch, with_patches=box), batch.xyxy, dets.xyxy,
-                                          appearance_region, (frame.width, frame.height), image=frame.image,
-                                          color_weight=color_weight)
-                crops += len(dets)
-            else:
-                dim = (encoder.patch_dim if box else encoder.embedding_dim) + (
-                    color_dim() if color_weight > 0 and not reid else 0)
-                emb = Embeddings(np.zeros((0, dim), np.float32))
-            mid = time.perf_counter()
-            out = tracker.update(dets, emb, timestamp, frame_image=frame.image if use_frame_image else None)
-            tracker_s += time.perf_counter() - mid
-            embed_s += mid - start
+            result = step(frame)
+            dets, out = result.detections, result.tracked
+            crops += len(dets)
             frames += 1
             for obs in out.observations:
                 if obs.detection_index < 0 or obs.state not in (TrackState.CONFIRMED, TrackState.TENTATIVE):
@@ -96,6 +80,7 @@ def track_sequence(seq: MotSequence, detections: MotDetectionFile, encoder: Enco
                 on_frame(FrameResult(frame, dets, out.observations))
     finally:
         source.close()
+    tracker_s, embed_s = seconds["track"], seconds["crop"] + seconds["encode"]
     if frames < seq.length:
         log.warning("%s: decoded %d of the %d frames seqinfo.ini announces", seq.name, frames, seq.length)
     online = np.asarray(rows, np.float64).reshape(-1, 7)

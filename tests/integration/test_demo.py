@@ -19,8 +19,8 @@ def test_demo_short_run_finds_defects(tmp_path: Path, encoder_cache: Path) -> No
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
     result = json.loads(lines[-1])
-    assert set(result) == {"frames", "fps", "parts", "flagged", "recall", "false_alarms", "out"}
-    assert result["frames"] == 360 and result["parts"] >= 6
+    assert set(result) == {"frames", "fps", "parts", "defective", "flagged", "recall", "false_alarms", "out"}
+    assert result["frames"] == 360 and result["parts"] >= 6 and 1 <= result["defective"] < result["parts"]
     assert result["recall"] >= 0.5, proc.stdout  # the defects are really found
     assert result["false_alarms"] <= 1, proc.stdout
     assert any(line.startswith("recall") for line in lines)
@@ -28,3 +28,11 @@ def test_demo_short_run_finds_defects(tmp_path: Path, encoder_cache: Path) -> No
     assert len(events) == result["flagged"]
     assert (out / "annotated" / "000000.mp4").stat().st_size > 0 and (out / "tracks.txt").stat().st_size > 0
     assert (out / "bank" / "meta.json").is_file()
+    # It ends by pointing at what to look at, and each of those exists.
+    look = lines[lines.index(next(x for x in lines if x.startswith("look at"))):-1]
+    shown = [x[13:].split("  ")[0] for x in look]
+    assert shown[:3] == [str(out / "annotated" / "000000.mp4"), str(out / "first_flagged.png"),
+                         str(out / "evidence" / "sheet.png")]
+    assert shown[3].startswith("http://127.0.0.1:") and shown[3].endswith("/metrics")
+    assert (out / "evidence" / "sheet.png").stat().st_size > 0
+    assert "siamstream_parts_flagged_total" in (out / "metrics.prom").read_text()

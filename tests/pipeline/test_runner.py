@@ -105,7 +105,9 @@ def test_patch_maps_reach_the_results_the_video_and_the_evidence(setup, tmp_path
     # Every part defective, the belt full from the first frame: this seed's scene has flagged parts.
     scene = ProductionLineScene(SceneConfig(num_frames=240, seed=3, defect_rate=1.0, prefill=True))
     results = []
-    run(SceneSource(scene, "s"), pipe, [EventsJsonlSink(tmp_path / "events.jsonl")], on_result=results.append)
+    assert pipe.evidence_dir == tmp_path / "evidence"
+    run(SceneSource(scene, "s"), pipe, app.build_sinks(replace(cfg, "output", video=False, mot=False).output, tmp_path,
+                                                       20.0, evidence_dir=pipe.evidence_dir), on_result=results.append)
     with_maps = [r for r in results if r.patch_maps]
     assert with_maps
     for r in with_maps[:20]:

@@ -86,7 +86,7 @@ def test_a_bank_of_another_encoder_is_refused(cfg: Config, encoder: OnnxEncoder,
     with pytest.raises(BankError, match=f"dim {encoder.embedding_dim}.*dim {encoder.patch_dim}"):
         pipe.swap_bank(other_dim)
     pipe.process(frames[0])
-    assert pipe.bank is bank and pipe.inspector is not None and pipe.inspector.threshold == 5.0
+    assert pipe.anomaly is not None and pipe.bank is bank and pipe.anomaly.inspector.threshold == 5.0
     assert value(registry, "siamstream_bank_reloads_total") == 0
     assert value(registry, "siamstream_bank_size") == 3
 
@@ -101,7 +101,7 @@ def test_a_swapped_bank_takes_effect_at_the_next_frame(cfg: Config, encoder: Onn
                                                        tmp_path: Path) -> None:
     old = far_bank(encoder)
     pipe, registry = build(cfg, encoder, old, tmp_path)
-    assert pipe.inspector is not None
+    assert pipe.anomaly is not None
     before: list[float] = []
     it = iter(frames)
     for frame in it:  # until a whole part is in view and scored against the old bank
@@ -114,12 +114,12 @@ def test_a_swapped_bank_takes_effect_at_the_next_frame(cfg: Config, encoder: Onn
     new = origin_bank(encoder)
     pipe.swap_bank(new)
     # Handed over, not applied: the frame being processed (or the next one) decides.
-    assert pipe.bank is old and pipe.inspector.threshold == 5.0
+    assert pipe.bank is old and pipe.anomaly.inspector.threshold == 5.0
     assert value(registry, "siamstream_bank_reloads_total") == 0 and value(registry, "siamstream_bank_size") == 3
 
     after = scores(pipe.process(next(it)))
-    assert pipe.bank is new and pipe.k == new.meta.k
-    assert pipe.inspector.threshold == 7.5
+    assert pipe.bank is new and pipe.anomaly.k == new.meta.k
+    assert pipe.anomaly.inspector.threshold == 7.5
     assert value(registry, "siamstream_bank_reloads_total") == 1
     assert value(registry, "siamstream_bank_size") == 2
     assert value(registry, "siamstream_bank_threshold") == 7.5
@@ -137,7 +137,7 @@ def test_only_the_last_of_several_handovers_is_applied(cfg: Config, encoder: Onn
     pipe.swap_bank(first)
     pipe.swap_bank(last)
     pipe.process(frames[0])
-    assert pipe.bank is last and pipe.inspector is not None and pipe.inspector.threshold == 9.0
+    assert pipe.anomaly is not None and pipe.bank is last and pipe.anomaly.inspector.threshold == 9.0
     assert value(registry, "siamstream_bank_reloads_total") == 1 and value(registry, "siamstream_bank_size") == 4
 
 
@@ -170,7 +170,7 @@ def test_reloader_into_pipeline_refuses_another_encoder_then_swaps_a_good_bank(
     assert reloader.check()
     pipe.process(frames[1])
     assert value(registry, "siamstream_bank_reloads_total") == 1 and value(registry, "siamstream_bank_size") == 2
-    assert pipe.inspector is not None and pipe.inspector.threshold == 7.5
+    assert pipe.anomaly is not None and pipe.anomaly.inspector.threshold == 7.5
     assert value(registry, "siamstream_bank_reload_errors_total") == 1
 
 
@@ -180,13 +180,13 @@ def test_a_swap_into_per_cell_scores_starts_the_parts_scores_over(cfg: Config, e
 
     old = far_bank(encoder)
     pipe, _ = build(cfg, encoder, old, tmp_path)
-    assert pipe.inspector is not None
+    assert pipe.anomaly is not None
     it = iter(frames)
     scored: list[int] = []
     for frame in it:  # until some part has a few scores against the old bank
         result = pipe.process(frame)
         scored = [o.track_id for o in result.tracks if not math.isnan(o.score)]
-        if scored and pipe.inspector.current(scored[0]).frames_scored >= 2:
+        if scored and pipe.anomaly.inspector.current(scored[0]).frames_scored >= 2:
             break
     assert scored, "no part was scored in the scene"
     part = scored[0]
@@ -201,7 +201,7 @@ def test_a_swap_into_per_cell_scores_starts_the_parts_scores_over(cfg: Config, e
     seen = [o for o in result.tracks if o.track_id == part and not math.isnan(o.score)]
     assert pipe.bank is new and seen, "the part left the view at the swap"
     # the part's old distances (over 1000) are gone: one score, against the new bank
-    assert pipe.inspector.current(part).frames_scored == 1 and seen[0].score < 1000.0
+    assert pipe.anomaly.inspector.current(part).frames_scored == 1 and seen[0].score < 1000.0
 
     # A bank normalising another number of cells than the encoder's crops have is refused at the swap.
     wrong = Bank.create(encoder.encoder_id, encoder.patch_dim, encoder.input_size, level="patch",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import stat
@@ -18,6 +19,7 @@ from pipeline.sinks import (
     VERDICT_COLORS,
     AnnotatedVideoSink,
     EventsJsonlSink,
+    EvidenceSink,
     MotTxtSink,
     Sink,
     SinkError,
@@ -31,6 +33,7 @@ from pipeline.types import (
     Detections,
     Frame,
     FrameResult,
+    PatchMap,
     TrackObservation,
     TrackState,
     Verdict,
@@ -431,3 +434,42 @@ def test_check_writable_dir_read_only_parent(tmp_path: Path) -> None:
             check_writable_dir(locked)
     finally:
         locked.chmod(stat.S_IRWXU)
+
+
+def test_evidence_sink_saves_each_flagged_part_beside_its_anomaly_map(tmp_path: Path,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    sink = EvidenceSink(tmp_path / "evidence")
+    event = dataclasses.replace(make_event(3, 7), evidence=str(tmp_path / "evidence" / "track3.png"))
+    plain = dataclasses.replace(make_event(4, 7), evidence=str(tmp_path / "evidence" / "track4.png"),
+                                xyxy=(100.0, 40.0, 130.0, 70.0))
+    grid = np.zeros((4, 4), np.float32)
+    grid[1, 2] = 3.0
+    result = FrameResult(make_frame(7), make_detections((12, 22, 48, 78, 1.0), (100, 40, 130, 70, 1.0)),
+                         [obs(3, (12, 22, 48, 78), 0), obs(4, (100, 40, 130, 70), 1)], [event, plain],
+                         [PatchMap(0, (8.0, 18.0, 56.0, 82.0), grid, 1.0)])
+    sink.write(result)
+    with_map = cv2.imread(event.evidence)
+    assert with_map.shape[:2] == (64, 96)  # the 48 x 64 region, and beside it the same region under its map
+    left, right = with_map[:, :48].astype(int), with_map[:, 48:].astype(int)
+    assert np.abs(left - BACKGROUND).max() <= 2 and np.abs(right - left).max() > 50  # the hot patch is coloured
+    box = cv2.imread(plain.evidence)  # no map: the box with a margin of a fifth of its width (at least 4 px)
+    assert box.shape[:2] == (30 + 2 * 6, 30 + 2 * 6)
+    assert sink.saved == 2
+    lost = dataclasses.replace(make_event(5, 7), evidence=str(tmp_path / "gone" / "x.png"))
+    sink.write(FrameResult(make_frame(8), make_detections(), [], [lost]))  # the run goes on
+    assert sink.saved == 2 and "could not save the evidence image" in caplog.text
+    sink.close()
+    sheet = cv2.imread(str(sink.sheet_path))  # the flagged parts side by side, each over its caption
+    assert sheet is not None and sheet.shape[0] == 128 + 18 and sheet.shape[1] == 3 * 288
+    assert sheet[:128, 288:2 * 288].max() > 0 and sheet[128:, :288].max() > 0  # images and captions drawn
+
+
+def test_contact_sheet_keeps_the_latest_parts_in_rows(tmp_path: Path) -> None:
+    sink = EvidenceSink(tmp_path, sheet_parts=5)
+    for i in range(7):
+        event = dataclasses.replace(make_event(i + 1, i), evidence="")  # no file, still on the sheet
+        sink.write(FrameResult(make_frame(i), make_detections(), [], [event]))
+    sink.close()
+    sheet = cv2.imread(str(sink.sheet_path))
+    assert sheet.shape[:2] == (2 * (128 + 18), 4 * 288) and sink.saved == 0
+    assert not list(tmp_path.glob(".*"))  # written whole, no temporary left

@@ -259,3 +259,28 @@ def test_bank_lock_serialises_read_modify_write(tmp_path: Path) -> None:
     with bank_lock(tmp_path / "missing"):  # no bank yet: no lock file, loading reports the problem
         pass
     assert not (tmp_path / ".missing.lock").exists()
+
+
+def test_out_of_fold_scores_never_see_their_own_part() -> None:
+    """The calibration `bank build` and `eval anomaly` share: a part's crops are scored against banks built
+    without any crop of that part, so a part identical to nothing else scores far, however many crops it has."""
+    from pipeline.anomaly.bank import calibration_patch_scores, out_of_fold_patch_scores
+
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(6), 4)  # 6 parts, 4 crops each
+    feats = rng.normal(size=(24, 3, 8)).astype(np.float32) * 0.01 + groups[:, None, None]  # parts far apart
+    built_from: list[int] = []
+
+    def make_bank(rows: np.ndarray) -> Bank:
+        built_from.append(len(rows))
+        bank = Bank.create("enc", 8, (32, 32), level="patch", patches_per_crop=3)
+        bank.add(rows.reshape(-1, 8))
+        return bank
+
+    oof = out_of_fold_patch_scores(feats, groups, make_bank, folds=3, seed=0)
+    assert built_from == [16, 16, 16]  # two parts held out per fold
+    assert oof.shape == (24, 3) and oof.min() > 0.5  # never its own part (a crop of it would be ~0.01 away)
+    norm, normalised = calibration_patch_scores(oof, groups, cell_norm=True)
+    assert norm is not None and normalised.shape == oof.shape
+    none, same = calibration_patch_scores(oof, groups, cell_norm=False)
+    assert none is None and same is oof
