@@ -40,6 +40,7 @@ from torch import Tensor
 from encoders.data import DEFECT_KINDS, Augment, AugmentConfig, small_defect
 from encoders.losses import patch_adaptation_terms
 from encoders.models import EmbeddingNet, pretrained_lite0
+from pipeline.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -70,12 +71,12 @@ class AdaptConfig:
     w_anchor: float = 1.0
     seed: int = 0
     device: str = "auto"  # "auto" (CUDA when torch sees it), "cpu" or "cuda"
-    log_every: int = 50  # steps between progress lines
+    progress_every_s: float = 5.0  # seconds between progress lines when stderr is not a terminal
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch < 1 or self.log_every < 1:
-            raise AdaptError(f"steps, batch and log_every must be >= 1; got {self.steps}, {self.batch}, "
-                             f"{self.log_every}")
+        if self.steps < 1 or self.batch < 1 or self.progress_every_s < 0:
+            raise AdaptError(f"steps and batch must be >= 1 and progress_every_s >= 0; got {self.steps}, "
+                             f"{self.batch}, {self.progress_every_s}")
         if self.lr <= 0 or self.margin_factor <= 0:
             raise AdaptError(f"lr and margin_factor must be > 0; got {self.lr}, {self.margin_factor}")
         if self.crop < MIN_CROP:
@@ -223,6 +224,7 @@ def _adapt(model: EmbeddingNet, crops: _Crops, cfg: AdaptConfig, device: torch.d
     tail = max(1, cfg.steps // 10)
     sums: dict[str, float] = {}
     started = time.perf_counter()
+    bar = Progress("adapt", cfg.steps, "step", every_s=cfg.progress_every_s)
     for step in range(1, cfg.steps + 1):
         clean, jittered, defective, mask = (t.to(device) for t in crops.next())
         with torch.no_grad():
@@ -241,12 +243,12 @@ def _adapt(model: EmbeddingNet, crops: _Crops, cfg: AdaptConfig, device: torch.d
         if step > cfg.steps - tail:
             for k, v in seen.items():
                 sums[k] = sums.get(k, 0.0) + v
-        if progress is not None and (step % cfg.log_every == 0 or step == cfg.steps):
-            elapsed = time.perf_counter() - started
-            progress(f"adapt: step {step}/{cfg.steps}, loss {seen['loss']:.3f} (separation "
-                     f"{seen['separation']:.3f}), {elapsed:.0f} s, about "
-                     f"{elapsed / step * (cfg.steps - step):.0f} s left")
+        bar.update(1, f"loss {seen['loss']:.3f} (separation {seen['separation']:.3f})")
+    bar.close()
     final = {k: v / tail for k, v in sums.items()}
+    if progress is not None:
+        progress(f"adapt: {cfg.steps} steps in {time.perf_counter() - started:.0f} s, loss {final['loss']:.3f} "
+                 f"(separation {final['separation']:.3f}) over the last {tail} steps")
     return AdaptResult(steps=cfg.steps, seconds=time.perf_counter() - started, images=len(crops.images),
                        margin=margin, device=device.type, pretrained=pretrained, final=final)
 

@@ -53,6 +53,7 @@ from encoders.reid_data import (
     write_market_layout,
 )
 from encoders.train import TrainError, _atomic_torch_save, _atomic_write_bytes, _epoch_seed, resolve_device
+from pipeline.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -210,16 +211,13 @@ def read_reid_data(data: Sequence[Path]) -> ReidSet:
 
 def _load_images(data: ReidSet, size: tuple[int, int], progress: Callable[[str], None]) -> np.ndarray:
     out = np.empty((len(data), size[0], size[1], 3), np.uint8)
-    started = last = time.perf_counter()
-    for i, path in enumerate(data.paths):
-        try:
-            out[i] = load_reid_image(path, size)
-        except ReidDataError as exc:
-            raise TrainError(str(exc)) from None
-        now = time.perf_counter()
-        if now - last >= 10:
-            last = now
-            progress(f"reading images: {i + 1}/{len(data)} ({(i + 1) / (now - started):.0f}/s)")
+    with Progress("reading images", len(data), "image", every_s=10.0) as bar:
+        for i, path in enumerate(data.paths):
+            try:
+                out[i] = load_reid_image(path, size)
+            except ReidDataError as exc:
+                raise TrainError(str(exc)) from None
+            bar.update()
     return out
 
 
@@ -355,9 +353,10 @@ def train_reid(data: Sequence[Path], out_dir: Path, cfg: ReidTrainConfig, resume
         sampler = CrossCameraPKSampler(labels, train_set.cameras, cfg.p, cfg.k, batches, seed=seed)
         rng = np.random.default_rng(seed + 1)
         model.train()
-        started = last = time.perf_counter()
+        started = time.perf_counter()
         sums = np.zeros(3)
         lr = cfg.lr
+        bar = Progress(f"epoch {epoch}/{cfg.epochs}", batches, "batch", every_s=cfg.progress_every_s)
         for i, batch in enumerate(sampler, start=1):
             x = _to_input(augment(images[batch], rng), device)
             y = torch.from_numpy(labels[batch]).to(device)
@@ -375,12 +374,8 @@ def train_reid(data: Sequence[Path], out_dir: Path, cfg: ReidTrainConfig, resume
             lr = optimizer.param_groups[0]["lr"]
             scheduler.step()
             sums += (float(loss.detach()), float(triplet.detach()), float(ident.detach()))
-            now = time.perf_counter()
-            if cfg.progress_every_s and now - last >= cfg.progress_every_s and i < batches:
-                last = now
-                eta = (now - started) / i * (batches - i + (cfg.epochs - epoch) * batches)
-                progress(f"epoch {epoch}/{cfg.epochs} batch {i}/{batches}: loss {sums[0] / i:.3f}, "
-                         f"{i * cfg.p * cfg.k / (now - started):.0f} images/s, about {eta / 60:.0f} min left")
+            bar.update(1, f"loss {sums[0] / i:.3f}")
+        bar.close()
         seconds = time.perf_counter() - started
         mean = sums / batches
         if not math.isfinite(mean[0]):

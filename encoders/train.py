@@ -47,6 +47,7 @@ from encoders.data import (
 from encoders.losses import LABEL_LOSSES, make_loss
 from encoders.models import EmbeddingNet
 from encoders.whiten import whiten_head
+from pipeline.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -578,6 +579,7 @@ def _train_epoch(epoch: int, cfg: TrainConfig, dataset: ImageFolderClasses, imag
     loss_sum = torch.zeros((), device=device)
     seen = 0
     lr = float("nan")
+    bar = Progress(f"epoch {epoch}/{cfg.epochs}", cfg.batches_per_epoch, "batch", every_s=cfg.progress_every_s)
     for i, batch in enumerate(sampler, start=1):
         pixels = []
         for j in batch:
@@ -603,10 +605,12 @@ def _train_epoch(epoch: int, cfg: TrainConfig, dataset: ImageFolderClasses, imag
         loss_sum += loss.detach()  # no .item() per step: it would wait for the GPU every batch
         seen += len(batch)
         now = time.perf_counter()
-        if cfg.progress_every_s and now - last_report >= cfg.progress_every_s and i < cfg.batches_per_epoch:
-            last_report = now
-            log.info("epoch %d/%d batch %d/%d: loss %.4f, lr %.2e, %.0f images/s", epoch, cfg.epochs, i,
-                     cfg.batches_per_epoch, loss_sum.item() / i, lr, seen / (now - started))
+        status = ""
+        if cfg.progress_every_s and now - last_report >= min(cfg.progress_every_s, 1.0):
+            last_report = now  # the loss is read (a GPU sync) at most once a second
+            status = f"loss {loss_sum.item() / i:.4f}, lr {lr:.2e}, {seen / (now - started):.0f} images/s"
+        bar.update(1, status)
+    bar.close()
     seconds = time.perf_counter() - started
     mean_loss = loss_sum.item() / cfg.batches_per_epoch
     if not math.isfinite(mean_loss):

@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sized
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -37,11 +36,12 @@ from pipeline.detect.onnx_detector import OnnxDetector
 from pipeline.encoder import Encoder, EncoderContractError, ModelFileError, OnnxEncoder
 from pipeline.encoder_torch import TorchEncoder
 from pipeline.metrics import PipelineMetrics
+from pipeline.progress import Progress
 from pipeline.redact import redact_url
 from pipeline.runner import Pipeline
 from pipeline.sinks import AnnotatedVideoSink, EventsJsonlSink, EvidenceSink, MotTxtSink, Sink, check_writable_dir
 from pipeline.sources import IMAGE_EXTENSIONS
-from pipeline.step import FrameStep, Observe
+from pipeline.step import FrameStep, Observe, StepResult
 from pipeline.tracking.tracker import Tracker
 from pipeline.types import CropBatch, Frame, TrackState
 from pipeline.video_segments import SegmentedVideoSink
@@ -278,20 +278,14 @@ def good_samples_from_frames(frames: Iterable[Frame], cfg: Config, encoder: Enco
     step = build_frame_step(cfg, encoder, build_detector(cfg.detector), parts=True, reid_encoder=reid_encoder)
     feats: list[np.ndarray] = []
     groups: list[int] = []
-    last_log = time.perf_counter()
-    for frame in frames:
-        if progress_every_s and time.perf_counter() - last_log >= progress_every_s:
-            last_log = time.perf_counter()
-            log.info("bank: frame %d, %d good crops from %d parts so far", frame.index, len(feats), len(set(groups)))
-        result = step(frame)
-        assert result.embeddings is not None
-        inside = edge_mask(result.detections.xyxy, frame.width, frame.height, cfg.anomaly.edge_margin)
-        rows = crop_features(result.embeddings, level)
-        for obs in result.tracked.observations:
-            di = obs.detection_index
-            if obs.state == TrackState.CONFIRMED and di >= 0 and inside[di]:
-                feats.append(rows[di])
-                groups.append(obs.track_id)
+    total = int(getattr(frames, "total_frames", 0) or (len(frames) if isinstance(frames, Sized) else 0))
+    with Progress("bank: good parts", total, "frame", every_s=progress_every_s) as bar:
+        parts: set[int] = set()
+        for frame in frames:
+            before = len(groups)
+            _good_crops(step(frame), frame, cfg, feats, groups)
+            parts.update(groups[before:])
+            bar.update(1, f"{len(feats)} crops of {len(parts)} parts")
     if not feats:
         return _empty(encoder, level)
     g = np.asarray(groups, np.int64)
@@ -299,21 +293,35 @@ def good_samples_from_frames(frames: Iterable[Frame], cfg: Config, encoder: Enco
     return GoodSamples(np.stack([feats[i] for i in keep]).astype(np.float32), g[keep])
 
 
+def _good_crops(result: StepResult, frame: Frame, cfg: Config, feats: list[np.ndarray], groups: list[int]) -> None:
+    """Append the features of ``result``'s confirmed tracks seen whole in ``frame`` (one group per track)."""
+    assert result.embeddings is not None  # the step embeds parts
+    inside = edge_mask(result.detections.xyxy, frame.width, frame.height, cfg.anomaly.edge_margin)
+    rows = crop_features(result.embeddings, cfg.bank.level)
+    for obs in result.tracked.observations:
+        di = obs.detection_index
+        if obs.state == TrackState.CONFIRMED and di >= 0 and inside[di]:
+            feats.append(rows[di])
+            groups.append(obs.track_id)
+
+
 def good_samples_from_images(folder: Path, encoder: Encoder, level: str, batch: int = 32) -> GoodSamples:
     """Whole images of good parts (one part per image, one group per image)."""
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
     h, w = encoder.input_size
     feats: list[np.ndarray] = []
-    for start in range(0, len(files), batch):
-        imgs = []
-        for p in files[start:start + batch]:
-            img = cv2.imread(str(p), cv2.IMREAD_COLOR)
-            if img is None:
-                raise BankError(f"{p}: not a readable image; remove it or convert it to PNG/JPEG")
-            imgs.append(cv2.cvtColor(cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB))
-        arr = np.stack(imgs).astype(np.uint8, copy=False)
-        boxes = np.tile(np.array([[0, 0, w, h]], np.float32), (len(arr), 1))
-        feats.append(crop_features(encoder.embed(CropBatch(arr, boxes), with_patches=level == "patch"), level))
+    with Progress("bank: good images", len(files), "image") as bar:
+        for start in range(0, len(files), batch):
+            imgs = []
+            for p in files[start:start + batch]:
+                img = cv2.imread(str(p), cv2.IMREAD_COLOR)
+                if img is None:
+                    raise BankError(f"{p}: not a readable image; remove it or convert it to PNG/JPEG")
+                imgs.append(cv2.cvtColor(cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB))
+            arr = np.stack(imgs).astype(np.uint8, copy=False)
+            boxes = np.tile(np.array([[0, 0, w, h]], np.float32), (len(arr), 1))
+            feats.append(crop_features(encoder.embed(CropBatch(arr, boxes), with_patches=level == "patch"), level))
+            bar.update(len(arr))
     if not feats:
         return _empty(encoder, level)
     f = np.concatenate(feats)

@@ -43,6 +43,24 @@ HNSW_EF_SEARCH = 64
 PQ_BITS = 8
 
 
+SMALL_SEARCH = 1024
+
+
+def search(index: faiss.Index, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``index.search``; batches of fewer than :data:`SMALL_SEARCH` queries (a frame's crops and patches) run on
+    this thread alone. FAISS splits queries over OpenMP threads, and for a few hundred of them starting and syncing
+    the threads costs more than the search, the more so when other work (decoding, the encoder, other streams)
+    holds the cores. Large batches (calibration, evaluation) use every thread."""
+    if len(x) >= SMALL_SEARCH:
+        return index.search(x, k)
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)  # this thread's OpenMP setting only
+    try:
+        return index.search(x, k)
+    finally:
+        faiss.omp_set_num_threads(before)
+
+
 def auto_nlist(n: int) -> int:
     """IVF cells for ``n`` training vectors: about ``4 sqrt(n)``, with at least 39 vectors per cell (FAISS's
     rule of thumb for k-means) and at least one cell."""
@@ -167,7 +185,7 @@ class Bank:
         x = np.ascontiguousarray(vectors, dtype=np.float32)
         if len(x) == 0:
             return np.zeros(0, np.float32)
-        sq, _ = self.index.search(x, k)
+        sq, _ = search(self.index, x, k)
         return np.sqrt(np.maximum(sq, 0.0)).mean(axis=1).astype(np.float32)
 
     @property

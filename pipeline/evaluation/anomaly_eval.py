@@ -30,6 +30,7 @@ from pipeline.anomaly.calibrate import false_alarm_upper_bound, threshold_for_fa
 from pipeline.anomaly.maps import DEFAULT_SIGMA_PX, anomaly_maps, map_scores, mask_border
 from pipeline.encoder import Encoder
 from pipeline.evaluation.anomaly_metrics import Interval
+from pipeline.progress import Progress
 from pipeline.types import CropBatch
 
 log = logging.getLogger(__name__)
@@ -148,15 +149,17 @@ def image_patch_features(images: list[Path] | np.ndarray, encoder: Encoder, batc
                         "encoder (patch_stage > 0) or a model with a 'patches' output")
     h, w = encoder.input_size
     out: list[np.ndarray] = []
-    for start in range(0, len(images), batch):
-        chunk = images[start:start + batch]
-        imgs = np.stack([read_rgb(x, (h, w)) if isinstance(x, Path) else resize_image(x, (h, w)) for x in chunk])
-        boxes = np.tile(np.array([[0, 0, w, h]], np.float32), (len(imgs), 1))
-        emb = encoder.embed(CropBatch(imgs, boxes), with_patches=True)
-        assert emb.patches is not None
-        out.append(emb.patches)
-        if on_batch is not None:
-            on_batch(len(chunk))
+    with Progress("embedding images", len(images), "image") as bar:
+        for start in range(0, len(images), batch):
+            chunk = images[start:start + batch]
+            imgs = np.stack([read_rgb(x, (h, w)) if isinstance(x, Path) else resize_image(x, (h, w)) for x in chunk])
+            boxes = np.tile(np.array([[0, 0, w, h]], np.float32), (len(imgs), 1))
+            emb = encoder.embed(CropBatch(imgs, boxes), with_patches=True)
+            assert emb.patches is not None
+            out.append(emb.patches)
+            bar.update(len(chunk))
+            if on_batch is not None:
+                on_batch(len(chunk))
     return np.concatenate(out)
 
 

@@ -22,6 +22,7 @@ from pipeline.detect.motchallenge import MotDetectionFile
 from pipeline.encoder import Encoder
 from pipeline.evaluation.mot_peers import PeerRun
 from pipeline.evaluation.motchallenge import MotSequence
+from pipeline.progress import Progress
 from pipeline.sources import open_source
 from pipeline.step import FrameStep
 from pipeline.tracking.postprocess import interpolate_gaps, keep_confirmed
@@ -57,12 +58,14 @@ def track_sequence(seq: MotSequence, detections: MotDetectionFile, encoder: Enco
     candidates: list[tuple[float, ...]] = []  # tentative and confirmed, for the offline clean-up
     confirmed: set[int] = set()
     frames = crops = 0
+    bar = Progress(f"{seq.name}", seq.length, "frame")
     try:
         for frame in source:
             if frame.index >= seq.length:
                 break
             mot_frame = frame.index + 1
             result = step(frame)
+            bar.update()
             dets, out = result.detections, result.tracked
             crops += len(dets)
             frames += 1
@@ -79,6 +82,7 @@ def track_sequence(seq: MotSequence, detections: MotDetectionFile, encoder: Enco
             if on_frame is not None:
                 on_frame(FrameResult(frame, dets, out.observations))
     finally:
+        bar.close()
         source.close()
     tracker_s, embed_s = seconds["track"], seconds["crop"] + seconds["encode"]
     if frames < seq.length:

@@ -20,6 +20,7 @@ from encoders.data import IMAGE_EXTS, list_images
 from encoders.evaluate import EvaluationError, RankingResult, VerificationResult, evaluate_verification, rank_gallery
 from encoders.reid_data import MARKET_NAME, ReidDataError, load_reid_image
 from pipeline.encoder import OnnxEncoder
+from pipeline.progress import Progress
 from pipeline.types import CropBatch
 
 log = logging.getLogger(__name__)
@@ -72,10 +73,12 @@ class ReidEmbedder:
     def __call__(self, paths: tuple[Path, ...]) -> np.ndarray:
         h, w = self.size
         out = []
-        for start in range(0, len(paths), self.batch):
-            images = np.stack([self.load(p) for p in paths[start:start + self.batch]])
-            xyxy = np.tile(np.array([0, 0, w, h], np.float32), (len(images), 1))
-            out.append(self.encoder.embed(CropBatch(images, xyxy), with_patches=False).vectors)
+        with Progress("embedding crops", len(paths), "image") as bar:
+            for start in range(0, len(paths), self.batch):
+                images = np.stack([self.load(p) for p in paths[start:start + self.batch]])
+                xyxy = np.tile(np.array([0, 0, w, h], np.float32), (len(images), 1))
+                out.append(self.encoder.embed(CropBatch(images, xyxy), with_patches=False).vectors)
+                bar.update(len(images))
         return np.concatenate(out) if out else np.zeros((0, self.encoder.embedding_dim), np.float32)
 
 

@@ -284,3 +284,21 @@ def test_out_of_fold_scores_never_see_their_own_part() -> None:
     assert norm is not None and normalised.shape == oof.shape
     none, same = calibration_patch_scores(oof, groups, cell_norm=False)
     assert none is None and same is oof
+
+
+def test_small_searches_run_on_one_thread_with_the_same_answer() -> None:
+    import faiss
+
+    from pipeline.anomaly.bank import SMALL_SEARCH, search
+
+    rng = np.random.default_rng(0)
+    index = faiss.IndexFlatL2(16)
+    index.add(rng.random((500, 16), dtype=np.float32))
+    before = faiss.omp_get_max_threads()
+    for n in (3, SMALL_SEARCH + 5):
+        q = rng.random((n, 16), dtype=np.float32)
+        d, i = search(index, q, 2)
+        d0, i0 = index.search(q, 2)
+        np.testing.assert_array_equal(i, i0)
+        np.testing.assert_allclose(d, d0, rtol=1e-6)
+        assert faiss.omp_get_max_threads() == before  # the thread setting is given back
