@@ -22,7 +22,6 @@ from pipeline.anomaly.stage import AnomalyStage, edge_mask
 from pipeline.config import (
     AlertsConfig,
     Config,
-    ConfigError,
     DetectorConfig,
     EncoderConfig,
     OutputConfig,
@@ -58,10 +57,7 @@ def build_encoder(cfg: EncoderConfig, size: tuple[int, int] | None = None) -> En
     """The configured ONNX model, or the built-in pretrained EfficientNet-Lite0 exported once into the cache
     (at ``size`` ``(height, width)`` when given, for whole images, else ``input_size`` square crops).
     ``engine = "torch"`` runs the built-in network in PyTorch instead (same weights, same ``encoder_id``)."""
-    if cfg.engine == "torch":
-        if cfg.model:
-            raise ConfigError(f"[encoder] engine = 'torch' runs the built-in encoder, but model = {cfg.model!r} is "
-                              f"set; use engine = 'onnxruntime' for an ONNX model, or set model = \"\"")
+    if cfg.engine == "torch":  # with no model: EncoderConfig checks that
         from encoders.models import pretrained_lite0
 
         net = pretrained_lite0(stage=cfg.stage, pooling=cfg.pooling, patch_stage=cfg.patch_stage,
@@ -126,11 +122,8 @@ def build_detector(cfg: DetectorConfig) -> Detector:
 
 
 def build_tracker(cfg: TrackerConfig) -> Tracker:
-    """``[tracker]`` -> :class:`Tracker` (the same keys, but ``appearance_region``, ``color_weight`` and
-    ``reid_model``: what the tracker is fed)."""
-    args = asdict(cfg)
-    del args["appearance_region"], args["color_weight"], args["reid_model"]
-    return Tracker(**args)
+    """``[tracker]`` -> :class:`Tracker`, which takes the section as it is."""
+    return Tracker(cfg)
 
 
 def build_frame_step(cfg: Config, encoder: Encoder | None, detector: Detector, *, parts: bool,

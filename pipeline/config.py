@@ -13,7 +13,7 @@ import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import Any, ClassVar, get_args, get_origin, get_type_hints
 from urllib.parse import urlsplit
 
 from pipeline.redact import redact_url
@@ -34,8 +34,34 @@ def _f(default: Any, lo: float | None = None, hi: float | None = None,
     return field(default=default, metadata={"min": lo, "max": hi, "choices": choices})
 
 
+class _Section:
+    """A config section. It checks itself when built, however it is built (from a file, ``--set``, or in code):
+    every field against the range or choices in its ``metadata``, then the rules between its own keys
+    (:meth:`_check`). Rules that span sections are checked when the whole :class:`Config` is read."""
+
+    SECTION: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            where = f"[{self.SECTION}] {f.name}"
+            lo, hi, choices = f.metadata.get("min"), f.metadata.get("max"), f.metadata.get("choices")
+            if choices is not None and value not in choices:
+                raise ConfigError(f"{where}: got {value!r}, allowed: {', '.join(map(repr, choices))}")
+            for item in value if isinstance(value, tuple) else (value,):  # a list's range applies to each item
+                if (lo is not None and not item >= lo) or (hi is not None and not item <= hi):  # NaN is outside
+                    rng = f"{lo if lo is not None else '-inf'} .. {hi if hi is not None else 'inf'}"
+                    raise ConfigError(f"{where}: got {item!r}, allowed range {rng}")
+        self._check()
+
+    def _check(self) -> None:
+        """Rules between this section's own keys; raises :class:`ConfigError`."""
+
+
 @dataclass(frozen=True)
-class SourceConfig:
+class SourceConfig(_Section):
+
+    SECTION: ClassVar[str] = "source"
     uri: str = _f("")
     queue_size: int = _f(8, 1, 1024)
     reconnect_initial_s: float = _f(0.5, 0.01, 60.0)
@@ -50,8 +76,10 @@ DETECTOR_LAYOUTS: tuple[str, ...] = ("auto", "yolov5", "yolov8", "end2end")
 
 
 @dataclass(frozen=True)
-class DetectorConfig:
+class DetectorConfig(_Section):
     """``[detector]``: ``kind`` picks the detector; the keys after ``close_kernel`` are the ONNX detector's."""
+
+    SECTION: ClassVar[str] = "detector"
 
     kind: str = _f("background", choices=("background", "onnx"))
     history: int = _f(300, 1, 100_000)
@@ -74,8 +102,15 @@ class DetectorConfig:
     threads: int = _f(0, 0, 256)
 
 
+    def _check(self) -> None:
+        if self.kind == "onnx" and not self.model:
+            raise ConfigError("[detector] kind = 'onnx' needs model, the path of an ONNX detection model; set "
+                              "[detector] model or use kind = 'background'")
+
 @dataclass(frozen=True)
-class EncoderConfig:
+class EncoderConfig(_Section):
+
+    SECTION: ClassVar[str] = "encoder"
     model: str = _f("")
     cache_dir: str = _f("~/.cache/siamstream")
     engine: str = _f("onnxruntime", choices=("onnxruntime", "torch"))
@@ -90,11 +125,25 @@ class EncoderConfig:
     max_batch: int = _f(64, 1, 4096)
 
 
+    def _check(self) -> None:
+        if self.patch_stage > self.stage:
+            raise ConfigError(f"[encoder] patch_stage = {self.patch_stage} comes after stage = {self.stage}; allowed: "
+                              f"0 (no patches) .. {self.stage}")
+        if self.patch_detail_stage and not self.patch_detail_stage < self.patch_stage:
+            raise ConfigError(f"[encoder] patch_detail_stage = {self.patch_detail_stage} must come before "
+                              f"patch_stage = {self.patch_stage}; allowed: 0 (none) .. {max(self.patch_stage - 1, 0)}")
+        if self.engine == "torch" and self.model:
+            raise ConfigError(f"[encoder] engine = 'torch' runs the built-in encoder, but model = {self.model!r} is "
+                              f"set; allowed: engine = 'onnxruntime' for an ONNX model, or model = \"\" with "
+                              f"engine = 'torch'")
+
 @dataclass(frozen=True)
-class TrackerConfig:
+class TrackerConfig(_Section):
     """``[tracker]``: the arguments of :class:`pipeline.tracking.tracker.Tracker`, one for one, and
     ``appearance_region`` and ``color_weight``: which vectors the tracker is given
     (:mod:`pipeline.tracking.appearance`)."""
+
+    SECTION: ClassVar[str] = "tracker"
 
     appearance_weight: float = _f(0.5, 0.0, 1.0)
     max_cost: float = _f(0.7, 0.0, 2.0)
@@ -126,9 +175,19 @@ class TrackerConfig:
     color_weight: float = _f(0.0, 0.0, 1.0)
     reid_model: str = _f("")
 
+    def _check(self) -> None:
+        if self.low_score > self.high_score:
+            raise ConfigError(f"[tracker] low_score = {self.low_score} is above high_score = {self.high_score}; "
+                              f"allowed: low_score <= high_score")
+        if 0 < self.max_height_ratio < 1:
+            raise ConfigError(f"[tracker] max_height_ratio = {self.max_height_ratio} is a factor between heights and "
+                              f"cannot be below 1; allowed: 0 (off) or >= 1, e.g. 1.7")
+
 
 @dataclass(frozen=True)
-class AnomalyConfig:
+class AnomalyConfig(_Section):
+
+    SECTION: ClassVar[str] = "anomaly"
     bank: str = _f("")
     min_frames: int = _f(3, 1, 10_000)
     aggregate: str = _f("median", choices=("median", "mean", "max"))
@@ -140,7 +199,9 @@ class AnomalyConfig:
 
 
 @dataclass(frozen=True)
-class BankConfig:
+class BankConfig(_Section):
+
+    SECTION: ClassVar[str] = "bank"
     level: str = _f("patch", choices=("patch", "global"))
     k: int = _f(1, 1, 256)
     index: str = _f("flat", choices=("flat", "hnsw", "ivf-flat", "ivf-pq"))
@@ -156,7 +217,9 @@ class BankConfig:
 
 
 @dataclass(frozen=True)
-class OutputConfig:
+class OutputConfig(_Section):
+
+    SECTION: ClassVar[str] = "output"
     dir: str = _f("runs/latest")
     video: bool = _f(True)
     events: bool = _f(True)
@@ -168,16 +231,25 @@ class OutputConfig:
     progress_every_s: float = _f(5.0, 0.0, 3600.0)
 
 
+    def _check(self) -> None:
+        if len(self.video_fourcc) != 4:
+            raise ConfigError(f"[output] video_fourcc: got {self.video_fourcc!r}, allowed: a 4-character codec code "
+                              f"such as 'mp4v' or 'MJPG'")
+
 @dataclass(frozen=True)
-class MetricsConfig:
+class MetricsConfig(_Section):
+
+    SECTION: ClassVar[str] = "metrics"
     enabled: bool = _f(True)
     address: str = _f("127.0.0.1")
     port: int = _f(9108, 0, 65535)
 
 
 @dataclass(frozen=True)
-class AlertsConfig:
+class AlertsConfig(_Section):
     """``[alerts]``: push each flagged part to a webhook and/or an MQTT broker (:mod:`pipeline.alerts`)."""
+
+    SECTION: ClassVar[str] = "alerts"
 
     webhook_url: str = _f("")
     webhook_timeout_s: float = _f(5.0, 0.1, 300.0)
@@ -203,8 +275,10 @@ TRAIN_LOSSES: tuple[str, ...] = ("triplet_batch_hard", "triplet_soft", "triplet_
 
 
 @dataclass(frozen=True)
-class TrainingConfig:
+class TrainingConfig(_Section):
     """``[train]``: the keys of :class:`encoders.train.TrainConfig`, one for one."""
+
+    SECTION: ClassVar[str] = "train"
 
     backbone: str = _f("small-cnn", choices=("small-cnn", "efficientnet-lite0"))
     stage: int = _f(5, 1, 7)
@@ -238,8 +312,10 @@ class TrainingConfig:
 
 
 @dataclass(frozen=True)
-class ReidConfig:
+class ReidConfig(_Section):
     """``[reid]``: the keys of :class:`encoders.reid_train.ReidTrainConfig` (``siamstream train --recipe reid``)."""
+
+    SECTION: ClassVar[str] = "reid"
 
     backbone: str = _f("efficientnet-lite0", choices=("efficientnet-lite0", "small-cnn"))
     stage: int = _f(7, 1, 7)
@@ -335,17 +411,11 @@ def _build_section(cls: type, raw: dict[str, Any], origin: str, section: str) ->
         if key not in hints:
             raise ConfigError(f"{origin}: unknown key [{section}] {key!r}{_suggest(key, names)}; "
                               f"allowed keys: {', '.join(names)}")
-        f = next(f for f in dataclasses.fields(cls) if f.name == key)
-        value = _coerce(value, hints[key], where)
-        lo, hi, choices = f.metadata.get("min"), f.metadata.get("max"), f.metadata.get("choices")
-        if choices is not None and value not in choices:
-            raise ConfigError(f"{where}: got {value!r}, allowed: {', '.join(map(repr, choices))}")
-        for item in value if isinstance(value, tuple) else (value,):  # a list's range applies to each item
-            if (lo is not None and item < lo) or (hi is not None and item > hi):
-                rng = f"{lo if lo is not None else '-inf'} .. {hi if hi is not None else 'inf'}"
-                raise ConfigError(f"{where}: got {item!r}, allowed range {rng}")
-        values[key] = value
-    return cls(**values)
+        values[key] = _coerce(value, hints[key], where)
+    try:
+        return cls(**values)  # checks its ranges, choices and own rules
+    except ConfigError as exc:
+        raise ConfigError(f"{origin}: {exc}") from None
 
 
 def parse_override(text: str) -> tuple[str, str, Any]:
@@ -411,29 +481,6 @@ def _check_together(cfg: Config, origin: str) -> None:
         raise ConfigError(f"{origin}: [reid] freeze_stages = {cfg.reid.freeze_stages} with backbone = "
                           f"{cfg.reid.backbone!r}, stage = {cfg.reid.stage}; allowed: 0 .. stage - 1 with "
                           f"efficientnet-lite0, 0 with small-cnn")
-    if cfg.encoder.patch_stage > cfg.encoder.stage:
-        raise ConfigError(f"{origin}: [encoder] patch_stage = {cfg.encoder.patch_stage} comes after stage = "
-                          f"{cfg.encoder.stage}; allowed: 0 (no patches) .. {cfg.encoder.stage}")
-    if cfg.encoder.patch_detail_stage and not cfg.encoder.patch_detail_stage < cfg.encoder.patch_stage:
-        raise ConfigError(f"{origin}: [encoder] patch_detail_stage = {cfg.encoder.patch_detail_stage} must come before "
-                          f"patch_stage = {cfg.encoder.patch_stage}; allowed: 0 (none) .. "
-                          f"{max(cfg.encoder.patch_stage - 1, 0)}")
-    if cfg.encoder.engine == "torch" and cfg.encoder.model:
-        raise ConfigError(f"{origin}: [encoder] engine = 'torch' runs the built-in encoder, but model = "
-                          f"{cfg.encoder.model!r} is set; allowed: engine = 'onnxruntime' for an ONNX model, or "
-                          f"model = \"\" with engine = 'torch'")
-    if len(cfg.output.video_fourcc) != 4:
-        raise ConfigError(f"{origin}: [output] video_fourcc: got {cfg.output.video_fourcc!r}, allowed: a 4-character "
-                          f"codec code such as 'mp4v' or 'MJPG'")
-    if cfg.detector.kind == "onnx" and not cfg.detector.model:
-        raise ConfigError(f"{origin}: [detector] kind = 'onnx' needs model, the path of an ONNX detection model; "
-                          f"set [detector] model or use kind = 'background'")
-    if cfg.tracker.low_score > cfg.tracker.high_score:
-        raise ConfigError(f"{origin}: [tracker] low_score = {cfg.tracker.low_score} is above high_score = "
-                          f"{cfg.tracker.high_score}; allowed: low_score <= high_score")
-    if 0 < cfg.tracker.max_height_ratio < 1:
-        raise ConfigError(f"{origin}: [tracker] max_height_ratio = {cfg.tracker.max_height_ratio} is a factor between "
-                          f"heights and cannot be below 1; allowed: 0 (off) or >= 1, e.g. 1.7")
     if cfg.train.epochs == 0 and not (cfg.train.whiten and cfg.train.embedding_dim == 0):
         raise ConfigError(f"{origin}: [train] epochs = 0 trains nothing: it needs whiten = true and embedding_dim = 0 "
                           f"(a whitening head fitted in closed form on the pretrained features); allowed: epochs >= 1, "

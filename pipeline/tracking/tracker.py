@@ -40,9 +40,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.config import TrackerConfig
 from pipeline.tracking import kalman
 from pipeline.tracking.matching import (
-    APPEARANCE_MODES,
     GATED,
     appearance_cost,
     distinctive,
@@ -56,12 +56,11 @@ from pipeline.tracking.matching import (
     iou_cost,
     linear_assignment,
 )
-from pipeline.tracking.motion import CMC_METHODS, CameraMotion
+from pipeline.tracking.motion import CameraMotion
 from pipeline.types import Detections, Embeddings, TrackObservation, TrackState
 
 log = logging.getLogger(__name__)
 
-FUSIONS = ("weighted", "min")
 
 
 @dataclass
@@ -102,7 +101,9 @@ class Tracker:
     """Appearance + motion multi-object tracker. ``update()`` once per frame, in timestamp order;
     ``reset()`` to reuse; ``flush()`` at the end of a stream.
 
-    Args:
+    Takes its config section, ``cfg`` (:class:`~pipeline.config.TrackerConfig`, ``[tracker]``), checked when it was
+    built; ``appearance_region``, ``color_weight`` and ``reid_model`` there say what the tracker is fed, not how it
+    tracks. Its keys:
         appearance_weight: weight of the appearance distance vs ``1 - IoU`` in the first pass
             (``fusion = "weighted"``).
         max_cost: pairs of the first pass costing more stay unmatched.
@@ -142,64 +143,32 @@ class Tracker:
             object, and the younger is removed (ByteTrack: 0.85); 0 = off.
     """
 
-    def __init__(self, appearance_weight: float = 0.5, max_cost: float = 0.7, max_cosine_distance: float = 0.35,
-                 min_iou: float = 0.05, min_hits: int = 3, max_lost_seconds: float = 2.0,
-                 gallery_momentum: float = 0.8, high_score: float = 0.5, low_score: float = 0.1,
-                 new_track_score: float = 0.5, low_min_iou: float = 0.5, appearance: str = "ema",
-                 gallery_size: int = 30, fusion: str = "weighted", max_mahalanobis: float = kalman.CHI2_95[4],
-                 reid_max_cosine_distance: float = 0.2, reid_margin: float = 0.1, reid_max_speed: float = 2.0,
-                 max_height_ratio: float = 1.7, kalman_fps: float = 30.0,
-                 std_weight_position: float = 0.05, std_weight_velocity: float = 1.0 / 160.0,
-                 nsa: bool = False, cmc: str = "none", cmc_downscale: float = 2.0,
-                 duplicate_iou: float = 0.0) -> None:
-        for name, value in (("appearance_weight", appearance_weight), ("gallery_momentum", gallery_momentum),
-                            ("min_iou", min_iou), ("low_min_iou", low_min_iou), ("high_score", high_score),
-                            ("low_score", low_score), ("new_track_score", new_track_score)):
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} must be in [0, 1], got {value}")
-        if low_score > high_score:
-            raise ValueError(f"low_score ({low_score}) must be <= high_score ({high_score})")
-        if min_hits < 1 or gallery_size < 1:
-            raise ValueError(f"min_hits and gallery_size must be >= 1, got {min_hits} and {gallery_size}")
-        for name, value in (("max_cost", max_cost), ("max_cosine_distance", max_cosine_distance),
-                            ("max_lost_seconds", max_lost_seconds), ("max_mahalanobis", max_mahalanobis),
-                            ("reid_max_cosine_distance", reid_max_cosine_distance), ("reid_margin", reid_margin),
-                            ("reid_max_speed", reid_max_speed), ("max_height_ratio", max_height_ratio)):
-            if not (np.isfinite(value) and value >= 0.0):
-                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
-        if appearance not in APPEARANCE_MODES:
-            raise ValueError(f"appearance must be one of {', '.join(APPEARANCE_MODES)}, got {appearance!r}")
-        if fusion not in FUSIONS:
-            raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}, got {fusion!r}")
-        if cmc not in CMC_METHODS:
-            raise ValueError(f"cmc must be one of {', '.join(CMC_METHODS)}, got {cmc!r}")
-        self.appearance_weight = appearance_weight
-        self.max_cost = max_cost
-        self.max_cosine_distance = max_cosine_distance
-        self.min_iou = min_iou
-        self.min_hits = min_hits
-        self.max_lost_seconds = max_lost_seconds
-        self.gallery_momentum = gallery_momentum
-        self.high_score = high_score
-        self.low_score = low_score
-        self.new_track_score = new_track_score
-        self.low_min_iou = low_min_iou
-        self.appearance = appearance
-        self.gallery_size = gallery_size
-        self.fusion = fusion
-        self.max_mahalanobis = max_mahalanobis
-        self.reid_max_cosine_distance = reid_max_cosine_distance
-        self.reid_margin = reid_margin
-        self.reid_max_speed = reid_max_speed
-        if 0 < max_height_ratio < 1:
-            raise ValueError(f"max_height_ratio must be >= 1 (or 0 = off), got {max_height_ratio}")
-        self.max_height_ratio = max_height_ratio
-        self.kalman_params = kalman.KalmanParams(std_weight_position, std_weight_velocity, kalman_fps)
-        self.nsa = nsa
-        self._cmc = CameraMotion(cmc, cmc_downscale) if cmc != "none" else None
-        if not 0.0 <= duplicate_iou <= 1.0:
-            raise ValueError(f"duplicate_iou must be in [0, 1] (0 = off), got {duplicate_iou}")
-        self.duplicate_iou = duplicate_iou
+    def __init__(self, cfg: TrackerConfig | None = None) -> None:
+        cfg = cfg if cfg is not None else TrackerConfig()  # checked when it was built
+        self.cfg = cfg
+        self.appearance_weight = cfg.appearance_weight
+        self.max_cost = cfg.max_cost
+        self.max_cosine_distance = cfg.max_cosine_distance
+        self.min_iou = cfg.min_iou
+        self.min_hits = cfg.min_hits
+        self.max_lost_seconds = cfg.max_lost_seconds
+        self.gallery_momentum = cfg.gallery_momentum
+        self.high_score = cfg.high_score
+        self.low_score = cfg.low_score
+        self.new_track_score = cfg.new_track_score
+        self.low_min_iou = cfg.low_min_iou
+        self.appearance = cfg.appearance
+        self.gallery_size = cfg.gallery_size
+        self.fusion = cfg.fusion
+        self.max_mahalanobis = cfg.max_mahalanobis
+        self.reid_max_cosine_distance = cfg.reid_max_cosine_distance
+        self.reid_margin = cfg.reid_margin
+        self.reid_max_speed = cfg.reid_max_speed
+        self.max_height_ratio = cfg.max_height_ratio
+        self.kalman_params = kalman.KalmanParams(cfg.std_weight_position, cfg.std_weight_velocity, cfg.kalman_fps)
+        self.nsa = cfg.nsa
+        self._cmc = CameraMotion(cfg.cmc, cfg.cmc_downscale) if cfg.cmc != "none" else None
+        self.duplicate_iou = cfg.duplicate_iou
         self.reset()
 
     def reset(self) -> None:

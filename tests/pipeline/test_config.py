@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ def test_shipped_config_documents_every_key() -> None:
     cfg = Config()
     for section in cfg.__dataclass_fields__:
         assert f"[{section}]" in text
-        for key in getattr(cfg, section).__dataclass_fields__:
+        for key in (f.name for f in dataclasses.fields(getattr(cfg, section))):
             line = next((ln for ln in text.splitlines() if ln.startswith(f"{key} =")), None)
             assert line is not None, f"{section}.{key} missing from config.toml"
             assert "#" in line, f"{section}.{key} has no comment"

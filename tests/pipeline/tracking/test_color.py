@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from pipeline.config import TrackerConfig
 from pipeline.tracking.appearance import tracking_embeddings, with_color
 from pipeline.tracking.color import color_dim, color_histograms
 from pipeline.tracking.matching import cosine_distance_matrix
@@ -107,7 +108,8 @@ def test_colour_keeps_two_look_alike_shapes_apart_where_motion_cannot_tell() -> 
     colour each keeps its own."""
     ids: dict[float, list[tuple[int, tuple[int, int, int]]]] = {}
     for weight in (0.0, 0.5):
-        tracker = Tracker(min_hits=1, min_iou=0.0, max_mahalanobis=0.0, max_cost=2.0, max_cosine_distance=2.0)
+        tracker = Tracker(TrackerConfig(min_hits=1, min_iou=0.0, max_mahalanobis=0.0, max_cost=2.0,
+                                        max_cosine_distance=2.0))
         seen = []
         for t, (xr, xb) in enumerate([(40, 100), (56, 84), (84, 56)]):
             img = canvas()

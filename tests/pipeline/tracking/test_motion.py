@@ -4,6 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
+from pipeline.config import TrackerConfig
 from pipeline.tracking.motion import CameraMotion, feature_mask, identity_warp, upscale_warp
 from pipeline.tracking.tracker import Tracker
 from pipeline.types import Detections, Embeddings
@@ -91,7 +92,7 @@ def test_tracker_compensates_a_camera_jump(texture: np.ndarray) -> None:
     """A still object; the camera jumps 24 px between two frames. Its box jumps too: without compensation
     the prediction no longer overlaps it and the track is lost; with it, the id is kept."""
     def run(cmc: str) -> list[int]:
-        t = Tracker(cmc=cmc, cmc_downscale=2.0, min_hits=1, reid_max_cosine_distance=0.0)
+        t = Tracker(TrackerConfig(cmc=cmc, cmc_downscale=2.0, min_hits=1, reid_max_cosine_distance=0.0))
         ids = []
         shift = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
         for i in range(10):

@@ -1,11 +1,9 @@
 from __future__ import annotations
 
-import dataclasses
-import inspect
-
 import numpy as np
 import pytest
 
+from pipeline.config import ConfigError, TrackerConfig
 from pipeline.tracking.tracker import Tracker, TrackerOutput
 from pipeline.types import Detections, Embeddings, TrackState
 
@@ -25,7 +23,7 @@ def ids(out) -> list[int]:  # type: ignore[no-untyped-def]
 
 
 def test_two_boxes_two_frames_keep_ids() -> None:
-    t = Tracker(min_hits=1)
+    t = Tracker(TrackerConfig(min_hits=1))
     a = t.update(dets([0, 0, 10, 10], [50, 50, 60, 60]), emb([1, 0], [0, 1]), 0.0)
     b = t.update(dets([51, 51, 61, 61], [1, 1, 11, 11]), emb([0, 1], [1, 0]), 0.1)
     assert ids(a) == [1, 2]
@@ -36,14 +34,14 @@ def test_two_boxes_two_frames_keep_ids() -> None:
 def test_crossing_parts_told_apart_by_appearance() -> None:
     # Two parts swap places between frames in a way overlap alone gets wrong: each new box overlaps
     # the other track's old box more. Appearance keeps the identities.
-    t = Tracker(min_hits=1, appearance_weight=0.7, min_iou=0.0, max_cost=1.0)
+    t = Tracker(TrackerConfig(min_hits=1, appearance_weight=0.7, min_iou=0.0, max_cost=1.0))
     t.update(dets([0, 0, 20, 20], [12, 0, 32, 20]), emb([1, 0, 0], [0, 1, 0]), 0.0)
     out = t.update(dets([10, 0, 30, 20], [2, 0, 22, 20]), emb([1, 0, 0], [0, 1, 0]), 0.1)
     assert {o.detection_index: o.track_id for o in out.observations} == {0: 1, 1: 2}
 
 
 def test_lifecycle_tentative_confirmed_lost_removed() -> None:
-    t = Tracker(min_hits=3, max_lost_seconds=0.25)
+    t = Tracker(TrackerConfig(min_hits=3, max_lost_seconds=0.25))
     box, e = [0, 0, 10, 10], [1, 0]
     states = []
     for i in range(3):
@@ -61,7 +59,7 @@ def test_lifecycle_tentative_confirmed_lost_removed() -> None:
 
 
 def test_tentative_track_removed_at_first_miss_and_ids_never_reused() -> None:
-    t = Tracker(min_hits=3)
+    t = Tracker(TrackerConfig(min_hits=3))
     t.update(dets([0, 0, 10, 10]), emb([1, 0]), 0.0)
     out = t.update(Detections.empty(), Embeddings(np.zeros((0, 2))), 0.1)
     assert out.observations == [] and out.ended == []
@@ -71,7 +69,7 @@ def test_tentative_track_removed_at_first_miss_and_ids_never_reused() -> None:
 
 def test_constant_velocity_prediction_bridges_a_gap() -> None:
     # A part moving 10 px per 0.1 s is missed for one frame; the prediction still overlaps it.
-    t = Tracker(min_hits=1, max_lost_seconds=1.0, min_iou=0.3)
+    t = Tracker(TrackerConfig(min_hits=1, max_lost_seconds=1.0, min_iou=0.3))
     for i in range(3):
         t.update(dets([10 * i, 0, 10 * i + 20, 20]), emb([1, 0]), 0.1 * i)
     t.update(Detections.empty(), Embeddings(np.zeros((0, 2))), 0.3)
@@ -80,18 +78,18 @@ def test_constant_velocity_prediction_bridges_a_gap() -> None:
 
 
 def test_reset_and_validation() -> None:
-    t = Tracker(min_hits=1)
+    t = Tracker(TrackerConfig(min_hits=1))
     t.update(dets([0, 0, 10, 10]), emb([1, 0]), 0.0)
     t.reset()
     assert ids(t.update(dets([0, 0, 10, 10]), emb([1, 0]), 0.0)) == [1]
     with pytest.raises(ValueError, match="2 detections but 1 embeddings"):
         t.update(dets([0, 0, 1, 1], [2, 2, 3, 3]), emb([1, 0]), 0.1)
     with pytest.raises(ValueError, match="appearance_weight"):
-        Tracker(appearance_weight=2.0)
+        Tracker(TrackerConfig(appearance_weight=2.0))
 
 
 def test_memory_bounded_over_long_run() -> None:
-    t = Tracker(min_hits=2, max_lost_seconds=0.2)
+    t = Tracker(TrackerConfig(min_hits=2, max_lost_seconds=0.2))
     rng = np.random.default_rng(0)
     for i in range(2000):  # a new part every frame somewhere random: tracks must be removed, not kept
         x = float(rng.uniform(0, 1000))
@@ -148,9 +146,9 @@ def test_objects_that_meet_and_turn_back_are_told_apart_by_appearance() -> None:
     go = [100.0 + 10.0 * i for i in range(15)]
     path_a = go + go[-2::-1]
     path_b = [2 * go[-1] - x + 4.0 for x in path_a]
-    ids_a, ids_b = run_two(Tracker(appearance_weight=0.7, max_mahalanobis=0.0), path_a, path_b)
+    ids_a, ids_b = run_two(Tracker(TrackerConfig(appearance_weight=0.7, max_mahalanobis=0.0)), path_a, path_b)
     assert len(ids_a) == 1 and len(ids_b) == 1 and ids_a != ids_b
-    motion_a, motion_b = run_two(Tracker(appearance_weight=0.0, max_mahalanobis=0.0), path_a, path_b)
+    motion_a, motion_b = run_two(Tracker(TrackerConfig(appearance_weight=0.0, max_mahalanobis=0.0)), path_a, path_b)
     assert len(motion_a) > 1 or len(motion_b) > 1  # the scenario does need appearance
 
 
@@ -184,8 +182,8 @@ def test_reentry_after_long_absence_is_reidentified_by_appearance() -> None:
         return id_of(out, 0)
 
     assert scenario(Tracker()) == 1
-    assert scenario(Tracker(reid_max_cosine_distance=0.0)) == 3  # without re-identification: a new id
-    assert scenario(Tracker(reid_max_speed=0.5)) == 3  # too far for 1.5 s at half a height per second
+    assert scenario(Tracker(TrackerConfig(reid_max_cosine_distance=0.0))) == 3  # without re-identification: a new id
+    assert scenario(Tracker(TrackerConfig(reid_max_speed=0.5))) == 3  # too far for 1.5 s at half a height per second
 
 
 def test_a_lost_track_is_not_found_again_by_a_box_of_another_size() -> None:
@@ -201,13 +199,14 @@ def test_a_lost_track_is_not_found_again_by_a_box_of_another_size() -> None:
         return id_of(out, 0), out.observations[0].state
 
     assert scenario(Tracker(), 90.0) == (1, TrackState.CONFIRMED)  # 1.5 times taller: may be the same person
-    assert scenario(Tracker(max_height_ratio=0.0), 160.0) == (1, TrackState.CONFIRMED)  # the gate off: taken
+    # the gate off: taken
+    assert scenario(Tracker(TrackerConfig(max_height_ratio=0.0)), 160.0) == (1, TrackState.CONFIRMED)
     found, state = scenario(Tracker(), 160.0)  # 2.7 times taller: a new track, the lost one stays lost
     assert found == 2 and state == TrackState.LOST
     assert scenario(Tracker(), 30.0)[0] == 2  # and half as tall likewise
     for bad in (0.5, -1.0, float("nan")):
         with pytest.raises(ValueError, match="max_height_ratio"):
-            Tracker(max_height_ratio=bad)
+            Tracker(TrackerConfig(max_height_ratio=bad))
 
 
 def test_reidentification_refused_when_appearance_is_ambiguous() -> None:
@@ -237,13 +236,13 @@ def test_low_score_detections_keep_a_track_alive_but_start_none() -> None:
 
 
 def test_new_track_score_gates_track_births() -> None:
-    t = Tracker(high_score=0.5, new_track_score=0.8, min_hits=1)
+    t = Tracker(TrackerConfig(high_score=0.5, new_track_score=0.8, min_hits=1))
     out = t.update(*frame([box(100, 100), box(300, 100)], [A, B], conf=[0.7, 0.9]), 0.0)
     assert id_of(out, 0) is None and id_of(out, 1) == 1
 
 
 def test_classes_are_tracked_separately() -> None:
-    t = Tracker(min_hits=1)
+    t = Tracker(TrackerConfig(min_hits=1))
     for i in range(5):  # a person and a bag at the same place, looking alike
         out = t.update(*frame([box(100.0 + 5 * i, 100)] * 2, [A, A], cls=[0, 1]), i / 10)
         assert (id_of(out, 0), id_of(out, 1)) == (1, 2)
@@ -254,7 +253,7 @@ def test_classes_are_tracked_separately() -> None:
 
 
 def test_detections_without_embedding_are_tracked_by_motion() -> None:
-    t = Tracker(min_hits=1)
+    t = Tracker(TrackerConfig(min_hits=1))
     t.update(*frame([box(100, 100)], [A]), 0.0)
     for i in range(1, 6):
         out = t.update(*frame([box(100.0 + 5 * i, 100)], [[0.0, 0.0, 0.0, 0.0]]), i / 10)
@@ -282,7 +281,7 @@ def test_time_not_frame_count_drives_motion() -> None:
 
 
 def test_memory_bounded_with_galleries() -> None:
-    t = Tracker(appearance="gallery", gallery_size=5, min_hits=2, max_lost_seconds=0.5)
+    t = Tracker(TrackerConfig(appearance="gallery", gallery_size=5, min_hits=2, max_lost_seconds=0.5))
     rng = np.random.default_rng(1)
     most = 0
     for i in range(1500):  # parts pass by: each is seen 20 frames, then leaves; one starts every 4 frames
@@ -303,7 +302,7 @@ def test_duplicate_track_on_a_lost_track_is_removed() -> None:
     # A track is lost for a frame; then a box at its place whose look is far from the track's starts a second
     # track there (the appearance gate keeps the two apart), while the lost track still stands on it.
     def run(duplicate_iou: float) -> tuple[list[TrackerOutput], Tracker]:
-        t = Tracker(min_hits=1, duplicate_iou=duplicate_iou)
+        t = Tracker(TrackerConfig(min_hits=1, duplicate_iou=duplicate_iou))
         outs = [t.update(dets([0, 0, 10, 20]), emb([1, 0]), i * 0.1) for i in range(3)]
         outs.append(t.update(Detections.empty(), Embeddings(np.zeros((0, 2))), 0.3))
         outs.append(t.update(dets([0, 0, 10, 20]), emb([0, 1]), 0.4))
@@ -316,14 +315,14 @@ def test_duplicate_track_on_a_lost_track_is_removed() -> None:
     assert outs[-1].started == [] and outs[-1].observations[0].track_id == 1
     assert outs[-1].observations[0].state == TrackState.LOST
     with pytest.raises(ValueError, match="duplicate_iou"):
-        Tracker(duplicate_iou=1.5)
+        Tracker(TrackerConfig(duplicate_iou=1.5))
 
 
 def test_younger_lost_duplicate_of_a_seen_track_is_removed_and_reported_ended() -> None:
     # A second track starts on a box beside an older track's and is lost the next frame, its prediction lying on
     # the older track's box: the younger (lost) one is removed and reported as ended, the older one goes on.
     def run(duplicate_iou: float) -> tuple[TrackerOutput, Tracker]:
-        t = Tracker(min_hits=1, duplicate_iou=duplicate_iou)
+        t = Tracker(TrackerConfig(min_hits=1, duplicate_iou=duplicate_iou))
         for i in range(3):
             t.update(dets([0, 0, 10, 20]), emb([1, 0]), i * 0.1)
         started = t.update(dets([0, 0, 10, 20], [0.5, 0, 10.5, 20]), emb([1, 0], [0, 1]), 0.3)
@@ -337,25 +336,18 @@ def test_younger_lost_duplicate_of_a_seen_track_is_removed_and_reported_ended() 
 
 
 def test_invalid_options_name_the_valid_ones() -> None:
-    for kwargs, pattern in [({"appearance": "mean"}, "ema, gallery"), ({"fusion": "max"}, "weighted, min"),
-                            ({"cmc": "orb"}, "none, sparse, ecc"), ({"low_score": 0.6, "high_score": 0.5},
-                                                                    "low_score"),
+    for kwargs, pattern in [({"appearance": "mean"}, "'ema', 'gallery'"), ({"fusion": "max"}, "'weighted', 'min'"),
+                            ({"cmc": "orb"}, "'none', 'sparse', 'ecc'"), ({"low_score": 0.6, "high_score": 0.5},
+                                                                          "low_score"),
                             ({"gallery_size": 0}, "gallery_size"), ({"max_mahalanobis": -1.0}, "max_mahalanobis")]:
-        with pytest.raises(ValueError, match=pattern):
-            Tracker(**kwargs)  # type: ignore[arg-type]
+        with pytest.raises(ConfigError, match=pattern):  # the section checks itself: the tracker takes it as is
+            TrackerConfig(**kwargs)  # type: ignore[arg-type]
 
 
-def test_config_keys_are_the_tracker_arguments() -> None:
+def test_the_tracker_takes_its_config_section() -> None:
     from pipeline.app import build_tracker
-    from pipeline.config import TrackerConfig
 
-    params = inspect.signature(Tracker).parameters
-    fields = {f.name: f.default for f in dataclasses.fields(TrackerConfig)}
-    # appearance_region, color_weight and reid_model say which vectors the tracker is fed; not its own arguments
-    assert fields.pop("appearance_region") == "crop"
-    assert fields.pop("color_weight") == 0.0
-    assert fields.pop("reid_model") == ""
-    assert set(fields) == set(params)
-    for name, default in fields.items():
-        assert params[name].default == pytest.approx(default), name
-    assert isinstance(build_tracker(TrackerConfig()), Tracker)
+    cfg = TrackerConfig(min_hits=1, max_lost_seconds=0.5, cmc="sparse")
+    tracker = build_tracker(cfg)
+    assert tracker.cfg is cfg and tracker.min_hits == 1 and tracker.max_lost_seconds == 0.5
+    assert Tracker().cfg == TrackerConfig()  # the defaults are the section's (config.toml's)
