@@ -9,7 +9,10 @@
 
 from __future__ import annotations
 
+import csv
 import logging
+import math
+import statistics
 import threading
 from collections import Counter, defaultdict
 from collections.abc import Iterator
@@ -25,11 +28,12 @@ from pipeline.metrics import PipelineMetrics, serve, write_snapshot
 from pipeline.runner import RunSummary, run, stop_on_signals
 from pipeline.sinks import EvidenceSink, check_writable_dir, draw_annotations
 from pipeline.synthetic import ProductionLineScene, SceneConfig
-from pipeline.types import Frame, FrameResult
+from pipeline.types import Frame, FrameResult, TrackState
 
 log = logging.getLogger(__name__)
 
 FLAGGED_FRAME = "first_flagged.png"
+PART_SCORES = "parts.csv"
 MIN_VISIBLE_FRAMES = 15  # parts seen fully for fewer frames than this (scene start/end) are not counted
 
 
@@ -100,7 +104,7 @@ class DemoResult:
         if self.missed:
             lines.append("missed       " + ", ".join(f"part {p} ({d})" for p, d in self.missed))
         lines.append(f"outputs      {self.out}: annotated video, events.jsonl, tracks.txt, evidence/, bank/, "
-                     f"metrics.prom")
+                     f"metrics.prom, parts.csv (each track's scores against the truth)")
         look = [(self.video, "the annotated video: boxes, track ids, verdicts and anomaly maps"),
                 (self.flagged_frame, "the frame the first defective part was flagged in"),
                 (self.sheet, "the flagged parts, each beside its anomaly map")]
@@ -153,6 +157,7 @@ def run_demo(cfg: Config, out: Path, frames: int = 600, bank_frames: int = 1200,
     sinks = app.build_sinks(cfg.output, out, scene.cfg.fps, evidence_dir=pipeline.evidence_dir)
 
     votes: dict[int, Counter[int | None]] = defaultdict(Counter)
+    scores: dict[int, list[float]] = defaultdict(list)  # each confirmed track's scored frames
 
     first_flag = out / FLAGGED_FRAME
     first_flag.unlink(missing_ok=True)
@@ -161,6 +166,8 @@ def run_demo(cfg: Config, out: Path, frames: int = 600, bank_frames: int = 1200,
         for obs in result.tracks:
             if obs.detection_index >= 0:
                 votes[obs.track_id][scene.part_at(result.frame.index, obs.xyxy)] += 1
+                if obs.state == TrackState.CONFIRMED and math.isfinite(obs.score):
+                    scores[obs.track_id].append(obs.score)
         if result.events and not first_flag.exists():  # the annotated frame the first part was flagged in
             cv2.imwrite(str(first_flag), draw_annotations(result.frame.image, result))
 
@@ -174,6 +181,8 @@ def run_demo(cfg: Config, out: Path, frames: int = 600, bank_frames: int = 1200,
 
     truth = _eligible_parts(scene)
     track_part = {t: c.most_common(1)[0][0] for t, c in votes.items()}
+    _write_part_scores(out / PART_SCORES, scores, track_part, truth, set(summary.flagged), bank.meta.threshold,
+                       cfg.anomaly.min_frames)
     flagged_parts = {t: track_part.get(t) for t in summary.flagged}
     flagged_ids = {p for p in flagged_parts.values() if p is not None}
     defective = {p: d for p, d in truth.items() if d is not None}
@@ -190,6 +199,24 @@ def run_demo(cfg: Config, out: Path, frames: int = 600, bank_frames: int = 1200,
         by_defect=by_defect, bank_size=len(bank), threshold=bank.meta.threshold, metrics_url=url,
         video=_first_video(out), flagged_frame=first_flag if first_flag.is_file() else None,
         sheet=next((s.sheet_path for s in sinks if isinstance(s, EvidenceSink) and s.sheet_path.is_file()), None))
+
+
+def _write_part_scores(path: Path, scores: dict[int, list[float]], track_part: dict[int, int | None],
+                       truth: dict[int, str | None], flagged: set[int], threshold: float, min_frames: int) -> None:
+    """One row per scored track: the part it followed and that part's truth, its median score (the verdict's
+    aggregate) and the highest its running median reached from ``min_frames`` scored frames on (what decides a
+    flag), against the bank's threshold."""
+    with path.open("w", newline="") as fh:
+        out = csv.writer(fh)
+        out.writerow(["track", "part", "truth", "frames_scored", "median", "highest_running_median", "threshold",
+                      "flagged"])
+        for track, values in sorted(scores.items()):
+            part = track_part.get(track)
+            kind = "no part" if part is None else "not counted" if part not in truth else truth[part] or "good"
+            running = max((statistics.median(values[:i]) for i in range(min_frames, len(values) + 1)),
+                          default=math.nan)
+            out.writerow([track, "" if part is None else part, kind, len(values), f"{statistics.median(values):.4f}",
+                          f"{running:.4f}", f"{threshold:.4f}", int(track in flagged)])
 
 
 def _first_video(out: Path) -> Path | None:

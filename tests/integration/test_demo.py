@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -36,3 +37,12 @@ def test_demo_short_run_finds_defects(tmp_path: Path, encoder_cache: Path) -> No
     assert shown[3].startswith("http://127.0.0.1:") and shown[3].endswith("/metrics")
     assert (out / "evidence" / "sheet.png").stat().st_size > 0
     assert "siamstream_parts_flagged_total" in (out / "metrics.prom").read_text()
+    # parts.csv explains each verdict: a track is flagged exactly when its running median passed the threshold
+    with (out / "parts.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert rows and sum(int(r["flagged"]) for r in rows) == result["flagged"]
+    for r in rows:
+        passed = float(r["highest_running_median"]) > float(r["threshold"])
+        assert passed == bool(int(r["flagged"])), r
+    truths = {r["truth"] for r in rows}
+    assert "good" in truths and truths & {"hole", "scratch", "stain", "missing"}
