@@ -35,9 +35,9 @@ USER_ERRORS: tuple[tuple[str, str], ...] = (
     ("pipeline.detect.onnx_detector", "DetectorContractError"), ("pipeline.detect.motchallenge", "MotFileError"),
     ("encoders.backbones", "BackboneError"), ("encoders.export", "ExportParityError"), ("encoders.train", "TrainError"),
     ("encoders.evaluate", "EvaluationError"), ("encoders.reid_data", "ReidDataError"), ("encoders.adapt", "AdaptError"),
-    ("pipeline.benchmarks.data", "BenchDataError"), ("pipeline.evaluation.anomaly_eval", "ManifestError"),
-    ("pipeline.evaluation.mot_metrics", "MotEvaluationError"), ("pipeline.evaluation.motchallenge", "MotSequenceError"),
-    ("pipeline.evaluation.mot_peers", "PeerUnavailableError"),
+    ("lab.benchmarks.data", "BenchDataError"), ("lab.evaluation.anomaly_eval", "ManifestError"),
+    ("lab.evaluation.mot_metrics", "MotEvaluationError"), ("lab.evaluation.motchallenge", "MotSequenceError"),
+    ("lab.evaluation.mot_peers", "PeerUnavailableError"),
 )
 
 
@@ -300,8 +300,8 @@ def _train_reid(args: argparse.Namespace, cfg: Config) -> int:
 def cmd_adapt(args: argparse.Namespace) -> int:
     from encoders.adapt import AdaptConfig, adapt_to_onnx
     from encoders.data import list_images
-    from pipeline.evaluation.anomaly_eval import image_size, read_rgb
-    from pipeline.evaluation.anomaly_report import parse_size
+    from lab.evaluation.anomaly_eval import image_size, read_rgb
+    from lab.evaluation.anomaly_report import parse_size
 
     cfg = _config(args)
     enc = cfg.encoder
@@ -351,8 +351,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_eval_oneshot(args: argparse.Namespace) -> int:
-    from pipeline.benchmarks.report import json_line, table
-    from pipeline.evaluation.encoder_eval import oneshot
+    from lab.evaluation.encoder_eval import oneshot
+    from lab.evaluation.report import json_line, table
 
     cache = Path(args.cache or Path(_config(args).encoder.cache_dir).expanduser() / "oneshot-runs")
     result = oneshot(Path(args.model), Path(args.runs), cache, threads=args.threads)
@@ -367,8 +367,8 @@ def cmd_eval_oneshot(args: argparse.Namespace) -> int:
 
 
 def cmd_eval_verify(args: argparse.Namespace) -> int:
-    from pipeline.benchmarks.report import json_line
-    from pipeline.evaluation.encoder_eval import verify
+    from lab.evaluation.encoder_eval import verify
+    from lab.evaluation.report import json_line
 
     out = Path(args.out) if args.out else None
     if out is not None:
@@ -387,8 +387,8 @@ def cmd_eval_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_eval_reid(args: argparse.Namespace) -> int:
-    from pipeline.benchmarks.report import json_line, table
-    from pipeline.evaluation.reid_eval import evaluate_reid
+    from lab.evaluation.reid_eval import evaluate_reid
+    from lab.evaluation.report import json_line, table
 
     out = Path(args.out) if args.out else None
     if out is not None:
@@ -408,8 +408,8 @@ def cmd_eval_reid(args: argparse.Namespace) -> int:
 
 
 def cmd_eval_anomaly(args: argparse.Namespace) -> int:
-    from pipeline.benchmarks.report import json_line, table
-    from pipeline.evaluation.anomaly_report import parse_size, report_lines, run_evaluation
+    from lab.evaluation.anomaly_report import parse_size, report_lines, run_evaluation
+    from lab.evaluation.report import json_line, table
 
     cfg = _config(args)
     try:
@@ -417,7 +417,7 @@ def cmd_eval_anomaly(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     if args.synthetic:
-        from pipeline.evaluation.anomaly_report import run_synthetic
+        from lab.evaluation.anomaly_report import run_synthetic
 
         score = run_synthetic(cfg, Path(args.manifest), size=size, model=args.model)
         print(table(["figure (synthetic defects on validation images)", "value"], [
@@ -442,13 +442,13 @@ def cmd_eval_anomaly(args: argparse.Namespace) -> int:
 
 
 def cmd_eval_mot(args: argparse.Namespace) -> int:
+    from lab.evaluation.mot_metrics import evaluate, write_mot_txt
+    from lab.evaluation.mot_plots import save_timeline_png
+    from lab.evaluation.mot_run import track_sequence
+    from lab.evaluation.motchallenge import load_sequence
+    from lab.evaluation.report import json_line, table
     from pipeline import app
-    from pipeline.benchmarks.report import json_line, table
     from pipeline.detect.motchallenge import MotDetectionFile
-    from pipeline.evaluation.mot_metrics import evaluate, write_mot_txt
-    from pipeline.evaluation.mot_plots import save_timeline_png
-    from pipeline.evaluation.mot_run import track_sequence
-    from pipeline.evaluation.motchallenge import load_sequence
     from pipeline.sinks import AnnotatedVideoSink
     from pipeline.types import FrameResult
 
@@ -499,36 +499,36 @@ def cmd_eval_mot(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     if args.bench == "encoder":
-        from pipeline.benchmarks import encoder
+        from lab.benchmarks import encoder
 
         return encoder.main(batch=args.batch, threads=args.threads or 2, repeats=args.repeats, device=args.device)
     if args.bench == "oneshot":
-        from pipeline.benchmarks import oneshot as bench_oneshot
+        from lab.benchmarks import oneshot as bench_oneshot
 
         return bench_oneshot.main(epochs=args.epochs, work_dir=Path(args.out) if args.out else None,
                                   threads=args.threads)
     if args.bench == "verify":
-        from pipeline.benchmarks import verify as bench_verify
+        from lab.benchmarks import verify as bench_verify
 
         return bench_verify.main(folds=args.folds, epochs=args.epochs, out_dir=Path(args.out) if args.out else None,
                                  recipe=args.recipe,
                                  threads=args.threads)
     if args.bench == "anomaly":
-        from pipeline.benchmarks import anomaly as bench_anomaly
+        from lab.benchmarks import anomaly as bench_anomaly
 
         return bench_anomaly.main(_config(args), baselines=not args.no_baselines, recipe=args.recipe)
     if args.bench == "reid":
-        from pipeline.benchmarks import reid as bench_reid
+        from lab.benchmarks import reid as bench_reid
 
         return bench_reid.main(_config(args), out_dir=Path(args.out) if args.out else None, epochs=args.epochs,
                                threads=args.threads or 2)
     if args.bench == "soak":
-        from pipeline.benchmarks import soak
+        from lab.benchmarks import soak
 
         return soak.main(_config(args), frames=args.frames, sample_every=args.sample_every,
                          out_dir=Path(args.out) if args.out else None)
     if args.bench == "mot":
-        from pipeline.benchmarks import mot
+        from lab.benchmarks import mot
 
         peers = tuple(p for p in args.peers.split(",") if p) if args.peers else mot.PEERS
         return mot.main(_config(args), peers=peers)

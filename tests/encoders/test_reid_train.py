@@ -137,7 +137,7 @@ def test_eval_reid_on_a_folder_without_the_layout(tiny_run: Path, tmp_path: Path
 def test_verification_pairs_are_capped_by_a_seeded_sample() -> None:
     import numpy as np
 
-    from pipeline.evaluation.reid_eval import pair_verification
+    from lab.evaluation.reid_eval import pair_verification
 
     rng = np.random.default_rng(0)
     emb = rng.normal(size=(40, 8)).astype(np.float32)

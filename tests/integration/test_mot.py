@@ -55,12 +55,12 @@ def test_eval_mot_tracks_scores_and_writes_outputs(tmp_path: Path, shared_data: 
 
 def test_tracking_a_sequence_with_the_patch_features_inside_each_box(shared_data: Callable[..., Path],
                                                                     pretrained_onnx: Path) -> None:
+    from lab.evaluation.mot_metrics import evaluate
+    from lab.evaluation.mot_run import track_sequence
+    from lab.evaluation.motchallenge import load_sequence
     from pipeline import app
     from pipeline.config import Config, replace
     from pipeline.detect.motchallenge import MotDetectionFile
-    from pipeline.evaluation.mot_metrics import evaluate
-    from pipeline.evaluation.mot_run import track_sequence
-    from pipeline.evaluation.motchallenge import load_sequence
     from pipeline.tracking.tracker import Tracker
 
     class Recording(Tracker):

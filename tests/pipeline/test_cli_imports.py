@@ -4,6 +4,7 @@ libraries only they use."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -14,8 +15,8 @@ import pytest
 from tests.media import square_video
 
 REPO = Path(__file__).resolve().parents[2]
-LAB = ("encoders.train", "encoders.adapt", "encoders.reid_train", "encoders.evaluate", "pipeline.evaluation",
-       "pipeline.benchmarks", "trackeval", "motmetrics", "sklearn", "matplotlib")
+LAB = ("encoders.train", "encoders.adapt", "encoders.reid_train", "encoders.evaluate", "lab.evaluation",
+       "lab.benchmarks", "trackeval", "motmetrics", "sklearn", "matplotlib")
 
 PROBE = """
 import json, sys
@@ -62,3 +63,17 @@ def test_a_lab_command_without_the_lab_extra_says_what_to_install(monkeypatch: p
     monkeypatch.setattr(cli, "cmd_config_check", needs("not_a_lab_package"))
     with pytest.raises(ModuleNotFoundError):  # any other missing module is a bug, shown as such
         cli.main(["config", "check", "x.toml"])
+
+
+def test_the_product_does_not_import_the_lab() -> None:
+    """`pipeline/` is the product, `lab/` the evaluation and benchmarks: only the CLI (the entry point of every
+    command) reaches into the lab, and only inside the commands that need it. Evaluation does not import the
+    benchmarks built on it."""
+    pattern = re.compile(r"^\s*(from|import)\s+lab(\.|\s|$)", re.M)
+    product = [p for p in (REPO / "pipeline").rglob("*.py") if p.name != "cli.py"]
+    assert len(product) > 30
+    assert [str(p) for p in product if pattern.search(p.read_text())] == []
+    cli = (REPO / "pipeline" / "cli.py").read_text()
+    assert all(line.startswith("    ") for line in cli.splitlines() if pattern.match(line))  # inside functions
+    below = re.compile(r"^\s*(from|import)\s+lab\.benchmarks", re.M)
+    assert [p.name for p in (REPO / "lab" / "evaluation").glob("*.py") if below.search(p.read_text())] == []

@@ -1,0 +1,361 @@
+"""Multi-object tracking scores for one MOTChallenge sequence: TrackEval, cross-checked with motmetrics.
+
+:func:`evaluate` scores tracker output against ground truth twice:
+
+* **TrackEval** (``trackeval``, the MOTChallenge reference code): HOTA, DetA, AssA, LocA, MOTA, MOTP, IDF1,
+  IDSW, FP, FN, MT/PT/ML, Frag. The data goes through its own ``MotChallenge2DBox`` dataset class with
+  ``BENCHMARK = "MOT15"`` from a temporary folder in its expected layout, so ground truth is loaded and
+  preprocessed exactly as in the official MOT15 evaluation: ground-truth rows whose ``conf`` column is 0 are
+  removed (TrackEval casts ``conf`` to int, so ``0 <= conf < 1`` counts as 0), and, MOT15 having no
+  classes, no distractor matching is done, so a tracker box on an ignored person is a false positive.
+* **motmetrics**: MOTA, IDF1, IDSW (and FP, FN) from its ``MOTAccumulator``, fed the same filtered ground
+  truth and IoU distances (``1 - IoU``, no match below IoU 0.5, the CLEAR threshold TrackEval uses).
+
+Both are percentages, as TrackEval prints them (HOTA 0-100). :meth:`MotScores.disagreement` reports how far
+the two libraries differ.
+
+numpy 2: TrackEval 1.3.0 is numpy-2 clean. motmetrics 1.4.0 is not: ``motmetrics.distances.iou_matrix``
+calls ``np.asfarray``, removed in numpy 2.0. That function is only a convenience for building the distance
+matrix, so this module computes the IoU distances itself and passes them to ``MOTAccumulator.update``;
+nothing in motmetrics is patched.
+
+Row format used throughout: ``(N, C)`` float64, ``C >= 6``, columns ``frame`` (1-based), ``id``, ``x, y, w, h``
+(``tlwh`` pixels), then optionally ``conf`` and anything else (MOTChallenge ``*.txt`` order).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from lab.evaluation.motchallenge import MotSequence
+from pipeline.detect.motchallenge import MotFileError, read_mot_ground_truth, read_mot_table
+
+logger = logging.getLogger(__name__)
+
+Float64Array = npt.NDArray[np.float64]
+MotRows = Float64Array
+
+# TrackEval's and motmetrics' CLEAR/Identity match threshold (IoU).
+IOU_THRESHOLD = 0.5
+_TRACKER = "tracks"
+_SEQ = "sequence"  # the name inside TrackEval's temporary layout: any characters in the real name are safe
+
+
+class MotEvaluationError(ValueError):
+    """Tracker rows or ground truth cannot be scored against this sequence. ``str()`` names the fix."""
+
+
+@dataclass(frozen=True)
+class MotmetricsScores:
+    """The motmetrics cross-check (percentages for rates, counts as ints)."""
+
+    mota: float
+    idf1: float
+    idsw: int
+    fp: int
+    fn: int
+
+
+@dataclass(frozen=True)
+class MotScores:
+    """Scores of one tracker on one sequence. Rates are percentages (0-100) as TrackEval prints them.
+
+    Attributes:
+        sequence: the sequence name.
+        hota, deta, assa, loca, detre, detpr, assre, asspr: HOTA family, averaged over TrackEval's 19 IoU
+            thresholds 0.05..0.95.
+        mota, motp, moda: CLEAR (IoU >= 0.5); MOTP is the mean IoU of matches, in percent.
+        idf1, idp, idr: identity metrics.
+        idsw, fp, fn, tp, frag: CLEAR counts.
+        mt, pt, ml: mostly tracked (>= 80 % of its frames), partly tracked, mostly lost (< 20 %) gt ids.
+        gt_ids, gt_dets, tracker_ids, tracker_dets: sizes after preprocessing.
+        motmetrics: the same rows scored by motmetrics.
+    """
+
+    sequence: str
+    hota: float
+    deta: float
+    assa: float
+    loca: float
+    detre: float
+    detpr: float
+    assre: float
+    asspr: float
+    mota: float
+    motp: float
+    moda: float
+    idf1: float
+    idp: float
+    idr: float
+    idsw: int
+    fp: int
+    fn: int
+    tp: int
+    frag: int
+    mt: int
+    pt: int
+    ml: int
+    gt_ids: int
+    gt_dets: int
+    tracker_ids: int
+    tracker_dets: int
+    motmetrics: MotmetricsScores
+
+    def disagreement(self) -> dict[str, float]:
+        """TrackEval minus motmetrics for MOTA, IDF1 (points) and IDSW, FP, FN (counts); 0.0 means agreement."""
+        mm = self.motmetrics
+        return {"MOTA": self.mota - mm.mota, "IDF1": self.idf1 - mm.idf1, "IDSW": float(self.idsw - mm.idsw),
+                "FP": float(self.fp - mm.fp), "FN": float(self.fn - mm.fn)}
+
+    def describe_disagreement(self) -> str:
+        """One line, e.g. ``"MOTA 55.52 vs 55.50 (+0.02), ..."`` (TrackEval vs motmetrics)."""
+        mm = self.motmetrics
+        parts = [f"MOTA {self.mota:.2f} vs {mm.mota:.2f} ({self.mota - mm.mota:+.2f})",
+                 f"IDF1 {self.idf1:.2f} vs {mm.idf1:.2f} ({self.idf1 - mm.idf1:+.2f})",
+                 f"IDSW {self.idsw} vs {mm.idsw} ({self.idsw - mm.idsw:+d})",
+                 f"FP {self.fp} vs {mm.fp} ({self.fp - mm.fp:+d})",
+                 f"FN {self.fn} vs {mm.fn} ({self.fn - mm.fn:+d})"]
+        return f"{self.sequence}: TrackEval vs motmetrics: " + ", ".join(parts)
+
+    def summary(self) -> dict[str, float | int | str]:
+        """The headline numbers, flat, for tables and JSON."""
+        out: dict[str, float | int | str] = {k: v for k, v in asdict(self).items() if k != "motmetrics"}
+        out.update({f"mm_{k}": v for k, v in asdict(self.motmetrics).items()})
+        return out
+
+
+def write_mot_txt(path: str | os.PathLike[str], rows: MotRows) -> Path:
+    """Write rows as a MOTChallenge tracker file: ``frame,id,x,y,w,h,conf,-1,-1,-1`` per line.
+
+    (:class:`pipeline.sinks.MotTxtSink` writes pipeline results frame by frame; this writes arrays.)
+
+    Args:
+        path: output file; its directory is created if needed.
+        rows: ``(N, >= 6)`` rows (see module docstring); ``conf`` is column 6 when present, else 1.
+
+    Returns:
+        The path written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = _as_rows(rows, "rows", 6)
+    conf = arr[:, 6] if arr.shape[1] > 6 else np.ones(len(arr))
+    with path.open("w", encoding="utf-8") as f:
+        for (frame, tid, x, y, w, h), c in zip(arr[:, :6], conf, strict=True):
+            f.write(f"{int(frame)},{int(tid)},{x:.3f},{y:.3f},{w:.3f},{h:.3f},{c:.6g},-1,-1,-1\n")
+    return path
+
+
+def _as_rows(rows: object, what: str, min_columns: int) -> Float64Array:
+    arr = np.asarray(rows, dtype=np.float64)
+    if arr.size == 0:
+        return arr.reshape(0, max(min_columns, arr.shape[-1] if arr.ndim == 2 else 0))
+    if arr.ndim != 2 or arr.shape[1] < min_columns:
+        raise MotEvaluationError(f"{what}: expected an (N, >= {min_columns}) array of MOT rows "
+                                 f"(frame,id,x,y,w,h,...), got shape {arr.shape}")
+    if not np.all(np.isfinite(arr[:, :min_columns])):
+        raise MotEvaluationError(f"{what}: NaN or inf in the frame/id/box columns; write finite numbers only")
+    return arr
+
+
+def _check_rows(arr: Float64Array, what: str, seq: MotSequence) -> None:
+    """Frames in 1..length, integer ids >= 0, one box per (frame, id): what TrackEval needs."""
+    if not len(arr):
+        return
+    frames, ids = arr[:, 0], arr[:, 1]
+    bad = (frames < 1) | (frames > seq.length) | (frames != np.round(frames))
+    if np.any(bad):
+        raise MotEvaluationError(f"{what}: frame {arr[np.argmax(bad), 0]:g} is outside 1..{seq.length} of "
+                                 f"{seq.name}; MOT frames count from 1 (pipeline frame index + 1)")
+    bad = (ids < 0) | (ids != np.round(ids))
+    if np.any(bad):
+        raise MotEvaluationError(f"{what}: track id {arr[np.argmax(bad), 1]:g} is not an integer >= 0; "
+                                 f"renumber the tracks")
+    keys = frames.astype(np.int64) * (int(ids.max()) + 1) + ids.astype(np.int64)
+    uniq, counts = np.unique(keys, return_counts=True)
+    if np.any(counts > 1):
+        dup = np.flatnonzero(keys == uniq[np.argmax(counts > 1)])[0]
+        raise MotEvaluationError(f"{what}: id {int(ids[dup])} appears more than once in frame {int(frames[dup])}; "
+                                 f"a track has one box per frame")
+
+
+def _load_gt(gt: str | os.PathLike[str] | MotRows | None, seq: MotSequence) -> Float64Array:
+    if gt is None:
+        if seq.gt_path is None:
+            raise MotEvaluationError(f"{seq.root}: sequence {seq.name} has no gt/gt.txt; pass ground truth "
+                                     f"rows or evaluate a sequence with ground truth")
+        gt = seq.gt_path
+    arr = read_mot_ground_truth(gt) if isinstance(gt, (str, os.PathLike)) else _as_rows(gt, "ground truth", 7)
+    _check_rows(arr, "ground truth", seq)
+    return arr
+
+
+def _load_tracks(tracks: str | os.PathLike[str] | MotRows, seq: MotSequence) -> Float64Array:
+    if isinstance(tracks, (str, os.PathLike)):
+        try:
+            arr, _ = read_mot_table(tracks, "tracker", 6)
+        except MotFileError as exc:
+            raise MotEvaluationError(str(exc)) from None
+    else:
+        arr = _as_rows(tracks, "tracks", 6)
+    _check_rows(arr, "tracks", seq)
+    return arr
+
+
+def gt_kept_mask(gt: Float64Array) -> npt.NDArray[np.bool_]:
+    """Ground-truth rows the MOT15 evaluation keeps: ``int(conf) != 0``, as TrackEval's ``zero_marked``."""
+    return gt[:, 6].astype(np.int64) != 0
+
+
+def _write_trackeval_layout(root: Path, gt: Float64Array, tracks: Float64Array, seq: MotSequence) -> None:
+    """``root/gt/<seq>/gt/gt.txt`` and ``root/trackers/<tracker>/data/<seq>.txt``, as TrackEval reads them."""
+    gt_dir = root / "gt" / _SEQ / "gt"
+    gt_dir.mkdir(parents=True)
+    gt10 = np.full((len(gt), 10), -1.0)
+    gt10[:, : min(10, gt.shape[1])] = gt[:, :10]
+    # %.10g keeps every digit a MOT file has; TrackEval's GT reader needs >= 8 columns.
+    np.savetxt(gt_dir / "gt.txt", gt10, fmt="%.10g", delimiter=",")
+    (root / "gt" / _SEQ / "seqinfo.ini").write_text(
+        f"[Sequence]\nname={_SEQ}\nframeRate={seq.frame_rate:g}\nseqLength={seq.length}\n"
+        f"imWidth={seq.width}\nimHeight={seq.height}\n", encoding="utf-8")
+    tr_dir = root / "trackers" / _TRACKER / "data"
+    tr_dir.mkdir(parents=True)
+    tr = np.full((len(tracks), 10), -1.0)
+    tr[:, :6] = tracks[:, :6]
+    # Column 8 is TrackEval's class for tracker rows: -1 (<= 1) means pedestrian-compatible.
+    tr[:, 6] = tracks[:, 6] if tracks.shape[1] > 6 else 1.0
+    np.savetxt(tr_dir / f"{_SEQ}.txt", tr, fmt="%.10g", delimiter=",")
+
+
+def _trackeval(gt: Float64Array, tracks: Float64Array, seq: MotSequence) -> dict[str, Any]:
+    import trackeval  # the `lab` extra
+    with tempfile.TemporaryDirectory(prefix="siamstream-trackeval-") as tmp:
+        root = Path(tmp)
+        _write_trackeval_layout(root, gt, tracks, seq)
+        eval_config = {
+            "USE_PARALLEL": False, "BREAK_ON_ERROR": True, "RETURN_ON_ERROR": False, "LOG_ON_ERROR": None,
+            "PRINT_RESULTS": False, "PRINT_ONLY_COMBINED": False, "PRINT_CONFIG": False, "TIME_PROGRESS": False,
+            "DISPLAY_LESS_PROGRESS": True, "OUTPUT_SUMMARY": False, "OUTPUT_EMPTY_CLASSES": False,
+            "OUTPUT_DETAILED": False, "PLOT_CURVES": False,
+        }
+        dataset_config = {
+            "GT_FOLDER": str(root / "gt"), "TRACKERS_FOLDER": str(root / "trackers"),
+            "OUTPUT_FOLDER": str(root / "out"), "TRACKERS_TO_EVAL": [_TRACKER], "CLASSES_TO_EVAL": ["pedestrian"],
+            "BENCHMARK": "MOT15", "SPLIT_TO_EVAL": "train", "INPUT_AS_ZIP": False, "PRINT_CONFIG": False,
+            "DO_PREPROC": True, "TRACKER_SUB_FOLDER": "data", "OUTPUT_SUB_FOLDER": "",
+            "SEQ_INFO": {_SEQ: seq.length}, "GT_LOC_FORMAT": "{gt_folder}/{seq}/gt/gt.txt", "SKIP_SPLIT_FOL": True,
+        }
+        metric_config = {"THRESHOLD": IOU_THRESHOLD, "PRINT_CONFIG": False}
+        # TrackEval reports progress with print(); keep it off stdout (and out of the CLI's tables).
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            try:
+                evaluator = trackeval.Evaluator(eval_config)
+                dataset = trackeval.datasets.MotChallenge2DBox(dataset_config)
+                metrics = [trackeval.metrics.HOTA(), trackeval.metrics.CLEAR(metric_config),
+                           trackeval.metrics.Identity(metric_config)]
+                results, messages = evaluator.evaluate([dataset], metrics)
+            except trackeval.utils.TrackEvalException as exc:
+                raise MotEvaluationError(f"{seq.name}: TrackEval rejected the data: {exc}") from None
+        logger.debug("TrackEval output:\n%s", out.getvalue())
+        res = results["MotChallenge2DBox"][_TRACKER]
+        if res is None:
+            raise MotEvaluationError(f"{seq.name}: TrackEval failed: {messages['MotChallenge2DBox'][_TRACKER]}")
+        per_class: dict[str, Any] = res[_SEQ]["pedestrian"]
+        return per_class
+
+
+def _tlwh_iou(a: Float64Array, b: Float64Array) -> Float64Array:
+    """``(N, M)`` IoU of ``tlwh`` boxes, computed as TrackEval's ``_calculate_box_ious`` does."""
+    a_xyxy = np.concatenate([a[:, :2], a[:, :2] + a[:, 2:4]], axis=1)
+    b_xyxy = np.concatenate([b[:, :2], b[:, :2] + b[:, 2:4]], axis=1)
+    lo = np.maximum(a_xyxy[:, None, :2], b_xyxy[None, :, :2])
+    hi = np.minimum(a_xyxy[:, None, 2:], b_xyxy[None, :, 2:])
+    inter = np.prod(np.clip(hi - lo, 0.0, None), axis=2)
+    area_a = a[:, 2] * a[:, 3]
+    area_b = b[:, 2] * b[:, 3]
+    union = area_a[:, None] + area_b[None, :] - inter
+    eps = np.finfo(np.float64).eps
+    iou = np.where(union > eps, inter / np.where(union > eps, union, 1.0), 0.0)
+    iou[area_a <= eps, :] = 0.0
+    iou[:, area_b <= eps] = 0.0
+    return iou
+
+
+def _motmetrics(gt: Float64Array, tracks: Float64Array, seq: MotSequence) -> MotmetricsScores:
+    import motmetrics as mm  # the `lab` extra
+    acc = mm.MOTAccumulator(auto_id=False)
+    gt_frames = gt[:, 0].astype(np.int64)
+    tr_frames = tracks[:, 0].astype(np.int64)
+    gt_order, tr_order = np.argsort(gt_frames, kind="stable"), np.argsort(tr_frames, kind="stable")
+    gt_bounds = np.searchsorted(gt_frames[gt_order], np.arange(1, seq.length + 2))
+    tr_bounds = np.searchsorted(tr_frames[tr_order], np.arange(1, seq.length + 2))
+    for t in range(seq.length):
+        g = gt[gt_order[gt_bounds[t]:gt_bounds[t + 1]]]
+        h = tracks[tr_order[tr_bounds[t]:tr_bounds[t + 1]]]
+        dist = 1.0 - _tlwh_iou(g[:, 2:6], h[:, 2:6])
+        # motmetrics' convention: NaN = may not be paired. IoU >= 0.5 may pair, as in TrackEval.
+        dist[dist > 1.0 - IOU_THRESHOLD] = np.nan
+        acc.update(g[:, 1].astype(np.int64).tolist(), h[:, 1].astype(np.int64).tolist(), dist, frameid=t + 1)
+    summary = mm.metrics.create().compute(
+        acc, metrics=["mota", "idf1", "num_switches", "num_false_positives", "num_misses"], name=seq.name)
+    row = summary.loc[seq.name]
+
+    def pct(value: Any) -> float:
+        v = float(value)
+        return 100.0 * v if math.isfinite(v) else 0.0
+
+    return MotmetricsScores(mota=pct(row["mota"]), idf1=pct(row["idf1"]), idsw=int(row["num_switches"]),
+                            fp=int(row["num_false_positives"]), fn=int(row["num_misses"]))
+
+
+def evaluate(gt: str | os.PathLike[str] | MotRows | None, tracks: str | os.PathLike[str] | MotRows,
+             seq: MotSequence) -> MotScores:
+    """Score tracker output on one sequence with TrackEval (MOT15 protocol), cross-checked with motmetrics.
+
+    Args:
+        gt: the ``gt.txt`` path, ground-truth rows ``(N, >= 7)`` (column 6 is ``conf``; 0 = ignored), or None
+            for ``seq.gt_path``.
+        tracks: a MOT tracker ``.txt`` path or rows ``(M, >= 6)``: ``frame, id, x, y, w, h[, conf]``.
+        seq: the sequence (its ``length`` sets the frames 1..length evaluated).
+
+    Returns:
+        The scores, rates in percent.
+
+    Raises:
+        MotFileError: a file is missing or malformed.
+        MotEvaluationError: frames outside ``1..seq.length``, negative or fractional ids, an id twice in
+            one frame, or TrackEval refusing the data.
+    """
+    gt_rows = _load_gt(gt, seq)
+    track_rows = _load_tracks(tracks, seq)
+    te = _trackeval(gt_rows, track_rows, seq)
+    hota, clear, ident, count = te["HOTA"], te["CLEAR"], te["Identity"], te["Count"]
+
+    def mean_pct(key: str) -> float:
+        return float(100.0 * np.mean(hota[key]))
+
+    kept = gt_rows[gt_kept_mask(gt_rows)]
+    return MotScores(
+        sequence=seq.name,
+        hota=mean_pct("HOTA"), deta=mean_pct("DetA"), assa=mean_pct("AssA"), loca=mean_pct("LocA"),
+        detre=mean_pct("DetRe"), detpr=mean_pct("DetPr"), assre=mean_pct("AssRe"), asspr=mean_pct("AssPr"),
+        mota=100.0 * float(clear["MOTA"]), motp=100.0 * float(clear["MOTP"]), moda=100.0 * float(clear["MODA"]),
+        idf1=100.0 * float(ident["IDF1"]), idp=100.0 * float(ident["IDP"]), idr=100.0 * float(ident["IDR"]),
+        idsw=int(clear["IDSW"]), fp=int(clear["CLR_FP"]), fn=int(clear["CLR_FN"]), tp=int(clear["CLR_TP"]),
+        frag=int(clear["Frag"]), mt=int(clear["MT"]), pt=int(clear["PT"]), ml=int(clear["ML"]),
+        gt_ids=int(count["GT_IDs"]), gt_dets=int(count["GT_Dets"]), tracker_ids=int(count["IDs"]),
+        tracker_dets=int(count["Dets"]),
+        motmetrics=_motmetrics(kept, track_rows, seq),
+    )

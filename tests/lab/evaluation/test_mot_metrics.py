@@ -1,0 +1,127 @@
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lab.evaluation.mot_metrics import MotEvaluationError, evaluate, gt_kept_mask, write_mot_txt
+from lab.evaluation.mot_peers import run_iou_baseline
+from lab.evaluation.motchallenge import MotSequence, load_sequence
+from pipeline.detect.motchallenge import MotDetectionFile, MotFileError
+
+LENGTH = 20
+
+
+def sequence(tmp_path: Path, gt: np.ndarray | None = None) -> MotSequence:
+    gt_path = None
+    if gt is not None:
+        gt_path = tmp_path / "gt.txt"
+        np.savetxt(gt_path, gt, fmt="%.6g", delimiter=",")
+    return MotSequence(name="Tiny", root=tmp_path, frame_rate=10.0, length=LENGTH, width=200, height=100,
+                       frames_uri=str(tmp_path / "Tiny.mp4"), det_path=tmp_path / "det.txt", gt_path=gt_path)
+
+
+def ground_truth() -> np.ndarray:
+    """Three people walking right for 20 frames, 10 columns as in MOT15 (conf = 1)."""
+    rows = []
+    for t in range(1, LENGTH + 1):
+        for pid, y in ((1, 5), (2, 40), (3, 70)):
+            rows.append([t, pid, 5 + 4 * t, y, 12, 25, 1, -1, -1, -1])
+    return np.asarray(rows, np.float64)
+
+
+def both_agree(scores) -> None:  # type: ignore[no-untyped-def]
+    diff = scores.disagreement()
+    assert abs(diff["MOTA"]) < 1e-6 and abs(diff["IDF1"]) < 1e-6 and diff["IDSW"] == 0, \
+        scores.describe_disagreement()
+
+
+def test_perfect_tracker_scores_100_in_both_libraries(tmp_path: Path) -> None:
+    gt = ground_truth()
+    s = evaluate(gt, gt[:, :6], sequence(tmp_path))
+    assert s.hota == pytest.approx(100.0) and s.deta == pytest.approx(100.0) and s.assa == pytest.approx(100.0)
+    assert s.mota == pytest.approx(100.0) and s.idf1 == pytest.approx(100.0) and s.motp == pytest.approx(100.0)
+    assert (s.idsw, s.fp, s.fn, s.tp, s.mt, s.ml) == (0, 0, 0, 60, 3, 0)
+    assert (s.motmetrics.mota, s.motmetrics.idf1, s.motmetrics.idsw) == (pytest.approx(100.0),
+                                                                        pytest.approx(100.0), 0)
+    both_agree(s)
+
+
+def test_swapped_ids_count_switches_in_both_libraries(tmp_path: Path) -> None:
+    gt = ground_truth()
+    tracks = gt[:, :6].copy()
+    later = tracks[:, 0] > 10
+    one, two = later & (tracks[:, 1] == 1), later & (tracks[:, 1] == 2)
+    tracks[one, 1], tracks[two, 1] = 2, 1  # ids 1 and 2 swap from frame 11 on
+    s = evaluate(gt, tracks, sequence(tmp_path))
+    assert s.idsw == 2 and s.motmetrics.idsw == 2
+    assert s.idf1 < 100.0 and s.motmetrics.idf1 < 100.0
+    assert s.mota == pytest.approx(100.0 * (60 - 2) / 60)
+    assert s.hota < 100.0 and s.deta == pytest.approx(100.0)
+    both_agree(s)
+
+
+def test_ignored_ground_truth_is_removed_as_in_mot15(tmp_path: Path) -> None:
+    gt = ground_truth()
+    gt[gt[:, 1] == 3, 6] = 0  # person 3 is marked "ignore" (conf = 0)
+    assert gt_kept_mask(gt).sum() == 40
+    seq = sequence(tmp_path, gt)
+    kept_only = evaluate(None, gt[gt[:, 6] != 0, :6], seq)  # gt read from seq.gt_path
+    assert kept_only.mota == pytest.approx(100.0) and kept_only.fp == 0 and kept_only.gt_ids == 2
+    # MOT15 has no distractor matching: boxes on an ignored person are false positives, in both libraries.
+    everything = evaluate(seq.gt_path, gt[:, :6], seq)
+    assert everything.fp == 20 and everything.motmetrics.fp == 20
+    assert everything.mota == pytest.approx(100.0 * (1 - 20 / 40))
+    both_agree(everything)
+
+
+def test_tracks_round_trip_through_a_mot_file(tmp_path: Path) -> None:
+    gt = ground_truth()
+    path = write_mot_txt(tmp_path / "out" / "tracks.txt", gt[:, :6])
+    first = path.read_text().splitlines()[0]
+    assert first == "1,1,9.000,5.000,12.000,25.000,1,-1,-1,-1"
+    s = evaluate(gt, path, sequence(tmp_path))
+    assert s.mota == pytest.approx(100.0) and s.idsw == 0
+
+
+def test_no_tracks_at_all(tmp_path: Path) -> None:
+    s = evaluate(ground_truth(), np.zeros((0, 6)), sequence(tmp_path))
+    assert s.hota == 0.0 and s.fn == 60 and s.fp == 0 and s.motmetrics.fn == 60
+    assert s.mota == pytest.approx(0.0) and s.motmetrics.mota == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize(("edit", "fragment"), [
+    (lambda r: r.__setitem__((0, 0), LENGTH + 1), f"frame {LENGTH + 1} is outside 1..{LENGTH}"),
+    (lambda r: r.__setitem__((0, 0), 0), "frame 0 is outside"),
+    (lambda r: r.__setitem__((0, 1), -3), "track id -3 is not an integer >= 0"),
+    (lambda r: r.__setitem__((1, 1), 1), "id 1 appears more than once in frame 1"),
+    (lambda r: r.__setitem__((0, 3), np.nan), "NaN or inf"),
+])
+def test_bad_tracks_are_rejected(tmp_path: Path, edit: Callable[[np.ndarray], None], fragment: str) -> None:
+    gt = ground_truth()
+    tracks = gt[:, :6].copy()
+    edit(tracks)
+    with pytest.raises(MotEvaluationError, match=fragment.replace(".", r"\.")):
+        evaluate(gt, tracks, sequence(tmp_path))
+
+
+def test_bad_inputs(tmp_path: Path) -> None:
+    seq = sequence(tmp_path)
+    with pytest.raises(MotEvaluationError, match=r"has no gt/gt\.txt"):
+        evaluate(None, np.zeros((0, 6)), seq)
+    with pytest.raises(MotFileError, match="ground-truth file not found"):
+        evaluate(tmp_path / "missing.txt", np.zeros((0, 6)), seq)
+    with pytest.raises(MotEvaluationError, match=r"expected an \(N, >= 6\) array"):
+        evaluate(ground_truth(), np.zeros((3, 4)), seq)
+
+
+def test_iou_baseline_on_tud_campus(shared_data: Callable[..., Path]) -> None:
+    seq = load_sequence(shared_data("mot15", "TUD-Campus"))
+    run = run_iou_baseline(MotDetectionFile(seq.det_path), seq)
+    s = evaluate(None, run.rows, seq)
+    assert abs(s.mota - s.motmetrics.mota) <= 0.5, s.describe_disagreement()
+    # The published figures for this baseline on these detections (HOTA/MOTA/IDF1/IDSW 44.9/53.8/55.0/14).
+    assert (round(s.hota, 1), round(s.mota, 1), round(s.idf1, 1), s.idsw) == (44.9, 53.8, 55.0, 14)
+    assert s.gt_ids == 8 and s.gt_dets == 359
