@@ -181,7 +181,7 @@ def write_video(path: Path, n: int, size: tuple[int, int] = (64, 48)) -> Path:
 def live(video: Path, **cfg: float) -> LiveSource:
     """A live source whose device is a real capture of ``video``: when the file ends the "camera" stops
     delivering, and the source reopens it as it would a camera that dropped out."""
-    values: dict[str, float] = {"reconnect_initial_s": 0.01, "reconnect_max_s": 0.05, **cfg}
+    values: dict[str, float] = {"reconnect_initial_s": 0.01, "reconnect_max_s": 0.1, **cfg}
     return LiveSource("cam", lambda: cv2.VideoCapture(str(video)), SourceConfig(**values))  # type: ignore[arg-type]
 
 
