@@ -53,11 +53,11 @@ from encoders.reid_data import (
     write_market_layout,
 )
 from encoders.train import TrainError, _atomic_torch_save, _atomic_write_bytes, _epoch_seed, resolve_device
+from pipeline.config import ReidConfig
 from pipeline.progress import Progress
 
 log = logging.getLogger(__name__)
 
-REID_BACKBONES: tuple[str, ...] = ("efficientnet-lite0", "small-cnn")
 CONFIG = "reid_config.json"
 CHECKPOINT = "checkpoint.pt"
 MODEL = "model.pt"
@@ -69,8 +69,10 @@ RESUMABLE: frozenset[str] = frozenset({"epochs", "device", "num_threads", "progr
 
 
 @dataclass(frozen=True)
-class ReidTrainConfig:
-    """Everything that decides a re-identification run (``[reid]``). Invalid values raise ``ValueError``.
+class ReidTrainConfig(ReidConfig):
+    """Everything that decides a re-identification run: the ``[reid]`` section itself
+    (:class:`pipeline.config.ReidConfig`: its keys, defaults and checks, made once), with what training reads from it.
+    Invalid values raise :class:`~pipeline.config.ConfigError` (a ``ValueError``).
 
     Attributes:
         backbone: ``"efficientnet-lite0"`` (ImageNet-pretrained, cut after ``stage``) or ``"small-cnn"`` (from
@@ -89,56 +91,6 @@ class ReidTrainConfig:
         val_identities: identities of the first data set held out for validation (0: none).
         val_every: validate after every this many epochs (and after the last).
     """
-
-    backbone: str = "efficientnet-lite0"
-    stage: int = 7
-    freeze_stages: int = 0
-    height: int = 128
-    width: int = 64
-    pooling: str = "avg"
-    id_loss: bool = True
-    label_smoothing: float = 0.1
-    margin: float = 0.3
-    lr: float = 3.5e-4
-    weight_decay: float = 5e-4
-    warmup_fraction: float = 0.1
-    epochs: int = 20
-    p: int = 16
-    k: int = 4
-    pad: int = 10
-    jitter: float = 0.2
-    erase_p: float = 0.5
-    val_identities: int = 100
-    val_every: int = 5
-    seed: int = 0
-    device: str = "auto"
-    num_threads: int = 0
-    progress_every_s: float = 30.0
-
-    def __post_init__(self) -> None:
-        if self.backbone not in REID_BACKBONES:
-            raise ValueError(f"backbone must be one of {', '.join(REID_BACKBONES)}, got {self.backbone!r}")
-        if self.backbone == "small-cnn" and self.freeze_stages:
-            raise ValueError("[reid] freeze_stages applies to efficientnet-lite0; set it to 0 for small-cnn")
-        if self.pooling not in ("avg", "gem"):
-            raise ValueError(f"pooling must be 'avg' or 'gem', got {self.pooling!r}")
-        checks = [
-            ("stage", 1 <= self.stage <= 7, "in 1..7"),
-            ("freeze_stages", 0 <= self.freeze_stages < self.stage, "in 0..stage-1"),
-            ("height", self.height >= 16, ">= 16"), ("width", self.width >= 16, ">= 16"),
-            ("label_smoothing", 0 <= self.label_smoothing < 1, "in [0, 1)"),
-            ("margin", self.margin >= 0, ">= 0"), ("lr", self.lr > 0, "> 0"),
-            ("weight_decay", self.weight_decay >= 0, ">= 0"),
-            ("warmup_fraction", 0 <= self.warmup_fraction < 1, "in [0, 1)"),
-            ("epochs", self.epochs >= 1, ">= 1"), ("p", self.p >= 2, ">= 2"), ("k", self.k >= 2, ">= 2"),
-            ("pad", self.pad >= 0, ">= 0"), ("jitter", 0 <= self.jitter < 1, "in [0, 1)"),
-            ("erase_p", 0 <= self.erase_p <= 1, "in [0, 1]"),
-            ("val_identities", self.val_identities >= 0, ">= 0"), ("val_every", self.val_every >= 1, ">= 1"),
-            ("num_threads", self.num_threads >= 0, ">= 0"),
-        ]
-        for name, ok, expected in checks:
-            if not ok:
-                raise ValueError(f"[reid] {name} must be {expected}, got {getattr(self, name)!r}")
 
     @property
     def size(self) -> tuple[int, int]:

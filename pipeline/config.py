@@ -313,7 +313,8 @@ class TrainingConfig(_Section):
 
 @dataclass(frozen=True)
 class ReidConfig(_Section):
-    """``[reid]``: the keys of :class:`encoders.reid_train.ReidTrainConfig` (``siamstream train --recipe reid``)."""
+    """``[reid]``: the person re-identification recipe (``siamstream train --recipe reid``); the lab's
+    :class:`encoders.reid_train.ReidTrainConfig` is this section."""
 
     SECTION: ClassVar[str] = "reid"
 
@@ -341,6 +342,12 @@ class ReidConfig(_Section):
     device: str = _f("auto", choices=("auto", "cpu", "cuda"))
     num_threads: int = _f(0, 0, 256)
     progress_every_s: float = _f(30.0, 0.0, 3600.0)
+
+    def _check(self) -> None:
+        if self.freeze_stages and (self.backbone == "small-cnn" or self.freeze_stages >= self.stage):
+            raise ConfigError(f"[reid] freeze_stages = {self.freeze_stages} with backbone = {self.backbone!r}, "
+                              f"stage = {self.stage}; allowed: 0 .. stage - 1 with efficientnet-lite0, 0 with "
+                              f"small-cnn")
 
 
 @dataclass(frozen=True)
@@ -477,10 +484,6 @@ def _check_alerts(cfg: AlertsConfig, origin: str) -> None:
 def _check_together(cfg: Config, origin: str) -> None:
     """Rules that involve more than one key."""
     _check_alerts(cfg.alerts, origin)
-    if cfg.reid.freeze_stages and (cfg.reid.backbone == "small-cnn" or cfg.reid.freeze_stages >= cfg.reid.stage):
-        raise ConfigError(f"{origin}: [reid] freeze_stages = {cfg.reid.freeze_stages} with backbone = "
-                          f"{cfg.reid.backbone!r}, stage = {cfg.reid.stage}; allowed: 0 .. stage - 1 with "
-                          f"efficientnet-lite0, 0 with small-cnn")
     if cfg.train.epochs == 0 and not (cfg.train.whiten and cfg.train.embedding_dim == 0):
         raise ConfigError(f"{origin}: [train] epochs = 0 trains nothing: it needs whiten = true and embedding_dim = 0 "
                           f"(a whitening head fitted in closed form on the pretrained features); allowed: epochs >= 1, "
