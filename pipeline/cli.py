@@ -535,6 +535,17 @@ def cmd_bench(args: argparse.Namespace) -> int:
     raise AssertionError(args.bench)
 
 
+def _seed(text: str) -> int:
+    """A scene seed: a whole number from 0 (refused at parse time, before any work)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a seed; give a whole number >= 0, e.g. --seed 3")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="siamstream", description="Watch video streams with Siamese networks: "
                                 "track objects, flag defective parts, export Prometheus metrics.")
@@ -552,7 +563,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--frames", type=int, default=600, help="frames of the inspected scene (default 600)")
     demo.add_argument("--bank-frames", type=int, default=1200,
                       help="frames of the good-parts scene used to build the bank (default 1200)")
-    demo.add_argument("--seed", type=int, default=0,
+    demo.add_argument("--seed", type=_seed, default=0,
                       help="which embedded line: the scene, its parts and their defects (default 0)")
     demo.add_argument("--no-metrics", action="store_true", help="do not serve /metrics")
     demo.set_defaults(func=cmd_demo)

@@ -307,3 +307,13 @@ def test_adapt_end_to_end_and_its_errors(tmp_path: Path) -> None:
     assert_clean_error(siamstream("adapt", "--good", str(good), "--out", str(out), "--size", "12x12"), "--size")
     assert_clean_error(siamstream("adapt", "--good", str(good), "--out", str(out), "--set",
                                   "encoder.patch_stage=0"), "patch_stage")
+
+
+@pytest.mark.parametrize("seed", ["-1", "abc"])
+def test_demo_refuses_a_bad_seed_before_any_work(seed: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from pipeline.cli import build_parser
+
+    with pytest.raises(SystemExit) as done:
+        build_parser().parse_args(["demo", "--seed", seed, "--out", str(tmp_path / "demo")])
+    assert done.value.code == 2 and "is not a seed; give a whole number >= 0" in capsys.readouterr().err
+    assert not (tmp_path / "demo").exists()
