@@ -7,7 +7,7 @@ import json
 import logging
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from pipeline.anomaly.bank_meta import BankError
 from pipeline.config import Config, ConfigError, load_config
+from pipeline.errors import user_errors
 from pipeline.metrics import MetricsError
 from pipeline.redact import RedactingFormatter, redact_text, redact_url
 from pipeline.sinks import check_writable_dir
@@ -26,29 +27,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("siamstream")
 
-# Errors whose message is complete: reported as one line, no traceback. Named, not imported: `run` loads none of
-# the training, evaluation and benchmark modules (an error class whose module was never imported was never raised).
-USER_ERRORS: tuple[tuple[str, str], ...] = (
-    ("pipeline.config", "ConfigError"), ("pipeline.sources", "SourceError"), ("pipeline.sinks", "SinkError"),
-    ("pipeline.encoder", "EncoderContractError"), ("pipeline.anomaly.bank_meta", "BankError"),
-    ("pipeline.metrics", "MetricsError"), ("pipeline.tracking.appearance", "AppearanceError"),
-    ("pipeline.detect.onnx_detector", "DetectorContractError"), ("pipeline.detect.motchallenge", "MotFileError"),
-    ("encoders.backbones", "BackboneError"), ("encoders.export", "ExportParityError"), ("encoders.train", "TrainError"),
-    ("encoders.evaluate", "EvaluationError"), ("encoders.reid_data", "ReidDataError"), ("encoders.adapt", "AdaptError"),
-    ("lab.benchmarks.data", "BenchDataError"), ("lab.evaluation.anomaly_eval", "ManifestError"),
-    ("lab.evaluation.mot_metrics", "MotEvaluationError"), ("lab.evaluation.motchallenge", "MotSequenceError"),
-    ("lab.evaluation.mot_peers", "PeerUnavailableError"),
-)
-
-
 # Packages of the `lab` extra (evaluation and benchmarks); `run`, `bank` and `demo` work without them.
 LAB_PACKAGES = frozenset({"sklearn", "matplotlib", "trackeval", "motmetrics"})
-
-
-def user_errors() -> tuple[type[BaseException], ...]:
-    """The classes of :data:`USER_ERRORS` whose modules are loaded."""
-    loaded = (getattr(sys.modules[m], name) for m, name in USER_ERRORS if m in sys.modules)
-    return tuple(cls for cls in loaded if isinstance(cls, type))
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -70,12 +50,71 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     uri = args.source or cfg.source.uri
-    if not uri:
-        raise ConfigError("no source: pass --source FILE|DIR|CAMERA_INDEX|URL or set [source] uri")
+    if not uri and not cfg.streams:
+        raise ConfigError("no source: pass --source FILE|DIR|CAMERA_INDEX|URL, set [source] uri, or list "
+                          "[[streams]] in the config")
     out_dir = Path(args.out or cfg.output.dir)
     check_writable_dir(out_dir)  # before the source and the encoder: an unusable --out fails at once
     with OutputLock(out_dir, "siamstream run"):  # one run per output folder
+        if cfg.streams and not args.source:
+            return _run_streams_locked(cfg, out_dir, lambda: _config(args))
         return _run_locked(cfg, uri, out_dir)
+
+
+def _run_streams_locked(cfg: Config, out_dir: Path, load: Callable[[], Config]) -> int:
+    """Every ``[[streams]]`` entry in this process (:class:`pipeline.engine.Engine`), into ``OUT/<name>/``."""
+    from pipeline import app
+    from pipeline.engine import Engine, StreamStatus
+    from pipeline.metrics import PipelineMetrics, serve, write_snapshot
+    from pipeline.runner import RunSummary, reload_on_sighup, stop_on_signals
+
+    registry = CollectorRegistry()
+    metrics = PipelineMetrics(registry, cfg.streams[0].name)
+    # The models first, once for all streams: a bad one stops the run before any stream starts.
+    encoder = app.build_encoder(cfg.encoder)
+    reid = {}
+    for s in cfg.streams:
+        if s.tracker.reid_model and s.tracker.reid_model not in reid:
+            built = app.build_reid_encoder(s.tracker, cfg.encoder)
+            assert built is not None
+            reid[s.tracker.reid_model] = built
+    engine = Engine(cfg, out_dir, metrics, encoder, reid)
+    try:
+        if cfg.metrics.enabled:
+            serve(registry, cfg.metrics.address, cfg.metrics.port, states=engine.states)
+        stop = threading.Event()
+        with stop_on_signals(stop, on_stop=engine.stop_all), reload_on_sighup(lambda: engine.reload(load)):
+            status = engine.run(stop)
+    finally:
+        try:
+            write_snapshot(registry, str(out_dir / "metrics.prom"))
+        except MetricsError as exc:
+            log.error("%s", exc)
+    failed = [st for st in status.values() if st.state == "failed"]  # streams of the config in force at the end
+    interrupted = any(st.state == "stopped" for st in status.values())
+
+    def row(st: StreamStatus) -> dict[str, object]:
+        sm = st.summary or RunSummary()
+        return {"state": st.state, "frames": sm.frames, "fps": round(sm.fps, 2), "tracks": sm.tracks,
+                "flagged": len(sm.flagged)}
+
+    print(f"{'stream':<16} {'state':<8} {'frames':>7} {'fps':>6} {'tracks':>6} {'flagged':>7}  source")
+    for st, note in [*((h, " (an earlier run of it, before a reload)") for h in engine.history),
+                     *((st, "") for st in status.values())]:
+        r = row(st)
+        print(f"{st.name:<16} {st.state:<8} {r['frames']:>7} {r['fps']:>6} {r['tracks']:>6} {r['flagged']:>7}  "
+              f"{st.source}{note}")
+    print(f"outputs    {out_dir}/<stream>" + ("  (interrupted)" if interrupted else ""))
+    for st in failed:
+        print(f"siamstream: error: stream {st.name}: {st.error}", file=sys.stderr)
+    every = [*engine.history, *status.values()]
+    _print_json({"streams": {st.name: row(st) for st in status.values()},
+                 "earlier": [{"name": h.name, **row(h)} for h in engine.history],
+                 "frames": sum(st.summary.frames for st in every if st.summary is not None),
+                 "failed": len(failed), "out": str(out_dir)})
+    if failed:
+        return 2
+    return 130 if interrupted else 0
 
 
 def _run_locked(cfg: Config, uri: str, out_dir: Path) -> int:
@@ -83,52 +122,57 @@ def _run_locked(cfg: Config, uri: str, out_dir: Path) -> int:
     from pipeline.anomaly.reload import BankReloader
     from pipeline.metrics import PipelineMetrics, serve, write_snapshot
     from pipeline.runner import RunSummary, run, stop_on_signals
-    from pipeline.sources import open_source
+    from pipeline.sources import FrameSource, open_source
 
     registry = CollectorRegistry()
     metrics = PipelineMetrics(registry, cfg.output.stream_name)
     summary: RunSummary | None = None
-    try:
-        source = open_source(uri, cfg.source)
+    stop = threading.Event()
+    live: list[FrameSource] = []
+    # From here on SIGINT/SIGTERM end the run cleanly, even while the models load: a live source that is down and
+    # retrying is closed, which wakes the run so it can flush and exit.
+    with stop_on_signals(stop, on_stop=lambda: [s.close() for s in live]):
         try:
-            encoder = app.build_encoder(cfg.encoder)
-            # The tracker's own re-identification model, if any, and an encoder without the features
-            # appearance_region needs: say so before anything binds or opens.
-            reid = app.build_reid_encoder(cfg.tracker, cfg.encoder)
-            if reid is None:
-                check_region(cfg.tracker.appearance_region, encoder.patch_grid, getattr(encoder, "path", ""))
-            # Made (it looks at the bank's files) before the bank is loaded: a save during startup is swapped in.
-            reloader = (BankReloader(cfg.anomaly.bank, cfg.anomaly.reload_interval_s,
-                                     lambda b: pipeline.swap_bank(b),
-                                     on_error=lambda _m: metrics.bank_reload_errors.inc())
-                        if cfg.anomaly.bank and cfg.anomaly.reload_interval_s > 0 else None)
-            bank = app.load_bank(cfg.anomaly.bank, encoder)
-            if cfg.metrics.enabled:
-                serve(registry, cfg.metrics.address, cfg.metrics.port)
-            pipeline = app.build_pipeline(cfg, encoder, metrics, bank, out_dir, reid)
-            sinks = app.build_sinks(cfg.output, out_dir, source.fps or cfg.source.fps_hint, cfg.alerts, metrics,
-                                    pipeline.evidence_dir)
-        except BaseException:
-            source.close()
-            raise
-        stop = threading.Event()
-        if reloader is not None:
-            reloader.start()
-        # A live source may be down and retrying: closing it wakes the run so it can flush and exit.
-        try:
-            with stop_on_signals(stop, on_stop=source.close if source.is_live else None):
-                summary = run(source, pipeline, sinks, stop, cfg.output.progress_every_s)
-        finally:
-            if reloader is not None:
-                reloader.stop()
-    finally:
-        # Whatever ended the run (its end, a signal, an error), its last values are written when they can be.
-        try:
-            write_snapshot(registry, str(out_dir / "metrics.prom"))
-        except MetricsError as exc:
-            if summary is not None:
+            source = open_source(uri, cfg.source)
+            if source.is_live:
+                live.append(source)
+            try:
+                encoder = app.build_encoder(cfg.encoder)
+                # The tracker's own re-identification model, if any, and an encoder without the features
+                # appearance_region needs: say so before anything binds or opens.
+                reid = app.build_reid_encoder(cfg.tracker, cfg.encoder)
+                if reid is None:
+                    check_region(cfg.tracker.appearance_region, encoder.patch_grid, getattr(encoder, "path", ""))
+                # Made (it looks at the bank's files) before the bank is loaded: a save during startup is swapped in.
+                reloader = (BankReloader(cfg.anomaly.bank, cfg.anomaly.reload_interval_s,
+                                         lambda b: pipeline.swap_bank(b),
+                                         on_error=lambda _m: metrics.bank_reload_errors.inc())
+                            if cfg.anomaly.bank and cfg.anomaly.reload_interval_s > 0 else None)
+                bank = app.load_bank(cfg.anomaly.bank, encoder)
+                if cfg.metrics.enabled:
+                    serve(registry, cfg.metrics.address, cfg.metrics.port)
+                pipeline = app.build_pipeline(cfg, encoder, metrics, bank, out_dir, reid)
+                sinks = app.build_sinks(cfg.output, out_dir, source.fps or cfg.source.fps_hint, cfg.alerts, metrics,
+                                        pipeline.evidence_dir)
+            except BaseException:
+                source.close()
                 raise
-            log.error("%s", exc)
+            if reloader is not None:
+                reloader.start()
+            try:
+                summary = run(source, pipeline, sinks, stop, cfg.output.progress_every_s,
+                              read_ahead=cfg.source.read_ahead)
+            finally:
+                if reloader is not None:
+                    reloader.stop()
+        finally:
+            # Whatever ended the run (its end, a signal, an error), its last values are written when they can be.
+            try:
+                write_snapshot(registry, str(out_dir / "metrics.prom"))
+            except MetricsError as exc:
+                if summary is not None:
+                    raise
+                log.error("%s", exc)
     print(f"source     {redact_url(uri)}")
     print(f"frames     {summary.frames} in {summary.seconds:.1f} s ({summary.fps:.1f} fps), "
           f"dropped {summary.dropped}, reconnects {summary.reconnects}")
@@ -522,6 +566,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         return bench_reid.main(_config(args), out_dir=Path(args.out) if args.out else None, epochs=args.epochs,
                                threads=args.threads or 2)
+    if args.bench == "streams":
+        from lab.benchmarks import streams
+        from lab.benchmarks.data import shared_data
+
+        config = args.config or str(streams.DEFAULT_CONFIG)
+        config_args = ["--config", config, *(x for s in args.set or [] for x in ("--set", s))]
+        counts = tuple(int(c) for c in args.streams.split(","))
+        if not counts or min(counts) < 1:
+            raise ConfigError(f"bench streams: --streams {args.streams!r}: give counts >= 1, e.g. 1,2,4,8")
+        return streams.main(load_config(config, args.set or []),
+                            Path(args.video) if args.video else shared_data("conveyor_video", "cutted.avi"),
+                            config_args, counts, frames=args.frames, processes=not args.no_processes)
     if args.bench == "soak":
         from lab.benchmarks import soak
 
@@ -716,7 +772,14 @@ def build_parser() -> argparse.ArgumentParser:
     b_soak.add_argument("--frames", type=int, default=200_000, help="frames to run (default 200000)")
     b_soak.add_argument("--sample-every", type=int, default=1000, help="frames between samples (default 1000)")
     b_soak.add_argument("--out", help="keep the run's outputs here (default: a temporary folder)")
-    for b in (b_enc, b_one, b_ver, b_mot, b_anom, b_reid, b_soak):
+    b_streams = bench_sub.add_parser("streams", help="N streams of the conveyor video in one process (1, 2, 4, 8) "
+                                                     "against the decode and encoder floors and N processes")
+    common(b_streams)
+    b_streams.add_argument("--streams", default="1,2,4,8", help="stream counts, comma-separated (default 1,2,4,8)")
+    b_streams.add_argument("--frames", type=int, default=300, help="frames per stream (default 300)")
+    b_streams.add_argument("--video", help="the video each stream reads (default: the shared conveyor video)")
+    b_streams.add_argument("--no-processes", action="store_true", help="skip the N one-stream processes")
+    for b in (b_enc, b_one, b_ver, b_mot, b_anom, b_reid, b_soak, b_streams):
         b.set_defaults(func=cmd_bench)
 
     config = sub.add_parser("config", help="configuration tools")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,6 +70,7 @@ class SourceConfig(_Section):
     reconnect_attempts: int = _f(0, 0, 1_000_000)
     max_frames: int = _f(0, 0, None)
     fps_hint: float = _f(0.0, 0.0, 1000.0)
+    read_ahead: int = _f(2, 0, 256)
 
 
 # pipeline.detect.onnx_detector.LAYOUTS, repeated so reading a config does not import OpenCV (a test keeps them equal).
@@ -123,6 +125,7 @@ class EncoderConfig(_Section):
     patch_detail_stage: int = _f(0, 0, 6)
     crop_padding: float = _f(0.1, 0.0, 2.0)
     max_batch: int = _f(64, 1, 4096)
+    batch_wait_ms: float = _f(2.0, 0.0, 1000.0)
 
 
     def _check(self) -> None:
@@ -350,6 +353,41 @@ class ReidConfig(_Section):
                               f"small-cnn")
 
 
+# What a [[streams]] entry may set besides its name and source: these sections, merged over the top-level ones.
+STREAM_SECTIONS: tuple[str, ...] = ("detector", "tracker", "anomaly", "output")
+# Keys of those sections a stream cannot set: its folder and its metric label are its name.
+_STREAM_FIXED: dict[tuple[str, str], str] = {
+    ("output", "dir"): "each stream writes to OUT/<name>; set OUT with --out or the top-level [output] dir",
+    ("output", "stream_name"): "the stream's name is its `name`",
+}
+# A stream's name is a metric label value and a folder name: short, no spaces or path separators.
+STREAM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """One ``[[streams]]`` entry: a named source and the sections it overrides, already merged over the top-level
+    ones (so each is complete and checked).
+
+    Attributes:
+        name: the ``stream`` label of its metrics and events, and its folder under the run's output folder.
+        source: the file, folder, camera index or URL it reads.
+    """
+
+    name: str
+    source: str
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
+    tracker: TrackerConfig = field(default_factory=TrackerConfig)
+    anomaly: AnomalyConfig = field(default_factory=AnomalyConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def config(self, base: Config) -> Config:
+        """What this stream runs with: ``base`` with this stream's source and sections, and no stream list."""
+        return dataclasses.replace(base, source=dataclasses.replace(base.source, uri=self.source),
+                                   detector=self.detector, tracker=self.tracker, anomaly=self.anomaly,
+                                   output=self.output, streams=())
+
+
 @dataclass(frozen=True)
 class Config:
     source: SourceConfig = field(default_factory=SourceConfig)
@@ -363,10 +401,11 @@ class Config:
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     train: TrainingConfig = field(default_factory=TrainingConfig)
     reid: ReidConfig = field(default_factory=ReidConfig)
+    streams: tuple[StreamConfig, ...] = ()  # [[streams]]: several sources in one process (pipeline.engine)
 
 
 _SECTIONS: dict[str, type] = {f.name: f.type if isinstance(f.type, type) else get_type_hints(Config)[f.name]
-                              for f in dataclasses.fields(Config)}
+                              for f in dataclasses.fields(Config) if f.name != "streams"}
 
 
 def _type_name(t: type) -> str:
@@ -441,10 +480,13 @@ def parse_override(text: str) -> tuple[str, str, Any]:
 def config_from_dict(raw: dict[str, Any], origin: str = "<config>",
                      overrides: list[str] | tuple[str, ...] = ()) -> Config:
     merged: dict[str, dict[str, Any]] = {}
+    streams = raw.get("streams", [])
     for section, body in raw.items():
+        if section == "streams":
+            continue
         if section not in _SECTIONS:
             raise ConfigError(f"{origin}: unknown section [{section}]{_suggest(section, list(_SECTIONS))}; "
-                              f"allowed sections: {', '.join(_SECTIONS)}")
+                              f"allowed sections: {', '.join(_SECTIONS)} and [[streams]]")
         if not isinstance(body, dict):
             raise ConfigError(f"{origin}: [{section}] must be a table of keys, got {body!r}")
         merged[section] = dict(body)
@@ -459,7 +501,53 @@ def config_from_dict(raw: dict[str, Any], origin: str = "<config>",
                 for name, cls in _SECTIONS.items()}
     cfg = Config(**sections)
     _check_together(cfg, origin_with_sets)
+    if streams:
+        cfg = dataclasses.replace(cfg, streams=_build_streams(streams, merged, cfg, origin_with_sets))
     return cfg
+
+
+def _build_streams(entries: object, merged: dict[str, dict[str, Any]], cfg: Config,
+                   origin: str) -> tuple[StreamConfig, ...]:
+    """``[[streams]]`` -> one :class:`StreamConfig` per entry, each section merged over the top-level one and
+    checked as a whole config is (its own rules and those between sections)."""
+    example = "e.g. [[streams]] name = \"line1\" source = \"line1.mp4\""
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise ConfigError(f"{origin}: streams must be an array of tables ([[streams]]), {example}")
+    result: list[StreamConfig] = []
+    for i, entry in enumerate(entries):
+        name = entry.get("name")
+        if not isinstance(name, str) or not STREAM_NAME.fullmatch(name):
+            raise ConfigError(f"{origin}: [[streams]] entry {i + 1}: name: got {name!r}, allowed: 1 to 64 letters, "
+                              f"digits, '.', '_' or '-', starting with a letter or digit ({example})")
+        where = f"{origin}: [[streams]] {name!r}"
+        if any(s.name == name for s in result):
+            raise ConfigError(f"{where}: the name is used twice; give each stream its own name")
+        source = entry.get("source")
+        if not isinstance(source, str) or not source.strip():
+            raise ConfigError(f"{where}: source: got {redact_url(str(source)) if source else source!r}, allowed: "
+                              f"a file, folder, camera index or URL ({example})")
+        for key in entry:
+            if key not in ("name", "source", *STREAM_SECTIONS):
+                raise ConfigError(f"{where}: unknown key {key!r}{_suggest(key, ['name', 'source', *STREAM_SECTIONS])}"
+                                  f"; allowed: name, source and the tables {', '.join(STREAM_SECTIONS)} "
+                                  f"(e.g. [streams.anomaly] bank = \"...\")")
+        sections: dict[str, Any] = {}
+        for section in STREAM_SECTIONS:
+            own = entry.get(section, {})
+            if not isinstance(own, dict):
+                raise ConfigError(f"{where}: {section} must be a table ([streams.{section}]), got {own!r}")
+            for key in own:
+                if (section, key) in _STREAM_FIXED:
+                    raise ConfigError(f"{where}: [streams.{section}] {key} cannot be set per stream: "
+                                      f"{_STREAM_FIXED[section, key]}")
+            body = {**merged.get(section, {}), **own}
+            if section == "output":
+                body["stream_name"] = name
+            sections[section] = _build_section(_SECTIONS[section], body, where, section)
+        stream = StreamConfig(name, source, **sections)
+        _check_together(stream.config(cfg), where)
+        result.append(stream)
+    return tuple(result)
 
 
 def _check_alerts(cfg: AlertsConfig, origin: str) -> None:

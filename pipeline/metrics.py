@@ -12,6 +12,7 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import metadata
 
@@ -48,119 +49,170 @@ def _version() -> str:
         return "unknown"
 
 
-class PipelineMetrics:
-    """The pipeline's metrics on ``registry``, all labelled with one stream name."""
+class MetricFamilies:
+    """Every metric family, registered once on ``registry``; each stream takes its own series of them
+    (:class:`PipelineMetrics`)."""
 
-    def __init__(self, registry: CollectorRegistry, stream: str = "default") -> None:
+    def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
-        self.stream = stream
         s = ("stream",)
         self.frames_read = Counter("siamstream_frames_read_total", "Frames decoded from the source.", s,
-                                   registry=registry).labels(stream)
+                                   registry=registry)
         self.last_frame = Gauge("siamstream_last_frame_timestamp_seconds",
-                                "Unix time the last frame finished processing.", s, registry=registry).labels(stream)
+                                "Unix time the last frame finished processing.", s, registry=registry)
         self.frames_processed = Counter("siamstream_frames_processed_total",
-                                        "Frames that went through every stage.", s, registry=registry).labels(stream)
+                                        "Frames that went through every stage.", s, registry=registry)
         self.frames_dropped = Counter("siamstream_frames_dropped_total",
                                       "Live frames dropped because the pipeline fell behind.", s,
-                                      registry=registry).labels(stream)
+                                      registry=registry)
         self.source_nominal_fps = Gauge("siamstream_source_nominal_fps",
                                         "Frame rate the source declares (0 when unknown).", s,
-                                        registry=registry).labels(stream)
+                                        registry=registry)
         self.source_reconnects = Counter("siamstream_source_reconnects_total",
                                          "Times a live source was reopened after it stopped delivering.", s,
-                                         registry=registry).labels(stream)
+                                         registry=registry)
         self.source_queue_depth = Gauge("siamstream_source_queue_depth",
                                         "Frames a live source has read and queued, not yet processed (read when "
-                                        "scraped; 0 for files).", s, registry=registry).labels(stream)
-        self._stage = Histogram("siamstream_stage_latency_seconds", "Time spent in each stage per frame.",
+                                        "scraped; 0 for files).", s, registry=registry)
+        self.stage = Histogram("siamstream_stage_latency_seconds", "Time spent in each stage per frame.",
                                 ("stream", "stage"), buckets=STAGE_BUCKETS, registry=registry)
-        self.stage = {name: self._stage.labels(stream, name) for name in STAGES}
         self.frame_latency = Histogram("siamstream_frame_latency_seconds",
                                        "From a frame's capture (live sources, queueing included) or its "
                                        "decoding (files) to its verdicts written to the sinks.", s,
-                                       buckets=FRAME_BUCKETS, registry=registry).labels(stream)
+                                       buckets=FRAME_BUCKETS, registry=registry)
         self.encoder_batch = Histogram("siamstream_encoder_batch_size", "Crops per encoder batch (one per frame).",
-                                       s, buckets=BATCH_BUCKETS, registry=registry).labels(stream)
+                                       s, buckets=BATCH_BUCKETS, registry=registry)
         self.active_tracks = Gauge("siamstream_active_tracks", "Confirmed tracks currently followed.", s,
-                                   registry=registry).labels(stream)
+                                   registry=registry)
         self.tracks_started = Counter("siamstream_tracks_started_total", "Tracks confirmed.", s,
-                                      registry=registry).labels(stream)
+                                      registry=registry)
         self.tracks_ended = Counter("siamstream_tracks_ended_total", "Confirmed tracks that ended.", s,
-                                    registry=registry).labels(stream)
+                                    registry=registry)
         self.parts_inspected = Counter("siamstream_parts_inspected_total",
-                                       "Tracked parts that received a verdict.", s, registry=registry).labels(stream)
+                                       "Tracked parts that received a verdict.", s, registry=registry)
         self.parts_flagged = Counter("siamstream_parts_flagged_total", "Tracked parts flagged as defective.", s,
-                                     registry=registry).labels(stream)
+                                     registry=registry)
         self.anomaly_score = Histogram(
             "siamstream_anomaly_score", "Per-crop anomaly score: k-NN distance to the good bank (a per-cell "
             "z-score with a cell-normalised bank; below 0 counts in the lowest bucket).", s, buckets=SCORE_BUCKETS,
-            registry=registry).labels(stream)
+            registry=registry)
         self.anomaly_score_ratio = Histogram("siamstream_anomaly_score_ratio",
                                              "Per-crop anomaly score divided by the bank's threshold (above 1: "
                                              "the crop looks defective).", s, buckets=SCORE_RATIO_BUCKETS,
-                                             registry=registry).labels(stream)
+                                             registry=registry)
         self.crops_unscored = Counter("siamstream_crops_unscored_total",
                                       "Crops not scored: they touch the frame edge (part partly out of view).", s,
-                                      registry=registry).labels(stream)
+                                      registry=registry)
         self.bank_reloads = Counter("siamstream_bank_reloads_total",
                                     "Times a changed bank was loaded and swapped in without a restart.", s,
-                                    registry=registry).labels(stream)
+                                    registry=registry)
         self.bank_reload_errors = Counter("siamstream_bank_reload_errors_total",
                                           "Changed banks that could not be loaded (the previous bank stays in use).",
-                                          s, registry=registry).labels(stream)
+                                          s, registry=registry)
         # Created on first use, so a run without a bank exports no bank series and readiness can tell
         # "no encoder yet" from "encoder loaded".
-        self._bank_size = Gauge("siamstream_bank_size", "Vectors in the anomaly bank.", s, registry=registry)
-        self._bank_threshold = Gauge("siamstream_bank_threshold", "Calibrated anomaly threshold.", s,
+        self.bank_size = Gauge("siamstream_bank_size", "Vectors in the anomaly bank.", s, registry=registry)
+        self.bank_threshold = Gauge("siamstream_bank_threshold", "Calibrated anomaly threshold.", s,
                                      registry=registry)
-        self._bank_updated = Gauge("siamstream_bank_updated_timestamp_seconds",
+        self.bank_updated = Gauge("siamstream_bank_updated_timestamp_seconds",
                                    "Unix time the bank was last changed.", s, registry=registry)
-        self._encoder_info = Info("siamstream_encoder", "The encoder model and its execution provider.", s,
+        self.encoder_info = Info("siamstream_encoder", "The encoder model and its execution provider.", s,
                                   registry=registry)
         self.build_info = Info("siamstream_build", "siamstream version.", registry=registry)
         self.build_info.info({"version": _version()})
+        # Several streams in one process (pipeline.engine): `encoder` is "parts" or "reid" (bounded).
+        self.shared_batch = Histogram("siamstream_shared_encoder_batch_size",
+                                      "Crops per call of an encoder shared by several streams (frames of all "
+                                      "streams batched together).", ("encoder",), buckets=BATCH_BUCKETS,
+                                      registry=registry)
+        self.shared_batch_frames = Histogram("siamstream_shared_encoder_batch_frames",
+                                             "Frames (of any stream) whose crops went in one call of a shared "
+                                             "encoder.", ("encoder",), buckets=BATCH_BUCKETS, registry=registry)
+        self.stream_failures = Counter("siamstream_stream_failures_total",
+                                       "Times the stream stopped on an error (its source, its bank, its outputs) "
+                                       "while the others went on.", ("stream",), registry=registry)
+        self.stream_up = Gauge("siamstream_stream_up", "1 while the stream runs; 0 once it stopped (its source "
+                               "ended, or an error stopped it alone).", ("stream",), registry=registry)
         # Alert sinks (pipeline.alerts): series appear for the sinks in use; `sink` is "webhook" or "mqtt".
         a = ("stream", "sink")
-        self._alerts_sent = Counter("siamstream_alerts_sent_total",
+        self.alerts_sent = Counter("siamstream_alerts_sent_total",
                                     "Alerts the receiver acknowledged (webhook 2xx, MQTT PUBACK).", a,
                                     registry=registry)
-        self._alert_failures = Counter("siamstream_alert_delivery_failures_total",
+        self.alert_failures = Counter("siamstream_alert_delivery_failures_total",
                                        "Failed delivery attempts (each alert is kept and retried).", a,
                                        registry=registry)
-        self._alerts_spooled = Gauge("siamstream_alerts_spooled", "Alerts on disk waiting for delivery.", a,
+        self.alerts_spooled = Gauge("siamstream_alerts_spooled", "Alerts on disk waiting for delivery.", a,
                                      registry=registry)
-        self._alerts_dropped = Counter("siamstream_alerts_dropped_total",
+        self.alerts_dropped = Counter("siamstream_alerts_dropped_total",
                                        "Alerts given up: spool full (oldest dropped) or a spool file unreadable.",
                                        a, registry=registry)
-        self._alerts_dead_lettered = Counter(
+        self.alerts_dead_lettered = Counter(
             "siamstream_alerts_dead_lettered_total",
             "Alerts the receiver kept rejecting (webhook 4xx other than 408/429), moved to the dead-letter folder.",
             a, registry=registry)
 
+
+class PipelineMetrics:
+    """One stream's series of the metrics on ``registry``, all labelled with its name. The first stream of a
+    registry registers the families; :meth:`for_stream` gives another stream its own series of the same ones."""
+
+    def __init__(self, registry: CollectorRegistry, stream: str = "default",
+                 families: MetricFamilies | None = None) -> None:
+        f = families if families is not None else MetricFamilies(registry)
+        self.families = f
+        self.registry = registry
+        self.stream = stream
+        self.frames_read = f.frames_read.labels(stream)
+        self.last_frame = f.last_frame.labels(stream)
+        self.frames_processed = f.frames_processed.labels(stream)
+        self.frames_dropped = f.frames_dropped.labels(stream)
+        self.source_nominal_fps = f.source_nominal_fps.labels(stream)
+        self.source_reconnects = f.source_reconnects.labels(stream)
+        self.source_queue_depth = f.source_queue_depth.labels(stream)
+        self.frame_latency = f.frame_latency.labels(stream)
+        self.encoder_batch = f.encoder_batch.labels(stream)
+        self.active_tracks = f.active_tracks.labels(stream)
+        self.tracks_started = f.tracks_started.labels(stream)
+        self.tracks_ended = f.tracks_ended.labels(stream)
+        self.parts_inspected = f.parts_inspected.labels(stream)
+        self.parts_flagged = f.parts_flagged.labels(stream)
+        self.anomaly_score = f.anomaly_score.labels(stream)
+        self.anomaly_score_ratio = f.anomaly_score_ratio.labels(stream)
+        self.crops_unscored = f.crops_unscored.labels(stream)
+        self.bank_reloads = f.bank_reloads.labels(stream)
+        self.bank_reload_errors = f.bank_reload_errors.labels(stream)
+        self.stage = {name: f.stage.labels(stream, name) for name in STAGES}
+        self.build_info = f.build_info
+        self.stream_up = f.stream_up.labels(stream)
+        self.stream_failures = f.stream_failures.labels(stream)
+
+    def for_stream(self, stream: str) -> PipelineMetrics:
+        """Another stream's series on the same registry."""
+        return PipelineMetrics(self.registry, stream, self.families)
+
     @property
     def bank_size(self) -> Gauge:
-        return self._bank_size.labels(self.stream)
+        return self.families.bank_size.labels(self.stream)
 
     @property
     def bank_threshold(self) -> Gauge:
-        return self._bank_threshold.labels(self.stream)
+        return self.families.bank_threshold.labels(self.stream)
 
     @property
     def bank_updated(self) -> Gauge:
-        return self._bank_updated.labels(self.stream)
+        return self.families.bank_updated.labels(self.stream)
 
     @property
     def encoder_info(self) -> Info:
-        return self._encoder_info.labels(self.stream)
+        return self.families.encoder_info.labels(self.stream)
 
     def alert_sink(self, sink: str) -> AlertSinkMetrics:
         """The series of one alert sink (``sink`` is ``"webhook"`` or ``"mqtt"``: bounded)."""
-        return AlertSinkMetrics(self._alerts_sent.labels(self.stream, sink),
-                                self._alert_failures.labels(self.stream, sink),
-                                self._alerts_spooled.labels(self.stream, sink),
-                                self._alerts_dropped.labels(self.stream, sink),
-                                self._alerts_dead_lettered.labels(self.stream, sink))
+        return AlertSinkMetrics(self.families.alerts_sent.labels(self.stream, sink),
+                                self.families.alert_failures.labels(self.stream, sink),
+                                self.families.alerts_spooled.labels(self.stream, sink),
+                                self.families.alerts_dropped.labels(self.stream, sink),
+                                self.families.alerts_dead_lettered.labels(self.stream, sink))
 
 
 class AlertSinkMetrics:
@@ -179,14 +231,19 @@ class MetricsError(RuntimeError):
     """The metrics endpoint cannot be served. ``str()`` names the address and the fix."""
 
 
-def readiness(registry: CollectorRegistry, stale_after_s: float = 10.0, now: float | None = None
-              ) -> tuple[bool, list[str]]:
+StreamStates = Callable[[], dict[str, dict[str, str]]]
+
+
+def readiness(registry: CollectorRegistry, stale_after_s: float = 10.0, now: float | None = None,
+              states: dict[str, dict[str, str]] | None = None) -> tuple[bool, list[str]]:
     """Whether the pipeline is ready, read from its own metrics, and the reasons when it is not.
 
     Ready means: an encoder is loaded, every bank in use holds vectors, and every stream processed a frame
-    in the last ``stale_after_s`` seconds.
+    in the last ``stale_after_s`` seconds. With several streams, ``states`` gives each one's state
+    (:class:`pipeline.engine.StreamStatus`): a stream that failed is a reason, one whose source ended is not stale.
     """
     now = time.time() if now is None else now
+    states = states or {}
     reasons: list[str] = []
     streams: set[str] = set()
     encoders: set[str] = set()
@@ -198,19 +255,28 @@ def readiness(registry: CollectorRegistry, stale_after_s: float = 10.0, now: flo
             elif sample.name == "siamstream_bank_size" and sample.value <= 0:
                 reasons.append(f"stream {stream}: the anomaly bank is empty")
             elif sample.name == "siamstream_last_frame_timestamp_seconds":
+                if states and stream not in states:
+                    continue  # a stream removed from the run
                 streams.add(stream)
+                if states.get(stream, {}).get("state") in ("ended", "failed"):
+                    continue
                 if sample.value <= 0:
                     reasons.append(f"stream {stream}: no frame processed yet")
                 elif now - sample.value > stale_after_s:
                     reasons.append(f"stream {stream}: no frame for {now - sample.value:.0f} s")
     for stream in sorted(streams - encoders):
-        reasons.append(f"stream {stream}: encoder not loaded")
-    if not streams:
+        if states.get(stream, {}).get("state") != "failed":
+            reasons.append(f"stream {stream}: encoder not loaded")
+    for stream, state in sorted(states.items()):
+        if state.get("state") == "failed":
+            reasons.append(f"stream {stream}: failed: {state.get('error', '')}")
+    if not streams and not states:
         reasons.append("no stream registered")
     return not reasons, reasons
 
 
-def _handler(registry: CollectorRegistry, stale_after_s: float) -> type[BaseHTTPRequestHandler]:
+def _handler(registry: CollectorRegistry, stale_after_s: float,
+             states: StreamStates | None) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
@@ -219,8 +285,12 @@ def _handler(registry: CollectorRegistry, stale_after_s: float) -> type[BaseHTTP
             elif path == "/healthz":
                 self._send(200, b"ok\n", "text/plain; charset=utf-8")
             elif path == "/readyz":
-                ready, reasons = readiness(registry, stale_after_s)
-                body = json.dumps({"ready": ready, "reasons": reasons}).encode() + b"\n"
+                now_states = states() if states is not None else None
+                ready, reasons = readiness(registry, stale_after_s, states=now_states)
+                doc: dict[str, object] = {"ready": ready, "reasons": reasons}
+                if now_states is not None:
+                    doc["streams"] = now_states
+                body = json.dumps(doc).encode() + b"\n"
                 self._send(200 if ready else 503, body, "application/json")
             else:
                 self._send(404, b"not found: try /metrics, /healthz or /readyz\n", "text/plain; charset=utf-8")
@@ -238,11 +308,13 @@ def _handler(registry: CollectorRegistry, stale_after_s: float) -> type[BaseHTTP
     return Handler
 
 
-def serve(registry: CollectorRegistry, address: str, port: int, stale_after_s: float = 10.0) -> int:
-    """Serve ``/metrics``, ``/healthz`` (process alive) and ``/readyz`` (see :func:`readiness`) on
-    ``address:port`` in a daemon thread; returns the bound port (0 picks one)."""
+def serve(registry: CollectorRegistry, address: str, port: int, stale_after_s: float = 10.0,
+          states: StreamStates | None = None) -> int:
+    """Serve ``/metrics``, ``/healthz`` (process alive) and ``/readyz`` (see :func:`readiness`; with ``states``,
+    its JSON lists each stream's state) on ``address:port`` in a daemon thread; returns the bound port (0 picks
+    one)."""
     try:
-        server = ThreadingHTTPServer((address, port), _handler(registry, stale_after_s))
+        server = ThreadingHTTPServer((address, port), _handler(registry, stale_after_s, states))
     except OSError as exc:
         if isinstance(exc, socket.gaierror) or exc.errno == errno.EADDRNOTAVAIL:
             fix = (f"[metrics] address {address!r} is not an address of this machine; use 127.0.0.1 (this host "

@@ -19,11 +19,12 @@ from pathlib import Path
 from pipeline.anomaly.bank import Bank
 from pipeline.anomaly.stage import AnomalyStage
 from pipeline.metrics import PipelineMetrics
+from pipeline.read_ahead import ReadAhead, read_in_turn
 from pipeline.sinks import Sink
 from pipeline.sources import FrameSource
 from pipeline.step import FrameStep
 from pipeline.tracking.tracker import Tracker
-from pipeline.types import Frame, FrameResult
+from pipeline.types import Detections, Frame, FrameResult
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +86,10 @@ class Pipeline:
         """One stage's time for one frame, into the stage histogram."""
         self.metrics.stage[stage].observe(seconds)
 
-    def process(self, frame: Frame) -> FrameResult:
-        step = self.step(frame)
+    def process(self, frame: Frame, detections: Detections | None = None) -> FrameResult:
+        """One frame through the step and the anomaly stage; ``detections``: the step's :meth:`FrameStep.detect`
+        already ran on it (ahead, in the reader thread)."""
+        step = self.step(frame, detections)
         dets, out = step.detections, step.tracked
         self.metrics.encoder_batch.observe(len(dets))
         self.tracks_started += len(out.started)
@@ -150,11 +153,33 @@ def stop_on_signals(stop: threading.Event, on_stop: Callable[[], None] | None = 
             signal.signal(sig, h)
 
 
+@contextmanager
+def reload_on_sighup(on_hup: Callable[[], None]) -> Iterator[None]:
+    """SIGHUP calls ``on_hup`` (e.g. read the stream list again) instead of ending the process."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGHUP"):
+        yield
+        return
+    previous = signal.getsignal(signal.SIGHUP)
+
+    def handler(_signum: int, _frame: object) -> None:
+        log.info("received SIGHUP: reading the stream list again")
+        on_hup()
+
+    signal.signal(signal.SIGHUP, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+
+
 def run(source: FrameSource, pipeline: Pipeline, sinks: list[Sink], stop: threading.Event | None = None,
-        progress_every_s: float = 5.0, on_result: Callable[[FrameResult], None] | None = None) -> RunSummary:
+        progress_every_s: float = 5.0, on_result: Callable[[FrameResult], None] | None = None,
+        read_ahead: int = 0) -> RunSummary:
     """Drive ``source`` through ``pipeline`` into ``sinks`` until the source ends or ``stop`` is set.
 
-    Sinks and the source are closed (flushed) whatever happens.
+    With ``read_ahead`` > 0, decoding and detection run that many frames ahead in a thread of their own
+    (:class:`pipeline.read_ahead.ReadAhead`); once ``stop`` is set no further frame is read, and the frames already
+    read are processed before the outputs are flushed. Sinks and the source are closed (flushed) whatever happens.
     """
     stop = stop or threading.Event()
     m = pipeline.metrics
@@ -173,17 +198,21 @@ def run(source: FrameSource, pipeline: Pipeline, sinks: list[Sink], stop: thread
     m.source_nominal_fps.set(source.fps or 0.0)
     # Read at scrape time, so it shows the queue while the run waits on the source. Only live sources queue.
     m.source_queue_depth.set_function(lambda: float(source.pending))
+    m.stream_up.set(1)
     completed = False
+    observe_read = m.stage["read"].observe
+    reader = (ReadAhead(iter(source), pipeline.step.detect, read_ahead, observe_read,
+                        name=f"read-{m.stream}") if read_ahead > 0 else None)
     try:
-        frames = iter(source)
-        while not stop.is_set():
-            t_read = time.perf_counter()
-            frame = next(frames, None)
-            if frame is None:
-                break
-            t0 = time.perf_counter()
-            m.stage["read"].observe(t0 - t_read)
-            result = pipeline.process(frame)
+        items = reader if reader is not None else read_in_turn(iter(source), observe_read)
+        if stop.is_set():  # stopped before the first frame: read no more (the reader's frames are processed)
+            if reader is not None:
+                reader.stop()
+            else:
+                items = iter(())
+        for item in items:
+            frame = item.frame
+            result = pipeline.process(frame, item.detections)
             t_sink = time.perf_counter()
             for sink in sinks:
                 sink.write(result)
@@ -193,7 +222,7 @@ def run(source: FrameSource, pipeline: Pipeline, sinks: list[Sink], stop: thread
             # A live frame's timestamp is its wall-clock capture time: its latency includes the time it
             # waited in the source's queue. File frames carry media time, so theirs starts at decoding.
             wall = time.time()
-            latency = wall - frame.timestamp if source.is_live else time.perf_counter() - t0
+            latency = wall - frame.timestamp if source.is_live else time.perf_counter() - item.decoded_at
             m.frame_latency.observe(max(latency, 0.0))
             m.frames_processed.inc()
             m.last_frame.set(wall)
@@ -203,13 +232,19 @@ def run(source: FrameSource, pipeline: Pipeline, sinks: list[Sink], stop: thread
             if progress_every_s and now - last_log >= progress_every_s:
                 last_log = now
                 done = f"{summary.frames}/{total}" if total else str(summary.frames)
-                log.info("frames %s  %.1f fps  tracks %d  flagged %d  dropped %d", done,
+                log.info("%sframes %s  %.1f fps  tracks %d  flagged %d  dropped %d",
+                         f"{m.stream}: " if m.stream != "default" else "", done,
                          summary.frames / (now - start), pipeline.tracks_started, len(pipeline.flagged),
                          source.dropped)
+            if stop.is_set():
+                if reader is None:
+                    break
+                reader.stop()  # the frames it already read are processed, then the loop ends
         summary.interrupted = stop.is_set()
         completed = True
     finally:
         summary.seconds = time.perf_counter() - start
+        m.stream_up.set(0)
         try:
             pipeline.finish()
         finally:
@@ -219,6 +254,11 @@ def run(source: FrameSource, pipeline: Pipeline, sinks: list[Sink], stop: thread
                     sink.close()
                 except Exception as exc:  # close every sink even if one fails, then report
                     errors.append(exc)
+            # The reader thread first: the source is not closed under a read in progress (a live source blocked
+            # in a read is closed to wake it).
+            if reader is not None and not reader.close():
+                source.close()
+                reader.close()
             source.close()
             # Frames read (or dropped) after the last processed one: read == processed + dropped + queued.
             export_source_counters()

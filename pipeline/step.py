@@ -88,10 +88,17 @@ class FrameStep:
             self._observe(stage, now - start)
         return now
 
-    def __call__(self, frame: Frame) -> StepResult:
+    def detect(self, frame: Frame) -> Detections:
+        """The first stage alone (a reader thread may run it ahead of the rest: :func:`pipeline.runner.run`)."""
         t = time.perf_counter()
         dets = self.detector.detect(frame)
-        t = self._timed("detect", t)
+        self._timed("detect", t)
+        return dets
+
+    def __call__(self, frame: Frame, detections: Detections | None = None) -> StepResult:
+        """The frame through every stage; ``detections``: :meth:`detect` already ran on it."""
+        dets = self.detect(frame) if detections is None else detections
+        t = time.perf_counter()
         enc, reid = self.encoder, self.reid_encoder
         part_enc = enc if self._embed_parts else None
         crops = crop_batch(frame, dets, part_enc.input_size, self.crop_padding) if part_enc is not None else None

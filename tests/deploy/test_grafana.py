@@ -52,6 +52,8 @@ def exported_series() -> dict[str, set[str]]:
     m.bank_threshold.set(0.4)
     m.bank_updated.set(1.7e9)
     m.encoder_info.info({"provider": "CPUExecutionProvider", "model": "m.onnx"})
+    m.families.shared_batch.labels("parts").observe(12)
+    m.families.shared_batch_frames.labels("parts").observe(3)
     series: dict[str, set[str]] = {}
     for family in text_string_to_metric_families(generate_latest(registry).decode()):
         for sample in family.samples:

@@ -21,7 +21,8 @@ DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 RULES = DEPLOY / "prometheus" / "rules" / "siamstream.rules.yml"
 ALERTS = {"SiamstreamDown", "SiamstreamTargetMissing", "SiamstreamStreamStalled", "SiamstreamFrameRateLow",
           "SiamstreamFramesDropped", "SiamstreamAnomalyRateSpike", "SiamstreamBankEmpty", "SiamstreamBankStale",
-          "SiamstreamEncoderLatencyHigh", "SiamstreamAlertDeliveryStalled", "SiamstreamAlertsDeadLettered"}
+          "SiamstreamEncoderLatencyHigh", "SiamstreamAlertDeliveryStalled", "SiamstreamAlertsDeadLettered",
+          "SiamstreamStreamFailed"}
 
 
 def tool(name: str) -> str:

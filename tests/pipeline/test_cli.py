@@ -158,10 +158,18 @@ def test_sigterm_while_live_source_is_down_exits_and_flushes(tmp_path: Path, pre
          f"rtsp://127.0.0.1:{port}/line", "--out", str(out), "--set", f'encoder.model="{pretrained_onnx}"',
          "--set", "metrics.enabled=false", "--set", "source.reconnect_initial_s=0.1"],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(3)  # the source is down and retrying with backoff
-    assert proc.poll() is None, proc.communicate()
+    assert proc.stderr is not None
+    seen: list[str] = []
+    deadline = time.monotonic() + 120  # a busy machine may take a while to load the models
+    while time.monotonic() < deadline:  # until the source is down and retrying with backoff
+        line = proc.stderr.readline()
+        seen.append(line)
+        if "retrying" in line or not line:
+            break
+    assert proc.poll() is None, "".join(seen)
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=30)
+    stderr = "".join(seen) + stderr
     assert proc.returncode == 130, stderr
     assert json.loads(stdout.strip().splitlines()[-1])["frames"] == 0
     assert (out / "tracks.txt").exists() and (out / "events.jsonl").exists()

@@ -17,7 +17,8 @@ def test_shipped_config_equals_defaults() -> None:
 def test_shipped_config_documents_every_key() -> None:
     text = (REPO / "config.toml").read_text()
     cfg = Config()
-    for section in cfg.__dataclass_fields__:
+    assert "[[streams]]" in text  # documented by a commented example
+    for section in (f.name for f in dataclasses.fields(cfg) if f.name != "streams"):
         assert f"[{section}]" in text
         for key in (f.name for f in dataclasses.fields(getattr(cfg, section))):
             line = next((ln for ln in text.splitlines() if ln.startswith(f"{key} =")), None)
@@ -101,3 +102,80 @@ def test_config_is_frozen() -> None:
 def test_every_shipped_line_config_loads(path: Path) -> None:
     cfg = load_config(path)
     assert cfg != Config()  # each one sets something of its own
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# [[streams]]
+
+STREAMS = """
+[tracker]
+min_hits = 3
+[anomaly]
+bank = "banks/shared"
+[[streams]]
+name = "line1"
+source = "line1.mp4"
+[[streams]]
+name = "dock"
+source = "rtsp://user:secret@10.0.0.12/s1"
+[streams.tracker]
+min_hits = 5
+[streams.anomaly]
+bank = "banks/dock"
+[streams.output]
+video = false
+"""
+
+
+def test_streams_merge_their_own_tables_over_the_shared_sections(tmp_path: Path) -> None:
+    p = tmp_path / "c.toml"
+    p.write_text(STREAMS)
+    cfg = load_config(p, ["tracker.max_cost=0.5"])
+    line1, dock = cfg.streams
+    assert (line1.name, line1.source, dock.name) == ("line1", "line1.mp4", "dock")
+    assert line1.tracker.min_hits == 3 and dock.tracker.min_hits == 5
+    assert line1.tracker.max_cost == dock.tracker.max_cost == 0.5  # --set reaches every stream
+    assert line1.anomaly.bank == "banks/shared" and dock.anomaly.bank == "banks/dock"
+    assert line1.output.video and not dock.output.video
+    assert (line1.output.stream_name, dock.output.stream_name) == ("line1", "dock")
+    one = dock.config(cfg)
+    assert one.streams == () and one.source.uri == dock.source and one.tracker == dock.tracker
+    assert one.encoder == cfg.encoder  # shared
+
+
+@pytest.mark.parametrize(
+    ("streams", "fragments"),
+    [
+        ('[[streams]]\nname = "a b"\nsource = "x.mp4"\n', ["entry 1: name", "'a b'", "letters, digits"]),
+        ('[[streams]]\nsource = "x.mp4"\n', ["entry 1: name", "None"]),
+        ('[[streams]]\nname = "a"\n', ["[[streams]] 'a': source", "a file, folder, camera index or URL"]),
+        ('[[streams]]\nname = "a"\nsource = "x"\n[[streams]]\nname = "a"\nsource = "y"\n',
+         ["'a': the name is used twice"]),
+        ('[[streams]]\nname = "a"\nsource = "x"\nbank = "b"\n', ["'a': unknown key 'bank'", "[streams.anomaly]"]),
+        ('[[streams]]\nname = "a"\nsource = "x"\n[streams.encoder]\nthreads = 1\n', ["unknown key 'encoder'"]),
+        ('[[streams]]\nname = "a"\nsource = "x"\n[streams.output]\ndir = "o"\n', ["[streams.output] dir cannot be set",
+                                                                                  "OUT/<name>"]),
+        ('[[streams]]\nname = "a"\nsource = "x"\n[streams.tracker]\nmin_hits = "2"\n',
+         ["[[streams]] 'a'", "[tracker] min_hits", "expected an integer"]),
+        ('[[streams]]\nname = "a"\nsource = "x"\n[streams.tracker]\nreid_model = "m.onnx"\ncolor_weight = 0.2\n',
+         ["[[streams]] 'a'", "color_weight"]),
+        ('streams = 3\n', ["streams must be an array of tables"]),
+    ],
+)
+def test_a_bad_stream_entry_is_one_line_naming_the_stream_and_the_fix(tmp_path: Path, streams: str,
+                                                                      fragments: list[str]) -> None:
+    p = tmp_path / "c.toml"
+    p.write_text(streams)
+    with pytest.raises(ConfigError) as err:
+        load_config(p)
+    assert "\n" not in str(err.value)
+    for fragment in fragments:
+        assert fragment in str(err.value)
+
+
+def test_a_secret_in_a_bad_stream_source_is_not_echoed(tmp_path: Path) -> None:
+    p = tmp_path / "c.toml"
+    p.write_text('[[streams]]\nname = "a"\nsource = ["rtsp://u:hunter2@h/s"]\n')
+    with pytest.raises(ConfigError) as err:
+        load_config(p)
+    assert "hunter2" not in str(err.value)
