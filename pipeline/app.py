@@ -31,6 +31,7 @@ from pipeline.config import (
 )
 from pipeline.detect import Detector
 from pipeline.detect.background import BackgroundSubtractionDetector
+from pipeline.detect.motchallenge import MotDetectionFile
 from pipeline.detect.onnx_detector import OnnxDetector
 from pipeline.encoder import Encoder, EncoderContractError, ModelFileError, OnnxEncoder
 from pipeline.encoder_torch import TorchEncoder
@@ -110,7 +111,10 @@ def build_reid_encoder(cfg: TrackerConfig, encoder: EncoderConfig) -> Encoder | 
 
 
 def build_detector(cfg: DetectorConfig) -> Detector:
-    """``[detector]`` -> the detector ``kind`` names: your ONNX model, or background subtraction."""
+    """``[detector]`` -> the detector ``kind`` names: your ONNX model, detections read from a MOTChallenge file, or
+    background subtraction."""
+    if cfg.kind == "file":
+        return MotDetectionFile(cfg.file)
     if cfg.kind == "onnx":
         return OnnxDetector(cfg.model, input_size=cfg.input_size, conf_threshold=cfg.conf_threshold,
                             iou_threshold=cfg.iou_threshold, classes=cfg.classes, max_detections=cfg.max_detections,

@@ -575,9 +575,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
         counts = tuple(int(c) for c in args.streams.split(","))
         if not counts or min(counts) < 1:
             raise ConfigError(f"bench streams: --streams {args.streams!r}: give counts >= 1, e.g. 1,2,4,8")
-        return streams.main(load_config(config, args.set or []),
-                            Path(args.video) if args.video else shared_data("conveyor_video", "cutted.avi"),
-                            config_args, counts, frames=args.frames, processes=not args.no_processes)
+        return streams.main(load_config(config, args.set or []), shared_data("conveyor_video", "cutted.avi"),
+                            None if args.no_people else shared_data("mot15", "PETS09-S2L1"), config_args, counts,
+                            frames=args.frames, processes=not args.no_processes)
+    if args.bench == "bank":
+        from lab.benchmarks import bank as bench_bank
+        from lab.benchmarks.data import shared_data
+        from pipeline import app
+
+        sizes = tuple(int(float(x)) for x in args.sizes.split(","))
+        if not sizes or min(sizes) < 1000:
+            raise ConfigError(f"bench bank: --sizes {args.sizes!r}: give vector counts >= 1000, e.g. 10000,100000")
+        cfg = _config(args)
+        return bench_bank.main(cfg, app.build_encoder(cfg.encoder), shared_data("mvtec3d_tire"), sizes,
+                               query_crops=args.queries)
     if args.bench == "soak":
         from lab.benchmarks import soak
 
@@ -772,14 +783,20 @@ def build_parser() -> argparse.ArgumentParser:
     b_soak.add_argument("--frames", type=int, default=200_000, help="frames to run (default 200000)")
     b_soak.add_argument("--sample-every", type=int, default=1000, help="frames between samples (default 1000)")
     b_soak.add_argument("--out", help="keep the run's outputs here (default: a temporary folder)")
-    b_streams = bench_sub.add_parser("streams", help="N streams of the conveyor video in one process (1, 2, 4, 8) "
-                                                     "against the decode and encoder floors and N processes")
+    b_streams = bench_sub.add_parser("streams", help="N streams (the conveyor video and PETS09-S2L1 in turn) in one "
+                                                     "process against the decode and encoder floors and N processes")
     common(b_streams)
     b_streams.add_argument("--streams", default="1,2,4,8", help="stream counts, comma-separated (default 1,2,4,8)")
     b_streams.add_argument("--frames", type=int, default=300, help="frames per stream (default 300)")
-    b_streams.add_argument("--video", help="the video each stream reads (default: the shared conveyor video)")
+    b_streams.add_argument("--no-people", action="store_true", help="conveyor streams only (no PETS09-S2L1)")
     b_streams.add_argument("--no-processes", action="store_true", help="skip the N one-stream processes")
-    for b in (b_enc, b_one, b_ver, b_mot, b_anom, b_reid, b_soak, b_streams):
+    b_bank = bench_sub.add_parser("bank", help="the anomaly bank at 10k, 100k and 1M real patch vectors, each index "
+                                               "type: build time, memory, per-crop p50/p99, recall@1")
+    common(b_bank)
+    b_bank.add_argument("--sizes", default="10000,100000,1000000",
+                        help="bank sizes in vectors, comma-separated (default 10000,100000,1000000)")
+    b_bank.add_argument("--queries", type=int, default=200, help="query crops from held-out images (default 200)")
+    for b in (b_enc, b_one, b_ver, b_mot, b_anom, b_reid, b_soak, b_streams, b_bank):
         b.set_defaults(func=cmd_bench)
 
     config = sub.add_parser("config", help="configuration tools")

@@ -83,7 +83,7 @@ class DetectorConfig(_Section):
 
     SECTION: ClassVar[str] = "detector"
 
-    kind: str = _f("background", choices=("background", "onnx"))
+    kind: str = _f("background", choices=("background", "onnx", "file"))
     history: int = _f(300, 1, 100_000)
     var_threshold: float = _f(32.0, 1.0, 1000.0)
     learning_rate: float = _f(0.0005, -1.0, 1.0)
@@ -102,12 +102,16 @@ class DetectorConfig(_Section):
     layout: str = _f("auto", choices=DETECTOR_LAYOUTS)
     device: str = _f("auto", choices=("auto", "cpu", "cuda"))
     threads: int = _f(0, 0, 256)
+    file: str = _f("")
 
 
     def _check(self) -> None:
         if self.kind == "onnx" and not self.model:
             raise ConfigError("[detector] kind = 'onnx' needs model, the path of an ONNX detection model; set "
                               "[detector] model or use kind = 'background'")
+        if self.kind == "file" and not self.file:
+            raise ConfigError("[detector] kind = 'file' needs file, the path of a MOTChallenge det.txt "
+                              "(frame,id,x,y,w,h,score,...) for the source; set [detector] file")
 
 @dataclass(frozen=True)
 class EncoderConfig(_Section):

@@ -1,20 +1,22 @@
 """``siamstream bench streams``: N streams in one process against their floors and against N processes.
 
-For each N (default 1, 2, 4, 8), N streams of the real conveyor video (the same file opened N times, as N
-cameras would be) run through :class:`pipeline.engine.Engine` with a bank built from the video's first frames, in
-lossless file mode, every output but the annotated video on. Measured in the same command, on the same files:
+Two workloads of real video, as two kinds of camera of one site: the conveyor video with a bank built from its
+first frames (MOG2 detection, anomaly scoring), and PETS09-S2L1 with its public detections (``[detector] kind =
+"file"``, people tracked). Stream ``i`` of N plays workload ``i mod 2`` (N = 1 is the conveyor alone), every stream
+opening its own copy of the file, in lossless file mode, every output but the annotated video on. For each N
+(default 1, 2, 4, 8), measured in the same command on the same files:
 
-- the pipeline: aggregate and per-stream frames/s, crops and frames per encoder call, p50/p99 frame latency (from
-  decoding to verdicts written; estimated from the latency histogram as Prometheus' ``histogram_quantile`` does),
-  and process CPU seconds per frame;
-- the decode floor: N threads decoding and detecting the same N files and nothing else;
-- the encoder floor: the encoder alone on the crops of those frames (with patch features, as the anomaly stage
-  needs them), in batches of ``[encoder] max_batch``, in frames/s at the video's crops per frame;
+- the pipeline (:class:`pipeline.engine.Engine`): aggregate and slowest-stream frames/s, crops and frames per
+  encoder call, p50/p99 frame latency (decoding to verdicts written; estimated from the latency histogram as
+  Prometheus' ``histogram_quantile`` does), and process CPU seconds per frame;
+- the decode floor: N threads that only decode and detect the same N files;
+- the encoder floor: the encoder alone on those frames' crops (the conveyor's with patch features, as the anomaly
+  stage needs them), in batches of ``[encoder] max_batch``, in frames/s;
 - N one-stream processes (``siamstream run``) side by side on the same files: the sum of their frames/s (each
   process's own run loop, its start-up left out: a comparison in the processes' favour).
 
-The figure is the pipeline's throughput over the lower floor. The settings come from ``--config`` (default
-``deploy/configs/conveyor.toml``, the conveyor's detector settings).
+The figure is the pipeline's throughput over the lower floor. The conveyor's settings come from ``--config``
+(default ``deploy/configs/conveyor.toml``); the encoder and the shared sections are that config's.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +37,7 @@ from prometheus_client import CollectorRegistry
 
 from lab.evaluation.report import json_line, table
 from pipeline import app
-from pipeline.config import Config, StreamConfig
+from pipeline.config import Config, DetectorConfig, StreamConfig, TrackerConfig
 from pipeline.crops import crop_batch
 from pipeline.encoder import Encoder
 from pipeline.engine import Engine
@@ -76,19 +79,33 @@ def _latency(registry: CollectorRegistry, names: list[str]) -> tuple[float, floa
     return histogram_quantile(0.5, cumulative) * 1000, histogram_quantile(0.99, cumulative) * 1000
 
 
-def _stream_config(cfg: Config, video: Path, n: int, frames: int, bank: Path) -> Config:
-    anomaly = dataclasses.replace(cfg.anomaly, bank=str(bank), evidence=False)
-    streams = tuple(StreamConfig(f"s{i}", str(video), cfg.detector, cfg.tracker, anomaly,
-                                 dataclasses.replace(cfg.output, stream_name=f"s{i}", video=False,
-                                                     progress_every_s=0.0))
-                    for i in range(n))
-    return dataclasses.replace(cfg, streams=streams, source=dataclasses.replace(cfg.source, max_frames=frames))
+@dataclass(frozen=True)
+class Workload:
+    """One kind of camera: its video, detector and tracker settings, its bank (``None``: no anomaly scoring) and
+    the ``--set`` arguments that give a one-stream process the same settings."""
+
+    name: str
+    video: Path
+    detector: DetectorConfig
+    tracker: TrackerConfig
+    bank: Path | None
+    sets: tuple[str, ...]
 
 
-def run_pipeline(cfg: Config, encoder: Encoder, video: Path, n: int, frames: int, bank: Path,
+def _stream_config(cfg: Config, workloads: list[Workload], n: int, frames: int) -> Config:
+    streams = []
+    for i in range(n):
+        w = workloads[i % len(workloads)]
+        anomaly = dataclasses.replace(cfg.anomaly, bank=str(w.bank or ""), evidence=False)
+        output = dataclasses.replace(cfg.output, stream_name=f"s{i}", video=False, progress_every_s=0.0)
+        streams.append(StreamConfig(f"s{i}", str(w.video), w.detector, w.tracker, anomaly, output))
+    return dataclasses.replace(cfg, streams=tuple(streams), source=dataclasses.replace(cfg.source, max_frames=frames))
+
+
+def run_pipeline(cfg: Config, encoder: Encoder, workloads: list[Workload], n: int, frames: int,
                  out: Path) -> dict[str, float]:
     """N streams through the engine: throughput, batching, latency, CPU."""
-    cfg_n = _stream_config(cfg, video, n, frames, bank)
+    cfg_n = _stream_config(cfg, workloads, n, frames)
     registry = CollectorRegistry()
     engine = Engine(cfg_n, out, PipelineMetrics(registry, "s0"), encoder)
     cpu, start = time.process_time(), time.perf_counter()
@@ -110,23 +127,25 @@ def run_pipeline(cfg: Config, encoder: Encoder, video: Path, n: int, frames: int
             "p50_latency_ms": p50, "p99_latency_ms": p99}
 
 
-def decode_floor(cfg: Config, video: Path, n: int, frames: int, size: tuple[int, int] | None = None
-                 ) -> tuple[float, list[CropBatch]]:
-    """Frames/s of N threads that only decode and detect the N files; with ``size``, the first thread's crops
-    (at the encoder's input size) for :func:`encoder_floor`."""
-    crops: list[CropBatch] = []
+def decode_floor(cfg: Config, workloads: list[Workload], n: int, frames: int, size: tuple[int, int] | None = None
+                 ) -> tuple[float, list[list[CropBatch]]]:
+    """Frames/s of N threads that only decode and detect the N streams' files; with ``size``, the crops (at the
+    encoder's input size) of the first stream of each workload, for :func:`encoder_floor`."""
+    crops: list[list[CropBatch]] = [[] for _ in workloads]
     errors: list[BaseException] = []
     source_cfg = dataclasses.replace(cfg.source, max_frames=frames)
 
     def one(i: int) -> None:
+        w = workloads[i % len(workloads)]
+        keep = crops[i] if i < len(workloads) and size is not None else None
         try:
-            detector = app.build_detector(cfg.detector)
-            source = open_source(str(video), source_cfg)
+            detector = app.build_detector(w.detector)
+            source = open_source(str(w.video), source_cfg)
             try:
                 for frame in source:
                     dets = detector.detect(frame)
-                    if i == 0 and size is not None:
-                        crops.append(crop_batch(frame, dets, size, cfg.encoder.crop_padding))
+                    if keep is not None and size is not None:
+                        keep.append(crop_batch(frame, dets, size, cfg.encoder.crop_padding))
             finally:
                 source.close()
         except BaseException as exc:
@@ -144,25 +163,40 @@ def decode_floor(cfg: Config, video: Path, n: int, frames: int, size: tuple[int,
     return n * frames / wall, crops
 
 
-def encoder_floor(encoder: Encoder, crops: list[CropBatch], n: int, max_batch: int) -> float:
-    """Frames/s of the encoder alone on ``n`` copies of the frames' crops, in batches of ``max_batch``."""
-    images = [c.images for c in crops if len(c)] * n
-    stacked = np.concatenate(images) if images else np.zeros((0, *encoder.input_size, 3), np.uint8)
-    boxes = np.zeros((len(stacked), 4), np.float32)
-    start = time.perf_counter()
-    for i in range(0, len(stacked), max_batch):
-        encoder.embed(CropBatch(stacked[i:i + max_batch], boxes[i:i + max_batch]), with_patches=True)
-    wall = time.perf_counter() - start
-    return n * len(crops) / wall if wall > 0 else float("inf")
+def encoder_floor(encoder: Encoder, workloads: list[Workload], crops: list[list[CropBatch]], n: int,
+                  max_batch: int) -> float:
+    """Frames/s of the encoder alone on the crops of N streams' frames (stream ``i`` the crops of workload
+    ``i mod len``), in batches of ``max_batch``; with patch features where the workload scores anomalies."""
+    h, w = encoder.input_size
+    frames = 0
+    seconds = 0.0
+    for j, (work, per_frame) in enumerate(zip(workloads, crops, strict=True)):
+        copies = len(range(j, n, len(workloads)))
+        if not copies:
+            continue
+        images = [c.images for c in per_frame if len(c)]
+        stacked = np.concatenate(images * copies) if images else np.zeros((0, h, w, 3), np.uint8)
+        boxes = np.tile(np.array([[0, 0, w, h]], np.float32), (len(stacked), 1))
+        start = time.perf_counter()
+        for i in range(0, len(stacked), max_batch):
+            encoder.embed(CropBatch(stacked[i:i + max_batch], boxes[i:i + max_batch]),
+                          with_patches=work.bank is not None)
+        seconds += time.perf_counter() - start
+        frames += copies * len(per_frame)
+    return frames / seconds if seconds > 0 else float("inf")
 
 
-def run_processes(config_args: list[str], video: Path, n: int, frames: int, bank: Path, out: Path) -> float:
-    """Sum of the frames/s of N ``siamstream run`` processes started together on the same files."""
-    procs = [subprocess.Popen(
-        [sys.executable, "-m", "pipeline.cli", "-q", "run", *config_args, "--source", str(video), "--out",
-         str(out / f"p{i}"), "--set", f"source.max_frames={frames}", "--set", f'anomaly.bank="{bank}"',
-         "--set", "output.video=false", "--set", "anomaly.evidence=false", "--set", "metrics.enabled=false"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(n)]
+def run_processes(config_args: list[str], workloads: list[Workload], n: int, frames: int, out: Path) -> float:
+    """Sum of the frames/s of N ``siamstream run`` processes started together on the N streams' files."""
+    procs = []
+    for i in range(n):
+        w = workloads[i % len(workloads)]
+        sets = [x for s in (*w.sets, f"source.max_frames={frames}", f'anomaly.bank="{w.bank or ""}"',
+                            "output.video=false", "anomaly.evidence=false", "metrics.enabled=false")
+                for x in ("--set", s)]
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "pipeline.cli", "-q", "run", *config_args, "--source", str(w.video), "--out",
+             str(out / f"p{i}"), *sets], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     total = 0.0
     for p in procs:
         stdout, stderr = p.communicate()
@@ -172,31 +206,51 @@ def run_processes(config_args: list[str], video: Path, n: int, frames: int, bank
     return total
 
 
-def main(cfg: Config, video: Path, config_args: list[str], counts: tuple[int, ...] = (1, 2, 4, 8),
-         frames: int = 300, processes: bool = True) -> int:
+def conveyor_workload(cfg: Config, encoder: Encoder, video: Path, folder: Path) -> Workload:
+    """The conveyor video with a bank of its first :data:`BANK_FRAMES` frames, built into ``folder``."""
+    source = open_source(str(video), dataclasses.replace(cfg.source, max_frames=BANK_FRAMES))
+    try:
+        samples = app.good_samples_from_frames(source, cfg, encoder)
+    finally:
+        source.close()
+    app.bank_from_samples(samples, cfg, encoder, video.name).save(folder)
+    return Workload("conveyor", video, cfg.detector, cfg.tracker, folder, ())
+
+
+def pets_workload(cfg: Config, sequence: Path) -> Workload:
+    """PETS09-S2L1's video with its public detections, people tracked with the default ``[tracker]``."""
+    video = next(iter(sorted(sequence.glob("*.avi"))), None)
+    if video is None:
+        raise FileNotFoundError(f"{sequence}: no .avi video of the sequence")
+    det = sequence / "det" / "det.txt"
+    detector = dataclasses.replace(cfg.detector, kind="file", file=str(det))
+    tracker = TrackerConfig()
+    sets = ('detector.kind="file"', f'detector.file="{det}"',
+            *(f"tracker.{f.name}={json.dumps(getattr(tracker, f.name))}" for f in dataclasses.fields(tracker)
+              if getattr(tracker, f.name) != getattr(cfg.tracker, f.name)))
+    return Workload("pets", video, detector, tracker, None, sets)
+
+
+def main(cfg: Config, conveyor: Path, pets: Path | None, config_args: list[str],
+         counts: tuple[int, ...] = (1, 2, 4, 8), frames: int = 300, processes: bool = True) -> int:
     encoder = app.build_encoder(cfg.encoder)
-    figures: dict[str, dict[str, float]] = {}
+    figures: dict[str, dict[str, object]] = {}
     rows = []
     with tempfile.TemporaryDirectory(prefix="siamstream-bench-streams-") as tmp:
         root = Path(tmp)
-        bank_source = open_source(str(video), dataclasses.replace(cfg.source, max_frames=BANK_FRAMES))
-        try:
-            samples = app.good_samples_from_frames(bank_source, cfg, encoder)
-        finally:
-            bank_source.close()
-        bank_path = root / "bank"
-        app.bank_from_samples(samples, cfg, encoder, video.name).save(bank_path)
-        _, crops = decode_floor(cfg, video, 1, frames, encoder.input_size)
-        crops_per_frame = sum(len(c) for c in crops) / max(len(crops), 1)
+        workloads = [conveyor_workload(cfg, encoder, conveyor, root / "bank")]
+        if pets is not None:
+            workloads.append(pets_workload(cfg, pets))
+        _, crops = decode_floor(cfg, workloads, len(workloads), frames, encoder.input_size)
         for n in counts:
             log.info("bench streams: N = %d", n)
-            pipe = run_pipeline(cfg, encoder, video, n, frames, bank_path, root / f"engine{n}")
-            decode, _ = decode_floor(cfg, video, n, frames)
-            enc = encoder_floor(encoder, crops, n, cfg.encoder.max_batch)
-            procs = run_processes(config_args, video, n, frames, bank_path, root / f"procs{n}") if processes \
+            pipe = run_pipeline(cfg, encoder, workloads, n, frames, root / f"engine{n}")
+            decode, _ = decode_floor(cfg, workloads, n, frames)
+            enc = encoder_floor(encoder, workloads, crops, n, cfg.encoder.max_batch)
+            procs = run_processes(config_args, workloads, n, frames, root / f"procs{n}") if processes \
                 else float("nan")
             floor = min(decode, enc)
-            figures[str(n)] = {
+            figures[str(n)] = f = {
                 "fps": round(pipe["fps"], 1), "per_stream_fps_min": round(pipe["per_stream_fps_min"], 1),
                 "decode_fps": round(decode, 1), "encoder_fps": round(enc, 1), "floor_fps": round(floor, 1),
                 "ratio": round(pipe["fps"] / floor, 3), "processes_fps": round(procs, 1),
@@ -207,13 +261,14 @@ def main(cfg: Config, video: Path, config_args: list[str], counts: tuple[int, ..
                 "p99_latency_ms": round(pipe["p99_latency_ms"], 1),
                 "cpu_ms_per_frame": round(pipe["cpu_s_per_frame"] * 1000, 1),
             }
-            f = figures[str(n)]
             rows.append([n, f["fps"], f["per_stream_fps_min"], f["decode_fps"], f["encoder_fps"], f["ratio"],
                          f["processes_fps"], f["vs_processes"], f["frames_per_call"], f["crops_per_call"],
                          f["p50_latency_ms"], f["p99_latency_ms"], f["cpu_ms_per_frame"]])
-    print(f"{video.name}: {frames} frames per stream, {crops_per_frame:.1f} crops per frame, encoder "
-          f"{encoder.provider}, max_batch {cfg.encoder.max_batch}, batch_wait_ms {cfg.encoder.batch_wait_ms}")
-    print(table(["N", "fps", "min stream fps", "decode floor", "encoder floor", "ratio", "N processes fps",
+    mix = " and ".join(f"{w.name} ({w.video.name}, {sum(len(c) for c in cs) / max(len(cs), 1):.1f} crops per frame)"
+                       for w, cs in zip(workloads, crops, strict=True))
+    print(f"streams alternate {mix}; {frames} frames per stream; encoder {encoder.provider}, max_batch "
+          f"{cfg.encoder.max_batch}, batch_wait_ms {cfg.encoder.batch_wait_ms}")
+    print(table(["N", "fps", "slowest stream fps", "decode floor", "encoder floor", "ratio", "N processes fps",
                  "vs processes", "frames/call", "crops/call", "p50 ms", "p99 ms", "CPU ms/frame"], rows))
     print(json_line(figures))
     return 0

@@ -109,3 +109,35 @@ def test_eval_mot_on_a_folder_that_is_not_a_sequence(tmp_path: Path) -> None:
                           cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "seqinfo.ini" in proc.stderr
+
+
+def test_run_tracks_a_sequence_with_detections_read_from_its_det_file(tmp_path: Path,
+                                                                      shared_data: Callable[..., Path],
+                                                                      pretrained_onnx: Path) -> None:
+    """`[detector] kind = "file"`: `siamstream run` on PETS09-S2L1's video with its public detections."""
+    from pipeline.cli import main
+
+    seq = shared_data("mot15", "PETS09-S2L1")
+    out = tmp_path / "out"
+    code = main(["run", "--config", str(REPO / "config.toml"), "--source", str(seq / "PETS09-S2L1_480x360.avi"),
+                 "--out", str(out), "--set", 'detector.kind="file"',
+                 "--set", f'detector.file="{seq / "det" / "det.txt"}"',
+                 "--set", f'encoder.model="{pretrained_onnx}"', "--set", "source.max_frames=40",
+                 "--set", "metrics.enabled=false", "--set", "output.video=false"])
+    assert code == 0
+    rows = [line.split(",") for line in (out / "tracks.txt").read_text().splitlines()]
+    assert rows and all(1 <= int(r[0]) <= 40 for r in rows)
+    assert len({r[1] for r in rows}) >= 3  # several people followed
+
+
+def test_a_detections_file_that_is_missing_is_one_line_at_start(tmp_path: Path, pretrained_onnx: Path,
+                                                               shared_data: Callable[..., Path],
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from pipeline.cli import main
+
+    video = shared_data("mot15", "PETS09-S2L1", "PETS09-S2L1_480x360.avi")
+    code = main(["run", "--config", str(REPO / "config.toml"), "--source", str(video), "--out", str(tmp_path / "o"),
+                 "--set", f'encoder.model="{pretrained_onnx}"', "--set", "metrics.enabled=false",
+                 "--set", 'detector.kind="file"', "--set", f'detector.file="{tmp_path / "nope.txt"}"'])
+    assert code == 2
+    assert "nope.txt" in capsys.readouterr().err

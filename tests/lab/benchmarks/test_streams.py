@@ -9,7 +9,7 @@ from pathlib import Path
 import cv2
 import pytest
 
-from lab.benchmarks.streams import decode_floor, encoder_floor, histogram_quantile, run_pipeline
+from lab.benchmarks.streams import Workload, decode_floor, encoder_floor, histogram_quantile, run_pipeline
 from pipeline import app
 from pipeline.config import Config, replace
 from pipeline.synthetic import ProductionLineScene, SceneConfig
@@ -36,10 +36,12 @@ def test_one_round_of_two_streams_against_the_floors(tmp_path: Path, pretrained_
     good = ProductionLineScene(SceneConfig(num_frames=300, defect_rate=0.0, seed=1000))
     app.bank_from_samples(app.good_samples_from_frames(good, cfg, encoder), cfg, encoder, "g").save(tmp_path / "bank")
 
-    pipe = run_pipeline(cfg, encoder, video, 2, 60, tmp_path / "bank", tmp_path / "out")
+    workloads = [Workload("parts", video, cfg.detector, cfg.tracker, tmp_path / "bank", ()),
+                 Workload("tracking only", video, cfg.detector, cfg.tracker, None, ())]
+    pipe = run_pipeline(cfg, encoder, workloads, 2, 60, tmp_path / "out")
     assert pipe["frames"] == 120 and pipe["fps"] > 0 and pipe["cpu_s_per_frame"] > 0
     assert 1.0 <= pipe["frames_per_call"] <= 2.0  # at most one frame of each stream per call
     assert pipe["crops_per_call"] > 0 and 0 < pipe["p50_latency_ms"] <= pipe["p99_latency_ms"]
-    decode, crops = decode_floor(cfg, video, 2, 60, encoder.input_size)
-    assert decode > 0 and len(crops) == 60 and sum(len(c) for c in crops) > 0
-    assert encoder_floor(encoder, crops, 2, cfg.encoder.max_batch) > 0
+    decode, crops = decode_floor(cfg, workloads, 2, 60, encoder.input_size)
+    assert decode > 0 and [len(c) for c in crops] == [60, 60] and sum(len(c) for c in crops[0]) > 0
+    assert encoder_floor(encoder, workloads, crops, 2, cfg.encoder.max_batch) > 0
