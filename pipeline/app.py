@@ -203,12 +203,13 @@ def build_sinks(cfg: OutputConfig, out_dir: Path, fps: float, alerts: AlertsConf
 
 def build_alert_sinks(cfg: AlertsConfig, stream: str, out_dir: Path,
                       metrics: PipelineMetrics | None = None) -> list[Sink]:
-    """``[alerts]`` -> a :class:`~pipeline.alerts.webhook.WebhookSink` when ``webhook_url`` is set and an
-    :class:`~pipeline.alerts.mqtt.MqttSink` when ``mqtt_host`` is set, both with one run id (so one flagged part
+    """``[alerts]`` -> a :class:`~pipeline.alerts.webhook.WebhookSink` when ``webhook_url`` is set, a
+    :class:`~pipeline.alerts.redis_streams.RedisStreamsSink` when ``redis_url`` is set and an
+    :class:`~pipeline.alerts.mqtt.MqttSink` when ``mqtt_host`` is set, all with one run id (so one flagged part
     has the same ``alert_id`` on both) and each with its own spool, ``SPOOL_DIR/<stream>/<sink>``."""
-    if not cfg.webhook_url and not cfg.mqtt_host:
+    if not cfg.webhook_url and not cfg.mqtt_host and not cfg.redis_url:
         return []
-    # Imported here: only runs with alerts load paho-mqtt.
+    # Imported here: only runs with alerts load paho-mqtt and redis.
     from pipeline.alerts.mqtt import MqttSink
     from pipeline.alerts.webhook import WebhookSink
 
@@ -224,6 +225,12 @@ def build_alert_sinks(cfg: AlertsConfig, stream: str, out_dir: Path,
             sinks.append(WebhookSink(cfg.webhook_url, spool_root / "webhook", timeout_s=cfg.webhook_timeout_s,
                                      max_rejections=cfg.webhook_max_rejections,
                                      metrics=metrics.alert_sink("webhook") if metrics else None, **common))
+        if cfg.redis_url:
+            from pipeline.alerts.redis_streams import RedisStreamsSink
+
+            sinks.append(RedisStreamsSink(cfg.redis_url, spool_root / "redis", key=cfg.redis_key,
+                                          maxlen=cfg.redis_maxlen, timeout_s=cfg.webhook_timeout_s,
+                                          metrics=metrics.alert_sink("redis") if metrics else None, **common))
         if cfg.mqtt_host:
             sinks.append(MqttSink(cfg.mqtt_host, spool_root / "mqtt", port=cfg.mqtt_port, topic=cfg.mqtt_topic,
                                   client_id=cfg.mqtt_client_id, keepalive_s=cfg.mqtt_keepalive_s,
@@ -235,7 +242,8 @@ def build_alert_sinks(cfg: AlertsConfig, stream: str, out_dir: Path,
         raise
     log.info("alerts: %s; spool %s", ", ".join(
         ([f"webhook {redact_url(cfg.webhook_url)}"] if cfg.webhook_url else [])
-        + ([f"mqtt {cfg.mqtt_host}:{cfg.mqtt_port} topic {cfg.mqtt_topic}"] if cfg.mqtt_host else [])), spool_root)
+        + ([f"mqtt {cfg.mqtt_host}:{cfg.mqtt_port} topic {cfg.mqtt_topic}"] if cfg.mqtt_host else [])
+        + ([f"redis {redact_url(cfg.redis_url)} stream {cfg.redis_key}"] if cfg.redis_url else [])), spool_root)
     return sinks
 
 

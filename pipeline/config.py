@@ -254,7 +254,8 @@ class MetricsConfig(_Section):
 
 @dataclass(frozen=True)
 class AlertsConfig(_Section):
-    """``[alerts]``: push each flagged part to a webhook and/or an MQTT broker (:mod:`pipeline.alerts`)."""
+    """``[alerts]``: push each flagged part to a webhook, an MQTT broker and/or a Redis stream
+    (:mod:`pipeline.alerts`)."""
 
     SECTION: ClassVar[str] = "alerts"
 
@@ -267,6 +268,9 @@ class AlertsConfig(_Section):
     mqtt_client_id: str = _f("")
     mqtt_keepalive_s: int = _f(30, 5, 3600)
     mqtt_max_inflight: int = _f(20, 1, 65535)
+    redis_url: str = _f("")
+    redis_key: str = _f("siamstream:alerts")
+    redis_maxlen: int = _f(100_000, 1, 1_000_000_000)
     spool_dir: str = _f("")
     spool_max_alerts: int = _f(10_000, 1, 10_000_000)
     spool_max_mb: float = _f(256.0, 0.01, 1_000_000.0)
@@ -568,6 +572,18 @@ def _check_alerts(cfg: AlertsConfig, origin: str) -> None:
     if not topic or "+" in topic or "#" in topic:
         raise ConfigError(f"{origin}: [alerts] mqtt_topic: got {topic!r}, allowed: a non-empty topic without the "
                           f"wildcards + and # (e.g. 'siamstream/alerts')")
+    if cfg.redis_url:
+        scheme = urlsplit(cfg.redis_url).scheme
+        try:
+            host = urlsplit(cfg.redis_url).hostname
+        except ValueError:
+            host = None
+        if scheme not in ("redis", "rediss", "unix") or (scheme != "unix" and not host):
+            raise ConfigError(f"{origin}: [alerts] redis_url: got {redact_url(cfg.redis_url)!r}, allowed: "
+                              f"redis://[user:password@]host[:port][/db], rediss://... (TLS), unix:///path/to/socket "
+                              f"or '' (off)")
+    if not cfg.redis_key:
+        raise ConfigError(f"{origin}: [alerts] redis_key: got '', allowed: a stream key, e.g. 'siamstream:alerts'")
     if cfg.backoff_max_s < cfg.backoff_initial_s:
         raise ConfigError(f"{origin}: [alerts] backoff_max_s = {cfg.backoff_max_s} is below backoff_initial_s = "
                           f"{cfg.backoff_initial_s}; allowed: backoff_initial_s <= backoff_max_s")

@@ -133,7 +133,7 @@ class MetricFamilies:
                                        "while the others went on.", ("stream",), registry=registry)
         self.stream_up = Gauge("siamstream_stream_up", "1 while the stream runs; 0 once it stopped (its source "
                                "ended, or an error stopped it alone).", ("stream",), registry=registry)
-        # Alert sinks (pipeline.alerts): series appear for the sinks in use; `sink` is "webhook" or "mqtt".
+        # Alert sinks (pipeline.alerts): series appear for the sinks in use; `sink` is "webhook", "mqtt" or "redis".
         a = ("stream", "sink")
         self.alerts_sent = Counter("siamstream_alerts_sent_total",
                                     "Alerts the receiver acknowledged (webhook 2xx, MQTT PUBACK).", a,
@@ -207,7 +207,7 @@ class PipelineMetrics:
         return self.families.encoder_info.labels(self.stream)
 
     def alert_sink(self, sink: str) -> AlertSinkMetrics:
-        """The series of one alert sink (``sink`` is ``"webhook"`` or ``"mqtt"``: bounded)."""
+        """The series of one alert sink (``sink`` is ``"webhook"``, ``"mqtt"`` or ``"redis"``: bounded)."""
         return AlertSinkMetrics(self.families.alerts_sent.labels(self.stream, sink),
                                 self.families.alert_failures.labels(self.stream, sink),
                                 self.families.alerts_spooled.labels(self.stream, sink),

@@ -18,6 +18,7 @@ from typing import Any
 
 import paho.mqtt.client as paho
 import pytest
+import redis
 from paho.mqtt.enums import CallbackAPIVersion
 
 
@@ -215,3 +216,37 @@ class MqttSubscriber:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+
+
+class RedisServer:
+    """redis-server on 127.0.0.1:``port``, no persistence (a restart starts empty, as a cache-only Redis does)."""
+
+    def __init__(self, port: int | None = None) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.skip("redis-server is not installed (Debian package redis-server; .ci/run installs it)")
+        self.binary = binary
+        self.port = port or free_port()
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> RedisServer:
+        # small stream nodes: MAXLEN ~ trims whole nodes, so trimming shows with a few dozen entries
+        self._proc = subprocess.Popen([self.binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
+                                       "--appendonly", "no", "--protected-mode", "no",
+                                       "--stream-node-max-entries", "4"],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_port(self.port, 15, "redis-server")
+        return self
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            self._proc.terminate()
+            self._proc.wait(10)
+            self._proc = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.url)

@@ -103,3 +103,28 @@ def test_the_command_line_reports_a_bad_url_in_one_line() -> None:
         f"siamstream: error: {REPO / 'config.toml'} (with --set overrides): [alerts] webhook_url: got "
         "'ftp://host/alerts', allowed: an http:// or https:// URL with a host and no spaces (e.g. "
         "'http://127.0.0.1:5001/alerts') or '' (off)"]
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:6379", "redis://", "127.0.0.1:6379", "redis://u:hunter2@/0"])
+def test_a_redis_url_that_cannot_work_is_refused_at_config_check_without_its_secret(url: str) -> None:
+    from pipeline.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=r"\[alerts\] redis_url.*redis://\[user:password@\]host") as err:
+        load_config(None, [f'alerts.redis_url="{url}"'])
+    assert "hunter2" not in str(err.value)
+
+
+def test_a_redis_url_builds_the_redis_sink_beside_the_others(tmp_path: Path) -> None:
+    from pipeline import app
+    from pipeline.alerts.redis_streams import RedisStreamsSink
+    from pipeline.config import load_config
+
+    cfg = load_config(None, ['alerts.redis_url="redis://127.0.0.1:1/0"', 'alerts.redis_key="line:alerts"',
+                             "alerts.close_timeout_s=0"])
+    sinks = app.build_alert_sinks(cfg.alerts, "line1", tmp_path)
+    try:
+        assert [type(s) for s in sinks] == [RedisStreamsSink]
+        assert sinks[0].key == "line:alerts" and (tmp_path / "alert-spool" / "line1" / "redis").is_dir()
+    finally:
+        for s in sinks:
+            s.close()

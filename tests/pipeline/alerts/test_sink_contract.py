@@ -9,19 +9,24 @@ import pytest
 
 from pipeline.alerts.mqtt import MqttSink
 from pipeline.alerts.outbox import AlertOutbox
+from pipeline.alerts.redis_streams import RedisStreamsSink
 from pipeline.alerts.webhook import WebhookSink
 from pipeline.sinks import Sink, SinkError
 from pipeline.types import FrameResult
-from tests.alert_servers import Mosquitto, WebhookReceiver
+from tests.alert_servers import Mosquitto, RedisServer, WebhookReceiver
 
 
-@pytest.fixture(params=["webhook", "mqtt"])
+@pytest.fixture(params=["webhook", "mqtt", "redis"])
 def make(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[[Path], AlertOutbox]]:
     """A factory of one kind of alert sink, its receiver running."""
     if request.param == "webhook":
         receiver = WebhookReceiver().start()
         yield lambda spool: WebhookSink(receiver.url, spool, close_timeout_s=1.0)
         receiver.stop()
+    elif request.param == "redis":
+        server = RedisServer().start()
+        yield lambda spool: RedisStreamsSink(server.url, spool, close_timeout_s=1.0)
+        server.stop()
     else:
         broker = Mosquitto(tmp_path / "mosquitto").start()
         yield lambda spool: MqttSink("127.0.0.1", spool, port=broker.port, close_timeout_s=1.0)
