@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -49,6 +50,24 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.outlock import OutputLock
 
     cfg = _config(args)
+    if args.shard:
+        if args.source:
+            raise ConfigError("--shard divides the config's [[streams]] among engines; it does not go with --source")
+        from pipeline.shards import assigned, parse_shard
+
+        def load() -> Config:
+            c = _config(args)
+            index, count = parse_shard(args.shard, c.fleet.shards)
+            mine = assigned(c.streams, index, count)
+            log.info("shard %d of %d: %d of the %d streams: %s", index, count, len(mine), len(c.streams),
+                     ", ".join(s.name for s in mine) or "none")
+            return dataclasses.replace(c, streams=mine)
+
+        cfg = load()
+        out_dir = Path(args.out or cfg.output.dir)
+        check_writable_dir(out_dir)
+        with OutputLock(out_dir, "siamstream run"):
+            return _run_streams_locked(cfg, out_dir, load, fleet=True)
     uri = args.source or cfg.source.uri
     if not uri and not cfg.streams:
         raise ConfigError("no source: pass --source FILE|DIR|CAMERA_INDEX|URL, set [source] uri, or list "
@@ -61,7 +80,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _run_locked(cfg, uri, out_dir)
 
 
-def _run_streams_locked(cfg: Config, out_dir: Path, load: Callable[[], Config]) -> int:
+def _run_streams_locked(cfg: Config, out_dir: Path, load: Callable[[], Config], fleet: bool = False) -> int:
     """Every ``[[streams]]`` entry in this process (:class:`pipeline.engine.Engine`), into ``OUT/<name>/``."""
     from pipeline import app
     from pipeline.engine import Engine, StreamStatus
@@ -69,7 +88,7 @@ def _run_streams_locked(cfg: Config, out_dir: Path, load: Callable[[], Config]) 
     from pipeline.runner import RunSummary, reload_on_sighup, stop_on_signals
 
     registry = CollectorRegistry()
-    metrics = PipelineMetrics(registry, cfg.streams[0].name)
+    metrics = PipelineMetrics(registry, cfg.streams[0].name if cfg.streams else "default")
     # The models first, once for all streams: a bad one stops the run before any stream starts.
     encoder = app.build_encoder(cfg.encoder)
     reid = {}
@@ -78,7 +97,7 @@ def _run_streams_locked(cfg: Config, out_dir: Path, load: Callable[[], Config]) 
             built = app.build_reid_encoder(s.tracker, cfg.encoder)
             assert built is not None
             reid[s.tracker.reid_model] = built
-    engine = Engine(cfg, out_dir, metrics, encoder, reid)
+    engine = Engine(cfg, out_dir, metrics, encoder, reid, fleet=fleet)
     try:
         if cfg.metrics.enabled:
             serve(registry, cfg.metrics.address, cfg.metrics.port, states=engine.states)
@@ -639,6 +658,10 @@ def build_parser() -> argparse.ArgumentParser:
     common(run, config_required=True)
     run.add_argument("--source", help="video file, image folder, camera index (0) or rtsp/http URL")
     run.add_argument("--out", help="output directory (default: [output] dir)")
+    run.add_argument("--shard", metavar="I/N|auto",
+                     help="one of N engines sharing the [[streams]] list: run only the streams rendezvous hashing "
+                          "gives shard I; auto: I from the host name's -ORDINAL (a StatefulSet pod), N from "
+                          "[fleet] shards")
     run.set_defaults(func=cmd_run)
 
     bank = sub.add_parser("bank", help="build the bank of known-good samples")

@@ -361,6 +361,14 @@ class ReidConfig(_Section):
                               f"small-cnn")
 
 
+@dataclass(frozen=True)
+class FleetConfig(_Section):
+    """``[fleet]``: several engines sharing one stream list (:mod:`pipeline.shards`)."""
+
+    SECTION: ClassVar[str] = "fleet"
+    shards: int = _f(1, 1, 100_000)
+
+
 # What a [[streams]] entry may set besides its name and source: these sections, merged over the top-level ones.
 STREAM_SECTIONS: tuple[str, ...] = ("detector", "tracker", "anomaly", "output")
 # Keys of those sections a stream cannot set: its folder and its metric label are its name.
@@ -409,6 +417,7 @@ class Config:
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     train: TrainingConfig = field(default_factory=TrainingConfig)
     reid: ReidConfig = field(default_factory=ReidConfig)
+    fleet: FleetConfig = field(default_factory=FleetConfig)
     streams: tuple[StreamConfig, ...] = ()  # [[streams]]: several sources in one process (pipeline.engine)
 
 

@@ -92,6 +92,7 @@ class Engine:
 
     Args:
         cfg: the whole config; each stream runs with :meth:`StreamConfig.config` of it.
+        fleet: this engine is one shard of several (``--shard``): it runs until stopped, with or without streams.
         out_dir: the run's folder (each stream writes to a folder of its name under it).
         metrics: the first stream's series on the run's registry; each stream gets its own
             (:meth:`PipelineMetrics.for_stream`).
@@ -100,9 +101,10 @@ class Engine:
     """
 
     def __init__(self, cfg: Config, out_dir: Path, metrics: PipelineMetrics, encoder: Encoder,
-                 reid_encoders: dict[str, Encoder] | None = None) -> None:
-        if not cfg.streams:
+                 reid_encoders: dict[str, Encoder] | None = None, fleet: bool = False) -> None:
+        if not cfg.streams and not fleet:
             raise ValueError("Engine needs [[streams]] in the config")
+        self.fleet = fleet  # one shard of several: runs until stopped, even with no stream of its own
         self.cfg = cfg
         self.out_dir = out_dir
         self.metrics = metrics
@@ -158,7 +160,7 @@ class Engine:
         except ConfigError as exc:
             log.error("reload: %s; the running streams stay as they are", redact_text(str(exc)))
             return None
-        if not cfg.streams:
+        if not cfg.streams and not self.fleet:
             log.error("reload: the new config lists no [[streams]]; the running streams stay as they are")
             return None
         if dataclasses.replace(cfg, streams=()) != dataclasses.replace(self.cfg, streams=()):
@@ -231,7 +233,7 @@ class Engine:
                     if cfg is not None:
                         self._apply(cfg)
                     continue
-                if not alive:
+                if not alive and not self.fleet:
                     break
                 self._wake.wait(0.2)  # short waits: the main thread stays free for signal handlers
                 self._wake.clear()
