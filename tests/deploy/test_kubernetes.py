@@ -229,3 +229,54 @@ def test_resources_have_requests_and_limits() -> None:
         resources = container(deployment)["resources"]
         for key in ("cpu", "memory"):
             assert key in resources["requests"] and key in resources["limits"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# deploy/k8s/fleet: a StatefulSet of engines sharing one camera list
+
+
+def fleet_objects() -> dict[tuple[str, str], dict[str, Any]]:
+    kustomization = yaml.safe_load((K8S / "fleet" / "kustomization.yaml").read_text())
+    return {(d["kind"], d["metadata"]["name"]): d for name in kustomization["resources"]
+            for d in load_docs(K8S / "fleet" / name)}
+
+
+def test_fleet_manifests_are_schema_valid() -> None:
+    objects = fleet_objects()
+    assert {kind for kind, _ in objects} == {"ConfigMap", "PersistentVolumeClaim", "StatefulSet", "Service"}
+    for doc in objects.values():
+        assert "namespace" not in doc["metadata"]
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+
+
+def test_fleet_pods_each_run_their_share_of_one_camera_list(tmp_path: Path) -> None:
+    from pipeline.config import load_config
+    from pipeline.shards import assigned, parse_shard
+
+    objects = fleet_objects()
+    sts = objects[("StatefulSet", "siamstream")]
+    c = container(sts)
+    assert c["command"][:2] == ["siamstream", "run"] and c["args"] == ["--shard", "auto"]
+    assert sts["spec"]["serviceName"] == "siamstream-fleet" and ("Service", "siamstream-fleet") in objects
+    assert objects[("Service", "siamstream-fleet")]["spec"]["clusterIP"] == "None"
+    cm = objects[("ConfigMap", "siamstream-fleet-config")]
+    path = tmp_path / "config.toml"
+    path.write_text(cm["data"]["config.toml"])
+    proc = siamstream("config", "check", str(path))
+    assert proc.returncode == 0, proc.stderr
+    cfg = load_config(path)
+    replicas = sts["spec"]["replicas"]
+    assert cfg.fleet.shards == replicas
+    shares = [assigned(cfg.streams, *parse_shard("auto", cfg.fleet.shards, env={}, hostname=f"siamstream-{i}"))
+              for i in range(replicas)]
+    assert sorted(s.name for share in shares for s in share) == sorted(s.name for s in cfg.streams)
+    # the bank is one claim every pod mounts (ReadWriteMany), the outputs one volume per pod
+    volumes = {v["name"]: v for v in sts["spec"]["template"]["spec"]["volumes"]}
+    claim = volumes["bank"]["persistentVolumeClaim"]["claimName"]
+    assert objects[("PersistentVolumeClaim", claim)]["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert [t["metadata"]["name"] for t in sts["spec"]["volumeClaimTemplates"]] == ["runs"]
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    assert cfg.anomaly.bank.startswith(mounts["bank"]) and cfg.output.dir == mounts["runs"]
+    assert cfg.metrics.address == "0.0.0.0"
+    annotations = sts["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/port"] == str(cfg.metrics.port)
