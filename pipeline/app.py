@@ -18,6 +18,7 @@ import numpy as np
 
 from pipeline.anomaly.bank import Bank, BankError, build_bank, crop_features
 from pipeline.anomaly.inspector import PartInspector
+from pipeline.anomaly.reload import BankReloader
 from pipeline.anomaly.stage import AnomalyStage, edge_mask
 from pipeline.config import (
     AlertsConfig,
@@ -162,6 +163,21 @@ def build_pipeline(cfg: Config, encoder: Encoder, metrics: PipelineMetrics, bank
     step = build_frame_step(cfg, encoder, build_detector(cfg.detector), parts=bank is not None,
                             reid_encoder=reid_encoder, observe=lambda stage, s: metrics.stage[stage].observe(s))
     return Pipeline(step, metrics, anomaly)
+
+
+def build_stream(cfg: Config, encoder: Encoder, metrics: PipelineMetrics, out_dir: Path, fps: float,
+                 reid_encoder: Encoder | None = None) -> tuple[Pipeline, list[Sink], BankReloader | None]:
+    """One stream's pipeline (with its bank, ``[anomaly] bank``), its sinks, and the watcher that swaps a changed
+    bank in (``None`` without a bank or with ``reload_interval_s = 0``; the caller starts and stops it). The
+    watcher is made before the bank is loaded, so a save during start-up is swapped in."""
+    holder: dict[str, Pipeline] = {}
+    reloader = (BankReloader(cfg.anomaly.bank, cfg.anomaly.reload_interval_s, lambda b: holder["p"].swap_bank(b),
+                             on_error=lambda _m: metrics.bank_reload_errors.inc())
+                if cfg.anomaly.bank and cfg.anomaly.reload_interval_s > 0 else None)
+    bank = load_bank(cfg.anomaly.bank, encoder)
+    pipeline = holder["p"] = build_pipeline(cfg, encoder, metrics, bank, out_dir, reid_encoder)
+    sinks = build_sinks(cfg.output, out_dir, fps, cfg.alerts, metrics, pipeline.evidence_dir)
+    return pipeline, sinks, reloader
 
 
 def load_bank(path: str, encoder: Encoder) -> Bank | None:

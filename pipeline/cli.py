@@ -138,7 +138,6 @@ def _run_streams_locked(cfg: Config, out_dir: Path, load: Callable[[], Config], 
 
 def _run_locked(cfg: Config, uri: str, out_dir: Path) -> int:
     from pipeline import app
-    from pipeline.anomaly.reload import BankReloader
     from pipeline.metrics import PipelineMetrics, serve, write_snapshot
     from pipeline.runner import RunSummary, run, stop_on_signals
     from pipeline.sources import FrameSource, open_source
@@ -162,17 +161,10 @@ def _run_locked(cfg: Config, uri: str, out_dir: Path) -> int:
                 reid = app.build_reid_encoder(cfg.tracker, cfg.encoder)
                 if reid is None:
                     check_region(cfg.tracker.appearance_region, encoder.patch_grid, getattr(encoder, "path", ""))
-                # Made (it looks at the bank's files) before the bank is loaded: a save during startup is swapped in.
-                reloader = (BankReloader(cfg.anomaly.bank, cfg.anomaly.reload_interval_s,
-                                         lambda b: pipeline.swap_bank(b),
-                                         on_error=lambda _m: metrics.bank_reload_errors.inc())
-                            if cfg.anomaly.bank and cfg.anomaly.reload_interval_s > 0 else None)
-                bank = app.load_bank(cfg.anomaly.bank, encoder)
                 if cfg.metrics.enabled:
                     serve(registry, cfg.metrics.address, cfg.metrics.port)
-                pipeline = app.build_pipeline(cfg, encoder, metrics, bank, out_dir, reid)
-                sinks = app.build_sinks(cfg.output, out_dir, source.fps or cfg.source.fps_hint, cfg.alerts, metrics,
-                                        pipeline.evidence_dir)
+                pipeline, sinks, reloader = app.build_stream(cfg, encoder, metrics, out_dir,
+                                                             source.fps or cfg.source.fps_hint, reid)
             except BaseException:
                 source.close()
                 raise

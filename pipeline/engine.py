@@ -30,7 +30,7 @@ from pipeline.encoder import Encoder
 from pipeline.errors import user_errors
 from pipeline.metrics import PipelineMetrics
 from pipeline.redact import redact_text, redact_url
-from pipeline.runner import Pipeline, RunSummary, run
+from pipeline.runner import RunSummary, run
 from pipeline.sinks import check_writable_dir
 from pipeline.sources import FrameSource, open_source
 
@@ -269,16 +269,8 @@ class Engine:
                                           f"was added by a reload; a new model needs a restart of the run")
                     reid = self._shared.reid[cfg.tracker.reid_model].client()
                     clients.append(reid)
-                holder: dict[str, Pipeline] = {}
-                if cfg.anomaly.bank and cfg.anomaly.reload_interval_s > 0:
-                    # Made before the bank is loaded: a save during startup is swapped in.
-                    reloader = BankReloader(cfg.anomaly.bank, cfg.anomaly.reload_interval_s,
-                                            lambda b: holder["p"].swap_bank(b),
-                                            on_error=lambda _m: metrics.bank_reload_errors.inc())
-                bank = app.load_bank(cfg.anomaly.bank, parts)
-                pipeline = holder["p"] = app.build_pipeline(cfg, parts, metrics, bank, out, reid)
-                sinks = app.build_sinks(cfg.output, out, source.fps or cfg.source.fps_hint, cfg.alerts, metrics,
-                                        pipeline.evidence_dir)
+                pipeline, sinks, reloader = app.build_stream(cfg, parts, metrics, out,
+                                                             source.fps or cfg.source.fps_hint, reid)
             except BaseException:
                 source.close()
                 raise

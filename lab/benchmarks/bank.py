@@ -136,6 +136,7 @@ def main(cfg: Config, encoder: Encoder, data: Path, sizes: tuple[int, ...] = (10
         for index_type in indexes:
             log.info("bench bank: %d vectors, %s", size, index_type)
             per_index[index_type] = f = measure(vectors, queries, exact_ids[:, 0], index_type, cfg, patches)
+            log.info("bench bank: %d vectors, %s: %s", size, index_type, f)  # a run cut short keeps these
             rows.append([size, index_type, f["build_s"], f["memory_mb"], f["p50_ms"], f["p99_ms"], f["recall_at_1"]])
         best = recommend(per_index)
         figures[str(size)] = {**per_index, "recommended": best}
