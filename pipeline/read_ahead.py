@@ -53,9 +53,9 @@ def read_in_turn(frames: Iterator[Frame], observe_read: Callable[[float], None])
         start = time.perf_counter()
         frame = next(frames, None)
         now = time.perf_counter()
-        observe_read(now - start)
         if frame is None:
             return
+        observe_read(now - start)  # per frame read (the read that finds the end is not one)
         yield ReadFrame(frame, None, now)
 
 
@@ -94,9 +94,9 @@ class ReadAhead:
                 start = time.perf_counter()
                 frame = next(self._frames, None)
                 now = time.perf_counter()
-                self._observe_read(now - start)
                 if frame is None:
                     break
+                self._observe_read(now - start)
                 if not self._put(ReadFrame(frame, self._detect(frame), now)):
                     return
         except BaseException as exc:  # handed to the run's thread, raised there
