@@ -36,6 +36,14 @@ def _config(args: argparse.Namespace) -> Config:
     return load_config(getattr(args, "config", None), getattr(args, "set", None) or [])
 
 
+def _counts(text: str, what: str, example: str) -> tuple[int, ...]:
+    """A comma-separated list of whole numbers; a ConfigError naming ``what`` otherwise."""
+    try:
+        return tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise ConfigError(f"{what} {text!r}: expected whole numbers separated by commas, {example}") from None
+
+
 def _print_json(obj: dict[str, object]) -> None:
     print(json.dumps(obj), flush=True)
 
@@ -583,8 +591,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         config = args.config or str(streams.DEFAULT_CONFIG)
         config_args = ["--config", config, *(x for s in args.set or [] for x in ("--set", s))]
-        counts = tuple(int(c) for c in args.streams.split(","))
-        if not counts or min(counts) < 1:
+        counts = _counts(args.streams, "bench streams: --streams", "e.g. 1,2,4,8")
+        if min(counts) < 1:
             raise ConfigError(f"bench streams: --streams {args.streams!r}: give counts >= 1, e.g. 1,2,4,8")
         return streams.main(load_config(config, args.set or []), shared_data("conveyor_video", "cutted.avi"),
                             None if args.no_people else shared_data("mot15", "PETS09-S2L1"), config_args, counts,
@@ -594,8 +602,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from lab.benchmarks.data import shared_data
         from pipeline import app
 
-        sizes = tuple(int(float(x)) for x in args.sizes.split(","))
-        if not sizes or min(sizes) < 1000:
+        sizes = _counts(args.sizes, "bench bank: --sizes", "e.g. 10000,100000")
+        if min(sizes) < 1000:
             raise ConfigError(f"bench bank: --sizes {args.sizes!r}: give vector counts >= 1000, e.g. 10000,100000")
         cfg = _config(args)
         return bench_bank.main(cfg, app.build_encoder(cfg.encoder), shared_data("mvtec3d_tire"), sizes,

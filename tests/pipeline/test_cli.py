@@ -325,3 +325,20 @@ def test_demo_refuses_a_bad_seed_before_any_work(seed: str, tmp_path: Path, caps
         build_parser().parse_args(["demo", "--seed", seed, "--out", str(tmp_path / "demo")])
     assert done.value.code == 2 and "is not a seed; give a whole number >= 0" in capsys.readouterr().err
     assert not (tmp_path / "demo").exists()
+
+
+@pytest.mark.parametrize(("args", "fragment"), [
+    (["bench", "streams", "--streams", "1,x"], "--streams '1,x': expected whole numbers"),
+    (["bench", "streams", "--streams", "0,2"], "give counts >= 1"),
+    (["bench", "bank", "--sizes", "abc"], "--sizes 'abc': expected whole numbers"),
+    (["bench", "bank", "--sizes", "10"], "vector counts >= 1000"),
+    (["run", "--config", str(REPO / "config.toml"), "--shard", "5/3"], "0 .. 2 for 3 shards"),
+    (["run", "--config", str(REPO / "config.toml"), "--shard", "0/2", "--source", "x.mp4"], "does not go with"),
+])
+def test_bad_stream_counts_sizes_and_shards_are_one_line_and_exit_2(args: list[str], fragment: str,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from pipeline.cli import main
+
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and fragment in err[0]
