@@ -117,7 +117,7 @@ class Engine:
                                                       fam.shared_batch_frames.labels("reid"))
         self.status: dict[str, StreamStatus] = {}
         self.history: list[StreamStatus] = []  # streams removed or restarted during the run, as they ended
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # also taken by signal handlers (stop_all, reload) on the main thread
         self._running: dict[str, _Running] = {}
         self._pending: Callable[[], Config] | None = None
         self._wake = threading.Event()
