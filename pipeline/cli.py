@@ -363,8 +363,8 @@ def _train_reid(args: argparse.Namespace, cfg: Config) -> int:
 def cmd_adapt(args: argparse.Namespace) -> int:
     from encoders.adapt import AdaptConfig, adapt_to_onnx
     from encoders.data import list_images
-    from lab.evaluation.anomaly_eval import image_size, read_rgb
     from lab.evaluation.anomaly_report import parse_size
+    from pipeline.anomaly.images import image_size, read_rgb
 
     cfg = _config(args)
     enc = cfg.encoder

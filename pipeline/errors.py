@@ -13,7 +13,7 @@ USER_ERRORS: tuple[tuple[str, str], ...] = (
     ("pipeline.detect.onnx_detector", "DetectorContractError"), ("pipeline.detect.motchallenge", "MotFileError"),
     ("encoders.backbones", "BackboneError"), ("encoders.export", "ExportParityError"), ("encoders.train", "TrainError"),
     ("encoders.evaluate", "EvaluationError"), ("encoders.reid_data", "ReidDataError"), ("encoders.adapt", "AdaptError"),
-    ("lab.benchmarks.data", "BenchDataError"), ("lab.evaluation.anomaly_eval", "ManifestError"),
+    ("lab.benchmarks.data", "BenchDataError"), ("pipeline.anomaly.manifest", "ManifestError"),
     ("lab.evaluation.mot_metrics", "MotEvaluationError"), ("lab.evaluation.motchallenge", "MotSequenceError"),
     ("lab.evaluation.mot_peers", "PeerUnavailableError"),
 )

@@ -36,10 +36,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from lab.benchmarks.data import shared_data
-from lab.evaluation.anomaly_eval import ManifestRow, image_size, load_manifest
 from lab.evaluation.anomaly_select import WINDOW_FRACTION, SyntheticScore
 from lab.evaluation.report import json_line, table
 from pipeline.anomaly.bank import Bank
+from pipeline.anomaly.images import image_size
+from pipeline.anomaly.manifest import ManifestRow, load_manifest
 from pipeline.config import Config, ConfigError, load_config, replace
 
 if TYPE_CHECKING:
@@ -122,7 +123,7 @@ class Workspace:
         path = self.root / f"adapted-{hashlib.sha256(key.encode()).hexdigest()[:16]}.onnx"
         if not path.is_file():
             from encoders.adapt import adapt_to_onnx
-            from lab.evaluation.anomaly_eval import read_rgb
+            from pipeline.anomaly.images import read_rgb
 
             size = entry_size(entry, rows)
             images = [read_rgb(r.image, size) for r in rows if r.split == "train"]
@@ -201,8 +202,8 @@ def time_bank_add(bank: Bank, vectors: np.ndarray, work: Path) -> float:
 def new_good_vectors(cfg: Config, entry: Entry, rows: list[ManifestRow], n: int) -> np.ndarray:
     """``n`` real patch vectors of good validation (then train) images, through ``entry``'s encoder: good
     samples to add. Fewer when the good images hold fewer patches."""
-    from lab.evaluation.anomaly_eval import image_patch_features
     from pipeline import app
+    from pipeline.anomaly.images import image_patch_features
 
     encoder = app.build_encoder(cfg.encoder, size=entry_size(entry, rows))
     images = [r.image for r in rows if r.split == "validation"] + [r.image for r in rows if r.split == "train"]

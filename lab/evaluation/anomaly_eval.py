@@ -15,153 +15,25 @@ little high and the threshold errs towards fewer false alarms.
 
 from __future__ import annotations
 
-import csv
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import cv2
 import numpy as np
 
 from lab.evaluation.anomaly_metrics import Interval
-from pipeline.anomaly.bank import Bank, BankError, build_bank, calibration_patch_scores, out_of_fold_patch_scores
-from pipeline.anomaly.calibrate import false_alarm_upper_bound, threshold_for_false_alarm_rate
-from pipeline.anomaly.maps import DEFAULT_SIGMA_PX, anomaly_maps, map_scores, mask_border
+from pipeline.anomaly.bank import Bank
+from pipeline.anomaly.calibrate import false_alarm_upper_bound
+from pipeline.anomaly.image_bank import MapGeometry, calibrated_image_bank
+from pipeline.anomaly.images import image_size, patch_features, patch_grid_of, read_mask
+from pipeline.anomaly.manifest import SPLITS, ManifestRow
+from pipeline.anomaly.maps import DEFAULT_SIGMA_PX, map_scores
+from pipeline.config import BankConfig
 from pipeline.encoder import Encoder
-from pipeline.progress import Progress
-from pipeline.types import CropBatch
 
 log = logging.getLogger(__name__)
-
-SPLITS = ("train", "validation", "test")
-REQUIRED_COLUMNS = ("split", "is_anomaly", "image")
-
-
-class ManifestError(ValueError):
-    """The manifest cannot be used. ``str()`` names the file, the row and the fix."""
-
-
-@dataclass(frozen=True)
-class ManifestRow:
-    split: str
-    is_anomaly: bool
-    image: Path
-    mask: Path | None
-    label: str
-
-
-def load_manifest(path: str | Path, require_test: bool = True) -> list[ManifestRow]:
-    """Read and check a manifest: columns, split names, 0/1 labels, files present, good-only train/validation,
-    and (with ``require_test``) a test split with good and defective images."""
-    path = Path(path)
-    if not path.is_file():
-        raise ManifestError(f"{path}: manifest not found; pass a CSV with columns split,is_anomaly,image[,mask]")
-    with open(path, newline="") as fh:
-        reader = csv.DictReader(fh)
-        columns = [c.strip() for c in reader.fieldnames or []]
-        missing = [c for c in REQUIRED_COLUMNS if c not in columns]
-        if missing:
-            found = ", ".join(columns) or "none"
-            raise ManifestError(f"{path}: missing column(s) {', '.join(missing)} (found: {found}); the header needs "
-                                f"split,is_anomaly,image and may have mask,label")
-        raw = [{k.strip(): (v or "").strip() for k, v in r.items() if k} for r in reader]
-    rows: list[ManifestRow] = []
-    absent: list[str] = []
-    for line, r in enumerate(raw, start=2):
-        if r["split"] not in SPLITS:
-            raise ManifestError(f"{path}:{line}: split {r['split']!r}; valid: {', '.join(SPLITS)}")
-        if r["is_anomaly"] not in ("0", "1"):
-            raise ManifestError(f"{path}:{line}: is_anomaly {r['is_anomaly']!r}; write 0 (good) or 1 (defect)")
-        bad = r["is_anomaly"] == "1"
-        if bad and r["split"] != "test":
-            raise ManifestError(f"{path}:{line}: a defective image in split {r['split']!r}; thresholds come from "
-                                f"good samples only, so defects belong in 'test'")
-        image = path.parent / r["image"]
-        mask = path.parent / r["mask"] if r.get("mask") else None
-        for f in (image, mask):
-            if f is not None and not f.is_file():
-                absent.append(str(f))
-        rows.append(ManifestRow(r["split"], bad, image, mask, r.get("label") or ("defect" if bad else "good")))
-    if absent:
-        raise ManifestError(f"{path}: {len(absent)} file(s) listed but missing, e.g. {absent[0]}; paths are "
-                            f"relative to the manifest's folder")
-    for split in ("train", "validation"):
-        if not any(r.split == split for r in rows):
-            raise ManifestError(f"{path}: no {split!r} rows; the bank is built from train and the threshold "
-                                f"calibrated on validation (good images)")
-    test = [r for r in rows if r.split == "test"]
-    if require_test and (not any(r.is_anomaly for r in test) or all(r.is_anomaly for r in test)):
-        raise ManifestError(f"{path}: the test split needs both good (0) and defective (1) images; without defect "
-                            f"images, score the settings on synthetic defects: eval anomaly --synthetic")
-    return rows
-
-
-def resize_image(img: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
-    """``img`` at ``size_hw``: area interpolation when shrinking, bilinear when enlarging, as is when equal."""
-    h, w = size_hw
-    if img.shape[:2] == (h, w):
-        return img
-    shrink = img.shape[0] > h or img.shape[1] > w
-    return cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
-
-
-def read_rgb(path: Path, size_hw: tuple[int, int]) -> np.ndarray:
-    """An image file as ``(H, W, 3)`` uint8 RGB at ``size_hw`` (area interpolation when shrinking)."""
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
-        raise ManifestError(f"{path}: not a readable image; convert it to PNG or JPEG")
-    return cv2.cvtColor(resize_image(img, size_hw), cv2.COLOR_BGR2RGB)
-
-
-def read_mask(path: Path | None, size_hw: tuple[int, int]) -> np.ndarray:
-    """A defect mask as ``(H, W)`` bool (any non-zero value is defect); all False without a mask file."""
-    if path is None:
-        return np.zeros(size_hw, bool)
-    m = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-    if m is None:
-        raise ManifestError(f"{path}: not a readable mask image")
-    if m.shape != tuple(size_hw):
-        m = cv2.resize(m, (size_hw[1], size_hw[0]), interpolation=cv2.INTER_NEAREST)
-    return m > 0
-
-
-def image_size(path: Path) -> tuple[int, int]:
-    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if img is None:
-        raise ManifestError(f"{path}: not a readable image; convert it to PNG or JPEG")
-    return int(img.shape[0]), int(img.shape[1])
-
-
-def patch_features(rows: list[ManifestRow], encoder: Encoder, batch: int = 8,
-                   on_batch: Callable[[int], None] | None = None) -> np.ndarray:
-    """``(N, P, C)`` patch features of each row's image at the encoder's input size."""
-    return image_patch_features([r.image for r in rows], encoder, batch, on_batch)
-
-
-def image_patch_features(images: list[Path] | np.ndarray, encoder: Encoder, batch: int = 8,
-                         on_batch: Callable[[int], None] | None = None) -> np.ndarray:
-    """``(N, P, C)`` patch features of image files, or of uint8 RGB images ``(N, H, W, 3)``, each resized to the
-    encoder's input size."""
-    if not encoder.patch_dim:
-        raise BankError("the encoder has no 'patches' output: anomaly maps need patch features; use the built-in "
-                        "encoder (patch_stage > 0) or a model with a 'patches' output")
-    h, w = encoder.input_size
-    out: list[np.ndarray] = []
-    with Progress("embedding images", len(images), "image") as bar:
-        for start in range(0, len(images), batch):
-            chunk = images[start:start + batch]
-            imgs = np.stack([read_rgb(x, (h, w)) if isinstance(x, Path) else resize_image(x, (h, w)) for x in chunk])
-            boxes = np.tile(np.array([[0, 0, w, h]], np.float32), (len(imgs), 1))
-            emb = encoder.embed(CropBatch(imgs, boxes), with_patches=True)
-            assert emb.patches is not None
-            out.append(emb.patches)
-            bar.update(len(chunk))
-            if on_batch is not None:
-                on_batch(len(chunk))
-    return np.concatenate(out)
-
 
 @dataclass
 class AnomalyEvaluation:
@@ -229,48 +101,22 @@ def evaluate_anomaly(rows: list[ManifestRow], encoder: Encoder, *, k: int = 1, i
     train = patch_features(by_split["train"], encoder, batch)
     say(f"train: {len(train)} images embedded ({train.shape[1]} patches x {train.shape[2]} features each) in "
         f"{time.perf_counter() - t0:.1f} s; building the bank")
-    t0 = time.perf_counter()
-    def make_bank(features: np.ndarray) -> Bank:
-        return build_bank(features, np.arange(len(features)), encoder.encoder_id, encoder.input_size,
-                          level="patch", index_type=index_type, k=k, folds=0, max_vectors=max_vectors,
-                          coreset_fraction=coreset_fraction, sources=[str(by_split["train"][0].image.parent)],
-                          seed=seed, nlist=nlist, nprobe=nprobe, pq_m=pq_m)
-
-    bank = make_bank(train)
-    say(f"bank: {len(bank)} vectors ({bank.meta.coreset_fraction:.1%} of the train patches, coverage radius "
-        f"{bank.meta.coreset_coverage:.3f}) in {time.perf_counter() - t0:.1f} s")
-    grid = patch_grid_of(encoder)
-    if cell_norm and calibration_folds < 2:
-        raise BankError("cell normalisation learns each cell's good scores from train images scored out of fold: "
-                        "set calibration folds >= 2 ([bank] folds), or cell_norm = false")
-
-    def to_scores(patch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        maps = mask_border(anomaly_maps(patch.reshape(len(patch), *grid), size_hw, sigma_px), border_px)
-        return map_scores(maps), maps
-
-    def to_scores_only(patch: np.ndarray, chunk: int = 32) -> np.ndarray:
-        """Image scores without keeping every full-size map in memory at once."""
-        return np.concatenate([to_scores(patch[i:i + chunk])[0] for i in range(0, len(patch), chunk)])
+    bank_cfg = dataclasses.replace(BankConfig(), level="patch", k=k, index=index_type, nlist=nlist, nprobe=nprobe,
+                                   pq_m=pq_m, false_alarm_rate=false_alarm_rate,
+                                   max_vectors=max_vectors, coreset_fraction=coreset_fraction, cell_norm=cell_norm)
+    geometry = MapGeometry(patch_grid_of(encoder), size_hw, sigma_px, border_px)
+    fitted = calibrated_image_bank(train, patch_features(by_split["validation"], encoder, batch), encoder.encoder_id,
+                                   encoder.input_size, geometry, bank_cfg,
+                                   source=str(by_split["train"][0].image.parent), seed=seed,
+                                   folds=calibration_folds, progress=say)
+    bank, good = fitted.bank, fitted.good_scores
+    threshold = bank.meta.threshold
+    n_good = len(good)
 
     def score(split_rows: list[ManifestRow]) -> tuple[np.ndarray, np.ndarray]:
-        return to_scores(bank.patch_scores(patch_features(split_rows, encoder, batch)))
+        maps = geometry.maps(bank.patch_scores(patch_features(split_rows, encoder, batch)))
+        return map_scores(maps), maps
 
-    held_out = []
-    if calibration_folds:
-        t0 = time.perf_counter()
-        images = np.arange(len(train))  # each train image its own group
-        norm, oof = calibration_patch_scores(out_of_fold_patch_scores(train, images, make_bank, calibration_folds,
-                                                                      seed, say), images, cell_norm)
-        bank.with_cell_norm(norm)
-        held_out.append(to_scores_only(oof))
-        say(f"out-of-fold calibration in {time.perf_counter() - t0:.1f} s")
-    val_scores, _ = score(by_split["validation"])
-    held_out.insert(0, val_scores)
-    good = np.concatenate(held_out)
-    threshold = threshold_for_false_alarm_rate(good, false_alarm_rate)
-    n_good = len(good)
-    bank.with_threshold(threshold, false_alarm_rate, n_good, n_good, false_alarm_upper_bound(n_good))
-    say(f"threshold {threshold:.4f}: the {1 - false_alarm_rate:.0%} quantile of {n_good} held-out good images")
     t0 = time.perf_counter()
     test_scores, test_maps = score(test)
     ms = 1000 * (time.perf_counter() - t0) / len(test)
@@ -296,10 +142,3 @@ def evaluate_anomaly(rows: list[ManifestRow], encoder: Encoder, *, k: int = 1, i
         test_rows=test, test_scores=test_scores, calibration_scores=good, test_maps=test_maps,
         test_masks=masks)
     return evaluation, bank
-
-
-def patch_grid_of(encoder: Encoder) -> tuple[int, int]:
-    grid = getattr(encoder, "patch_grid", None)
-    if not grid or not grid[0]:
-        raise BankError("the encoder does not report its patch grid; use an ONNX encoder with a 'patches' output")
-    return int(grid[0]), int(grid[1])

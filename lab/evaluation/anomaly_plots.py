@@ -7,7 +7,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from lab.evaluation.anomaly_eval import AnomalyEvaluation, read_rgb
+from lab.evaluation.anomaly_eval import AnomalyEvaluation
+from pipeline.anomaly.images import read_rgb
 from pipeline.anomaly.maps import overlay
 
 

@@ -6,16 +6,12 @@ import csv
 import logging
 from pathlib import Path
 
-from lab.evaluation.anomaly_eval import (
-    AnomalyEvaluation,
-    ManifestRow,
-    evaluate_anomaly,
-    image_size,
-    load_manifest,
-)
+from lab.evaluation.anomaly_eval import AnomalyEvaluation, evaluate_anomaly
 from lab.evaluation.anomaly_select import SyntheticScore
 from lab.evaluation.report import table
 from pipeline.anomaly.bank import Bank
+from pipeline.anomaly.images import image_size
+from pipeline.anomaly.manifest import ManifestRow, load_manifest
 from pipeline.config import Config
 from pipeline.encoder import Encoder
 

@@ -22,13 +22,9 @@ import cv2
 import numpy as np
 
 from encoders.data import SMALL_DEFECT_WINDOW, small_defect
-from lab.evaluation.anomaly_eval import (
-    ManifestError,
-    ManifestRow,
-    image_patch_features,
-    patch_grid_of,
-)
 from pipeline.anomaly.bank import Bank, BankError, build_bank, calibration_patch_scores, out_of_fold_patch_scores
+from pipeline.anomaly.images import image_patch_features, patch_grid_of
+from pipeline.anomaly.manifest import ManifestError, ManifestRow
 from pipeline.anomaly.maps import anomaly_maps, map_scores, mask_border
 from pipeline.encoder import Encoder
 

@@ -8,9 +8,9 @@ import pytest
 
 from encoders.adapt import AdaptConfig
 from lab.benchmarks import anomaly as bench
-from lab.evaluation.anomaly_eval import load_manifest
 from lab.evaluation.anomaly_select import SyntheticScore
 from pipeline import app
+from pipeline.anomaly.manifest import load_manifest
 from pipeline.config import ConfigError, load_config, replace
 from pipeline.encoder import OnnxEncoder
 

@@ -8,7 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from lab.evaluation.anomaly_eval import ManifestError, evaluate_anomaly, load_manifest
+from lab.evaluation.anomaly_eval import evaluate_anomaly
+from pipeline.anomaly.manifest import ManifestError, load_manifest
 
 
 def _part(rng: np.random.Generator, defect: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -76,10 +77,10 @@ def test_evaluation_finds_scratches_and_localises_them(tmp_path: Path, pretraine
 
 
 def test_evaluation_with_cell_norm(tmp_path: Path, pretrained_onnx: Path) -> None:
-    from lab.evaluation.anomaly_eval import patch_features
     from pipeline.anomaly.bank import BankError, build_bank
     from pipeline.anomaly.calibrate import group_folds
     from pipeline.anomaly.cellnorm import fit_cell_norm
+    from pipeline.anomaly.images import patch_features
     from pipeline.encoder import OnnxEncoder
 
     rows = load_manifest(write_manifest(tmp_path))
@@ -103,7 +104,7 @@ def test_evaluation_with_cell_norm(tmp_path: Path, pretrained_onnx: Path) -> Non
     expected = fit_cell_norm(oof)
     np.testing.assert_allclose(norm.mean, expected.mean, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(norm.scale, expected.scale, rtol=1e-4, atol=1e-4)
-    with pytest.raises(BankError, match="calibration folds >= 2"):
+    with pytest.raises(BankError, match=r"needs \[bank\] folds >= 2"):
         evaluate_anomaly(rows, encoder, coreset_fraction=0.5, calibration_folds=0, cell_norm=True)
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lab.evaluation.anomaly_eval import ManifestError, load_manifest
 from lab.evaluation.anomaly_select import score_synthetic, small_defect, synthetic_set
+from pipeline.anomaly.manifest import ManifestError, load_manifest
 
 from .test_anomaly_eval import write_manifest
 
