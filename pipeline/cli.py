@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from prometheus_client import CollectorRegistry
 
 from pipeline.anomaly.bank_meta import BankError
-from pipeline.config import Config, ConfigError, load_config
+from pipeline.config import Config, ConfigError, load_config, replace
 from pipeline.errors import user_errors
 from pipeline.metrics import MetricsError
 from pipeline.redact import RedactingFormatter, redact_text, redact_url
@@ -228,7 +228,6 @@ def _good_samples(source_uri: str, detect: bool, cfg: Config, encoder: Encoder) 
 def cmd_bank_add(args: argparse.Namespace) -> int:
     from pipeline import app
     from pipeline.anomaly.bank import Bank, append_samples, bank_lock
-    from pipeline.config import replace
 
     cfg = _config(args)
     with bank_lock(args.bank):
@@ -399,6 +398,37 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_anomaly_fit(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from pipeline.anomaly.fit import FitSettings, fit_anomaly, fit_report, report_table, write_fit
+    from pipeline.anomaly.manifest import load_manifest
+
+    cfg = _config(args)
+    recipes = tuple(n.strip() for n in args.recipes.split(",") if n.strip()) if args.recipes else ()
+    settings = FitSettings(budget_ms=args.budget_ms, per_image=args.per_image, defect_size=args.defect_size,
+                           seed=args.seed, adapt=not args.no_adapt, adapt_steps=args.adapt_steps, recipes=recipes)
+    out = Path(args.out)
+    check_writable_dir(out)
+    rows = load_manifest(args.manifest, require_test=False)
+    with tempfile.TemporaryDirectory(prefix="siamstream-fit-") as tmp:
+        result = fit_anomaly(rows, cfg, settings, Path(tmp))
+        write_fit(result, out)  # copies the encoder out of the work folder before it goes
+    print("\n".join(report_table(result)))
+    report = fit_report(result)
+    print(f"images     {result.size.describe()}")
+    print(f"chosen     {result.chosen.name}: threshold {result.bank.meta.threshold:.4f} at a "
+          f"{result.bank.meta.false_alarm_rate:.0%} false-alarm target from {report['calibration_images']} held-out "
+          f"good images")
+    print(f"written    {out}/config.toml, {out}/encoder.onnx, {out}/bank/, {out}/fit.json, {out}/fit.md")
+    print(f"next       siamstream eval anomaly --config {out}/config.toml --manifest {args.manifest}")
+    _print_json({"out": str(out), "chosen": result.chosen.name, "threshold": round(result.bank.meta.threshold, 6),
+                 "budget_ms": settings.budget_ms, "seconds": report["seconds"],
+                 "candidates": {n: {"probe_image_auroc": c["probe_image_auroc"], "ms_per_image": c["ms_per_image"]}
+                                for n, c in report["candidates"].items()}})
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from encoders.export import export_run
 
@@ -486,11 +516,11 @@ def cmd_eval_anomaly(args: argparse.Namespace) -> int:
         print(table(["figure (synthetic defects on validation images)", "value"], [
             ["image AUROC", score.image_auroc], ["pixel AP", score.pixel_ap],
             *[[f"AUROC {kind}", v] for kind, v in score.per_kind_auroc.items()],
-            ["ms per image", score.ms_per_image], ["bank vectors", float(score.bank_vectors)]]))
+            ["bank vectors", float(len(score.bank))]]))
         print(json_line({"synthetic_image_auroc": round(score.image_auroc, 4),
                          "synthetic_pixel_ap": round(score.pixel_ap, 4),
                          "per_kind_auroc": {k: round(v, 4) for k, v in score.per_kind_auroc.items()},
-                         "ms_per_image": round(score.ms_per_image, 2), "bank_vectors": score.bank_vectors}))
+                         "bank_vectors": len(score.bank)}))
         return 0
     out = Path(args.out) if args.out else None
     if out is not None:
@@ -579,7 +609,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.bench == "anomaly":
         from lab.benchmarks import anomaly as bench_anomaly
 
-        return bench_anomaly.main(_config(args), baselines=not args.no_baselines, recipe=args.recipe)
+        base = replace(_config(args), "bank", false_alarm_rate=args.false_alarm_rate)
+        return bench_anomaly.main(base, baselines=not args.no_baselines, recipe=args.recipe, seeds=args.seeds)
     if args.bench == "reid":
         from lab.benchmarks import reid as bench_reid
 
@@ -708,6 +739,25 @@ def build_parser() -> argparse.ArgumentParser:
     adapt.add_argument("--seed", type=int, default=0)
     adapt.set_defaults(func=cmd_adapt)
 
+    anomaly = sub.add_parser("anomaly", help="fit the anomaly stage to a new line from its good images")
+    anomaly_sub = anomaly.add_subparsers(dest="anomaly_command", required=True)
+    fit = anomaly_sub.add_parser("fit", help="choose the anomaly recipe on synthetic defects painted on held-out good "
+                                             "images, then write a config, the encoder and the bank")
+    common(fit)
+    fit.add_argument("--manifest", required=True,
+                     help="CSV with split,is_anomaly,image (train and validation good rows are used; test is not read)")
+    fit.add_argument("--out", required=True, help="folder for config.toml, encoder.onnx, bank/, fit.json, fit.md")
+    fit.add_argument("--budget-ms", type=float, default=50.0,
+                     help="most milliseconds per image (embed, search, map) on this machine (default 50)")
+    fit.add_argument("--defect-size", type=float, default=0.08,
+                     help="synthetic defect extent as a fraction of the object's shorter side (default 0.08)")
+    fit.add_argument("--per-image", type=int, default=4, help="synthetic defects per validation image (default 4)")
+    fit.add_argument("--recipes", help="comma-separated recipe names to try (default: all)")
+    fit.add_argument("--no-adapt", action="store_true", help="skip the recipes that adapt the trunk (minutes each)")
+    fit.add_argument("--adapt-steps", type=int, default=800, help="adaptation steps (default 800)")
+    fit.add_argument("--seed", type=int, default=0, help="seeds the synthetic defects, coresets and adaptation")
+    fit.set_defaults(func=cmd_anomaly_fit)
+
     export = sub.add_parser("export", help="export a trained run to ONNX (with a parity check)")
     export.add_argument("run_dir", help="run directory written by siamstream train")
     export.add_argument("--out", help="ONNX file to write (default RUN_DIR/model.onnx)")
@@ -789,8 +839,10 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "threshold")
     common(b_anom)
     b_anom.add_argument("--no-baselines", action="store_true", help="only siamstream's recipe")
-    b_anom.add_argument("--recipe", help="evaluate this candidate (by name) without the selection on synthetic "
-                                         "defects")
+    b_anom.add_argument("--recipe", help="fit with this recipe only (by name): no selection")
+    b_anom.add_argument("--seeds", type=int, default=3, help="whole fits, seeds 0..N-1 (default 3)")
+    b_anom.add_argument("--false-alarm-rate", type=float, default=0.02,
+                        help="[bank] false_alarm_rate of the fits and the baseline (default 0.02)")
     b_reid = bench_sub.add_parser("reid", help="person re-identification: train the default [reid] recipe on "
                                                "Market-1501 less 100 held-out identities, score it and the built-in "
                                                "encoder on them, crops/s in ONNX Runtime")

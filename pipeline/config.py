@@ -634,3 +634,13 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
 def replace(cfg: Config, section: str, **changes: Any) -> Config:
     """A copy of ``cfg`` with keys of one section changed (used by commands that set defaults)."""
     return dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **changes)})
+
+
+def config_to_toml(cfg: Config) -> str:
+    """``cfg`` as a complete TOML file (every key of every section; ``[[streams]]`` left out), which
+    :func:`load_config` reads back to an equal :class:`Config`."""
+    import tomli_w
+
+    body = {name: {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(getattr(cfg, name)).items()}
+            for name in _SECTIONS}
+    return tomli_w.dumps(body)

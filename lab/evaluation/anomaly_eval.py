@@ -26,7 +26,7 @@ import numpy as np
 from lab.evaluation.anomaly_metrics import Interval
 from pipeline.anomaly.bank import Bank
 from pipeline.anomaly.calibrate import false_alarm_upper_bound
-from pipeline.anomaly.image_bank import MapGeometry, calibrated_image_bank
+from pipeline.anomaly.image_bank import MapGeometry, calibrated_image_bank, image_scores
 from pipeline.anomaly.images import image_size, patch_features, patch_grid_of, read_mask
 from pipeline.anomaly.manifest import SPLITS, ManifestRow
 from pipeline.anomaly.maps import DEFAULT_SIGMA_PX, map_scores
@@ -77,7 +77,7 @@ def evaluate_anomaly(rows: list[ManifestRow], encoder: Encoder, *, k: int = 1, i
                      coreset_fraction: float = 0.1, max_vectors: int = 200_000, false_alarm_rate: float = 0.01,
                      sigma_px: float = DEFAULT_SIGMA_PX, border_px: int = 0, calibration_folds: int = 5,
                      nlist: int = 0, nprobe: int = 8, pq_m: int = 0, cell_norm: bool = False, batch: int = 8,
-                     seed: int = 0, progress: Callable[[str], None] | None = None
+                     seed: int = 0, progress: Callable[[str], None] | None = None, bank: Bank | None = None
                      ) -> tuple[AnomalyEvaluation, Bank]:
     """Build the bank from ``train``, calibrate on held-out good images, score ``test``.
 
@@ -87,6 +87,10 @@ def evaluate_anomaly(rows: list[ManifestRow], encoder: Encoder, *, k: int = 1, i
     test pass (read, embed, k-NN search, map) divided by its images. With ``cell_norm`` the out-of-fold train
     scores also set each grid cell's normalisation (:mod:`pipeline.anomaly.cellnorm`), and the train images
     are calibrated with the statistics of the other train images.
+
+    With ``bank`` (a bank written by ``anomaly fit`` or ``bank build``, ``[anomaly] bank``) nothing is built:
+    the test images are scored against it with its own threshold, exactly as a deployment would score them; the
+    validation images are scored only for the report.
     """
     # scikit-learn loads slowly: only evaluations pay for it, not every CLI start.
     from sklearn.metrics import roc_auc_score
@@ -97,21 +101,30 @@ def evaluate_anomaly(rows: list[ManifestRow], encoder: Encoder, *, k: int = 1, i
     by_split = {s: [r for r in rows if r.split == s] for s in SPLITS}
     test = by_split["test"]
     size_hw = image_size(test[0].image)
-    t0 = time.perf_counter()
-    train = patch_features(by_split["train"], encoder, batch)
-    say(f"train: {len(train)} images embedded ({train.shape[1]} patches x {train.shape[2]} features each) in "
-        f"{time.perf_counter() - t0:.1f} s; building the bank")
-    bank_cfg = dataclasses.replace(BankConfig(), level="patch", k=k, index=index_type, nlist=nlist, nprobe=nprobe,
-                                   pq_m=pq_m, false_alarm_rate=false_alarm_rate,
-                                   max_vectors=max_vectors, coreset_fraction=coreset_fraction, cell_norm=cell_norm)
     geometry = MapGeometry(patch_grid_of(encoder), size_hw, sigma_px, border_px)
-    fitted = calibrated_image_bank(train, patch_features(by_split["validation"], encoder, batch), encoder.encoder_id,
-                                   encoder.input_size, geometry, bank_cfg,
-                                   source=str(by_split["train"][0].image.parent), seed=seed,
-                                   folds=calibration_folds, progress=say)
-    bank, good = fitted.bank, fitted.good_scores
+    if bank is None:
+        t0 = time.perf_counter()
+        train = patch_features(by_split["train"], encoder, batch)
+        say(f"train: {len(train)} images embedded ({train.shape[1]} patches x {train.shape[2]} features each) in "
+            f"{time.perf_counter() - t0:.1f} s; building the bank")
+        bank_cfg = dataclasses.replace(BankConfig(), level="patch", k=k, index=index_type, nlist=nlist,
+                                       nprobe=nprobe, pq_m=pq_m, false_alarm_rate=false_alarm_rate,
+                                       max_vectors=max_vectors, coreset_fraction=coreset_fraction,
+                                       cell_norm=cell_norm)
+        fitted = calibrated_image_bank(train, patch_features(by_split["validation"], encoder, batch),
+                                       encoder.encoder_id, encoder.input_size, geometry, bank_cfg,
+                                       source=str(by_split["train"][0].image.parent), seed=seed,
+                                       folds=calibration_folds, progress=say)
+        bank, good = fitted.bank, fitted.good_scores
+        n_good = len(good)
+    else:
+        bank.check_encoder(encoder.encoder_id, encoder.embedding_dim, encoder.patch_dim or 0, "eval anomaly",
+                           encoder.patch_grid[0] * encoder.patch_grid[1])
+        good = image_scores(bank.patch_scores(patch_features(by_split["validation"], encoder, batch)), geometry)
+        n_good = bank.meta.calibration_samples
+        false_alarm_rate = bank.meta.false_alarm_rate
+        say(f"bank: {len(bank)} vectors as written, threshold {bank.meta.threshold:.4f} from {n_good} good images")
     threshold = bank.meta.threshold
-    n_good = len(good)
 
     def score(split_rows: list[ManifestRow]) -> tuple[np.ndarray, np.ndarray]:
         maps = geometry.maps(bank.patch_scores(patch_features(split_rows, encoder, batch)))

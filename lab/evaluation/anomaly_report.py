@@ -7,9 +7,9 @@ import logging
 from pathlib import Path
 
 from lab.evaluation.anomaly_eval import AnomalyEvaluation, evaluate_anomaly
-from lab.evaluation.anomaly_select import SyntheticScore
 from lab.evaluation.report import table
 from pipeline.anomaly.bank import Bank
+from pipeline.anomaly.fit import ProbeScore
 from pipeline.anomaly.images import image_size
 from pipeline.anomaly.manifest import ManifestRow, load_manifest
 from pipeline.config import Config
@@ -57,30 +57,36 @@ def run_evaluation(cfg: Config, manifest: Path, out: Path | None, size: tuple[in
     rows = load_manifest(manifest)
     encoder = evaluation_encoder(cfg, rows, size, model)
     b, a = cfg.bank, cfg.anomaly
+    fitted = None
+    if a.bank:
+        fitted = Bank.load(a.bank)
+        log.info("scoring with the bank %s as written ([anomaly] bank); set it to \"\" to build one from train", a.bank)
     ev, bank = evaluate_anomaly(rows, encoder, k=b.k, index_type=b.index, coreset_fraction=b.coreset_fraction,
                                 max_vectors=b.max_vectors, false_alarm_rate=b.false_alarm_rate,
                                 sigma_px=a.map_sigma, border_px=a.map_border, calibration_folds=b.folds,
                                 nlist=b.nlist, nprobe=b.nprobe, pq_m=b.pq_m, cell_norm=b.cell_norm,
-                                progress=log.info)
+                                progress=log.info, bank=fitted)
     if out is not None:
         write_outputs(out, ev, bank)
     return ev, bank
 
 
 def run_synthetic(cfg: Config, manifest: Path, size: tuple[int, int] | None = None, model: str | None = None,
-                  per_image: int = 4, seed: int = 0) -> SyntheticScore:
-    """Score the anomaly settings of ``cfg`` on small synthetic defects painted on the manifest's validation images
-    (:mod:`lab.evaluation.anomaly_select`): a check that needs good images only. Test rows are not read."""
-    from lab.evaluation.anomaly_select import score_synthetic, synthetic_set
+                  per_image: int = 4, seed: int = 0, defect_size: float = 0.08) -> ProbeScore:
+    """Score the anomaly settings of ``cfg`` on probe defects painted on the manifest's validation images, as
+    ``anomaly fit`` scores each recipe (:func:`pipeline.anomaly.fit.score_on_probes`): a check that needs good
+    images only. Test rows are not read."""
+    from pipeline.anomaly.fit import score_on_probes, size_policy
+    from pipeline.anomaly.images import read_rgb
+    from pipeline.anomaly.probes import probe_set
 
     rows = load_manifest(manifest, require_test=False)
     encoder = evaluation_encoder(cfg, rows, size, model)
-    synthetic = synthetic_set([r for r in rows if r.split == "validation"], per_image=per_image, seed=seed)
-    b, a = cfg.bank, cfg.anomaly
-    return score_synthetic([r.image for r in rows if r.split == "train"], synthetic, encoder, k=b.k,
-                           index_type=b.index, coreset_fraction=b.coreset_fraction, max_vectors=b.max_vectors,
-                           sigma_px=a.map_sigma, border_px=a.map_border, nlist=b.nlist, nprobe=b.nprobe, pq_m=b.pq_m,
-                           cell_norm=b.cell_norm, folds=b.folds, seed=seed, progress=log.info)
+    train = [r.image for r in rows if r.split == "train"]
+    validation = [r.image for r in rows if r.split == "validation"]
+    working = size_policy(train + validation).size_hw
+    probes = probe_set([read_rgb(p, working) for p in validation], per_image, defect_size, seed)
+    return score_on_probes(cfg, encoder, train, probes, working, seed)
 
 
 def write_outputs(out: Path, ev: AnomalyEvaluation, bank: Bank) -> None:

@@ -440,10 +440,12 @@ def bank_lock(path: str | Path) -> Iterator[None]:
     """Hold an exclusive lock on the bank at ``path`` (a ``.NAME.lock`` file beside it) while reading,
     changing and writing it back, so two `bank add` runs on one bank do not lose each other's samples."""
     path = Path(path)
-    if not path.is_dir():  # nothing to protect: loading it will say what is wrong
+    lock = path.parent / f".{path.name}.lock"
+    # Nothing to protect: loading it will say what is wrong. (A bank being saved is briefly absent while its new
+    # folder is renamed in: its lock file, made by whoever is saving it, says to wait.)
+    if not path.is_dir() and not lock.exists():
         yield
         return
-    lock = path.parent / f".{path.name}.lock"
     try:
         fh = open(lock, "a")  # noqa: SIM115 - held for the duration of the with-block
     except OSError as exc:

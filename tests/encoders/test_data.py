@@ -23,6 +23,7 @@ from encoders.data import (
     PKBatchSampler,
     from_zip,
     load_folder_images,
+    small_defect,
     synthetic_defect,
     to_tensor,
 )
@@ -403,3 +404,24 @@ def test_glyph_augmentation_fills_with_white_and_keeps_ink() -> None:
     assert out.shape == img.shape and out.dtype == np.uint8
     assert out[0, 0, 0] == 255 and out[-1, -1, 0] == 255  # the outside is paper, not a reflection
     assert out.min() < 60  # the stroke is still there, as dark as before (no brightness jitter)
+
+
+@pytest.mark.parametrize("kind", ["cutpaste", "scratch", "hole", "stain"])
+def test_small_defect_stays_inside_its_window_and_mask(kind: str) -> None:
+    rng = np.random.default_rng(3)
+    img = rng.integers(60, 120, size=(96, 128, 3)).astype(np.uint8)
+    bad, mask = small_defect(img, rng, kind, window_fraction=0.25)
+    assert bad.shape == img.shape and bad.dtype == np.uint8 and mask.dtype == bool
+    changed = (bad != img).any(axis=2)
+    assert changed.any() and not (changed & ~mask).any()  # nothing outside the mask changes
+    ys, xs = np.nonzero(mask)
+    assert ys.max() - ys.min() < 24 and xs.max() - xs.min() < 32  # inside a window of a quarter of each side
+    assert mask.mean() < 0.0625
+
+
+def test_small_defect_rejects_bad_windows() -> None:
+    img = np.zeros((32, 32, 3), np.uint8)
+    with pytest.raises(ValueError, match="window_fraction"):
+        small_defect(img, np.random.default_rng(0), window_fraction=0.0)
+    with pytest.raises(ValueError, match="too small"):
+        small_defect(np.zeros((6, 6, 3), np.uint8), np.random.default_rng(0))
