@@ -61,7 +61,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.shard:
         if args.source:
             raise ConfigError("--shard divides the config's [[streams]] among engines; it does not go with --source")
-        from pipeline.shards import assigned, parse_shard
+        from pipeline.shards import assigned, owner, parse_shard
+
+        place: list[tuple[int, int, dict[str, int]]] = []  # the latest assignment, for the metrics
 
         def load() -> Config:
             c = _config(args)
@@ -69,13 +71,14 @@ def cmd_run(args: argparse.Namespace) -> int:
             mine = assigned(c.streams, index, count)
             log.info("shard %d of %d: %d of the %d streams: %s", index, count, len(mine), len(c.streams),
                      ", ".join(s.name for s in mine) or "none")
+            place[:] = [(index, count, {s.name: owner(s.name, count) for s in c.streams})]
             return dataclasses.replace(c, streams=mine)
 
         cfg = load()
         out_dir = Path(args.out or cfg.output.dir)
         check_writable_dir(out_dir)
         with OutputLock(out_dir, "siamstream run"):
-            return _run_streams_locked(cfg, out_dir, load, fleet=True)
+            return _run_streams_locked(cfg, out_dir, load, fleet=lambda: place[0])
     uri = args.source or cfg.source.uri
     if not uri and not cfg.streams:
         raise ConfigError("no source: pass --source FILE|DIR|CAMERA_INDEX|URL, set [source] uri, or list "
@@ -88,8 +91,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _run_locked(cfg, uri, out_dir)
 
 
-def _run_streams_locked(cfg: Config, out_dir: Path, load: Callable[[], Config], fleet: bool = False) -> int:
-    """Every ``[[streams]]`` entry in this process (:class:`pipeline.engine.Engine`), into ``OUT/<name>/``."""
+def _run_streams_locked(cfg: Config, out_dir: Path, load: Callable[[], Config],
+                        fleet: Callable[[], tuple[int, int, dict[str, int]]] | None = None) -> int:
+    """Every ``[[streams]]`` entry in this process (:class:`pipeline.engine.Engine`), into ``OUT/<name>/``. With
+    ``fleet`` (``--shard``) it is one engine of several: ``fleet()`` gives its shard, the number of shards and
+    every stream's shard, published as metrics at the start and after each reload."""
     from pipeline import app
     from pipeline.engine import Engine, StreamStatus
     from pipeline.metrics import PipelineMetrics, serve, write_snapshot
@@ -105,12 +111,21 @@ def _run_streams_locked(cfg: Config, out_dir: Path, load: Callable[[], Config], 
             built = app.build_reid_encoder(s.tracker, cfg.encoder)
             assert built is not None
             reid[s.tracker.reid_model] = built
-    engine = Engine(cfg, out_dir, metrics, encoder, reid, fleet=fleet)
+    engine = Engine(cfg, out_dir, metrics, encoder, reid, fleet=fleet is not None)
+
+    def load_and_publish() -> Config:
+        new = load()  # a config that cannot be read raises here: the streams and their metrics stay as they are
+        if fleet is not None:
+            metrics.set_fleet(*fleet())
+        return new
+
+    if fleet is not None:
+        metrics.set_fleet(*fleet())
     try:
         if cfg.metrics.enabled:
             serve(registry, cfg.metrics.address, cfg.metrics.port, states=engine.states)
         stop = threading.Event()
-        with stop_on_signals(stop, on_stop=engine.stop_all), reload_on_sighup(lambda: engine.reload(load)):
+        with stop_on_signals(stop, on_stop=engine.stop_all), reload_on_sighup(lambda: engine.reload(load_and_publish)):
             status = engine.run(stop)
     finally:
         try:

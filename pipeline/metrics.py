@@ -133,6 +133,19 @@ class MetricFamilies:
                                        "while the others went on.", ("stream",), registry=registry)
         self.stream_up = Gauge("siamstream_stream_up", "1 while the stream runs; 0 once it stopped (its source "
                                "ended, or an error stopped it alone).", ("stream",), registry=registry)
+        # A fleet (`run --shard`): what this engine is, which shard each stream of the shared list belongs to (as
+        # this engine computes it), and the streams it runs. The rules find shards that are down and streams that
+        # no running shard takes from these, without any target relabelling.
+        self.fleet_shard = Gauge("siamstream_fleet_shard", "This engine's shard of a fleet (`run --shard`); the value "
+                                 "is the number of shards it divides the stream list by.", ("shard",),
+                                 registry=registry)
+        self.fleet_stream_assigned = Gauge("siamstream_fleet_stream_assigned",
+                                           "1 for every stream of the fleet's shared list, labelled with the shard "
+                                           "rendezvous hashing gives it (as this engine computes it).",
+                                           ("stream", "shard"), registry=registry)
+        self.stream_shard = Gauge("siamstream_stream_shard", "1 for each stream this engine runs, labelled with its "
+                                  "shard: join on `stream` to sum per-stream series by shard.", ("stream", "shard"),
+                                  registry=registry)
         # Alert sinks (pipeline.alerts): series appear for the sinks in use; `sink` is "webhook", "mqtt" or "redis".
         a = ("stream", "sink")
         self.alerts_sent = Counter("siamstream_alerts_sent_total",
@@ -185,6 +198,19 @@ class PipelineMetrics:
         self.build_info = f.build_info
         self.stream_up = f.stream_up.labels(stream)
         self.stream_failures = f.stream_failures.labels(stream)
+
+    def set_fleet(self, index: int, count: int, owners: dict[str, int]) -> None:
+        """Publish this engine's place in a fleet: shard ``index`` of ``count``, and ``owners`` (every stream of
+        the shared list -> its shard). Series of an earlier assignment (before a SIGHUP) are removed."""
+        f = self.families
+        f.fleet_shard.clear()
+        f.fleet_shard.labels(str(index)).set(count)
+        f.fleet_stream_assigned.clear()
+        f.stream_shard.clear()
+        for name, shard in owners.items():
+            f.fleet_stream_assigned.labels(name, str(shard)).set(1)
+            if shard == index:
+                f.stream_shard.labels(name, str(shard)).set(1)
 
     def for_stream(self, stream: str) -> PipelineMetrics:
         """Another stream's series on the same registry."""

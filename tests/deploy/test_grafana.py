@@ -54,6 +54,7 @@ def exported_series() -> dict[str, set[str]]:
     m.encoder_info.info({"provider": "CPUExecutionProvider", "model": "m.onnx"})
     m.families.shared_batch.labels("parts").observe(12)
     m.families.shared_batch_frames.labels("parts").observe(3)
+    m.set_fleet(0, 2, {"line1": 0, "line2": 1})
     series: dict[str, set[str]] = {}
     for family in text_string_to_metric_families(generate_latest(registry).decode()):
         for sample in family.samples:

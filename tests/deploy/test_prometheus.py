@@ -22,7 +22,9 @@ RULES = DEPLOY / "prometheus" / "rules" / "siamstream.rules.yml"
 ALERTS = {"SiamstreamDown", "SiamstreamTargetMissing", "SiamstreamStreamStalled", "SiamstreamFrameRateLow",
           "SiamstreamFramesDropped", "SiamstreamAnomalyRateSpike", "SiamstreamBankEmpty", "SiamstreamBankStale",
           "SiamstreamEncoderLatencyHigh", "SiamstreamAlertDeliveryStalled", "SiamstreamAlertsDeadLettered",
-          "SiamstreamStreamFailed"}
+          "SiamstreamStreamFailed", "SiamstreamShardDown", "SiamstreamStreamUnassigned", "SiamstreamStreamRunTwice"}
+RECORDS = {"shard:siamstream_frames_processed:rate5m", "shard:siamstream_parts_flagged:rate5m",
+           "shard:siamstream_streams_up:sum", "stream:siamstream_frames_processed:rate5m"}
 
 
 def tool(name: str) -> str:
@@ -46,7 +48,9 @@ def alert_rules() -> dict[str, dict[str, Any]]:
 def test_scrape_config_and_rules_are_valid() -> None:
     promtool = tool("promtool")
     out = check(promtool, "check", "config", str(DEPLOY / "prometheus" / "prometheus.yml"))
-    assert "SUCCESS" in out and f"{len(ALERTS)} rules found" in out
+    assert "SUCCESS" in out and f"{len(ALERTS) + len(RECORDS)} rules found" in out
+    rules = yaml.safe_load(RULES.read_text())
+    assert {r["record"] for g in rules["groups"] for r in g["rules"] if "record" in r} == RECORDS
 
 
 def test_every_alert_rule_has_a_for_duration_and_a_unit_test() -> None:
@@ -55,7 +59,7 @@ def test_every_alert_rule_has_a_for_duration_and_a_unit_test() -> None:
     assert {r["alert"] for r in alerts} == ALERTS and len(alerts) == len(ALERTS)
     assert all(r.get("for") for r in alerts)
     tests = yaml.safe_load((DEPLOY / "prometheus" / "tests" / "siamstream.rules.test.yml").read_text())
-    tested = {t["alertname"] for case in tests["tests"] for t in case["alert_rule_test"] if t.get("exp_alerts")}
+    tested = {t["alertname"] for case in tests["tests"] for t in case.get("alert_rule_test", []) if t.get("exp_alerts")}
     assert tested == {r["alert"] for r in alerts}
 
 

@@ -8,8 +8,11 @@ import os
 import signal
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from pipeline.shards import owner
 from tests.alert_servers import free_port
@@ -18,6 +21,24 @@ from tests.engine_runs import readyz, wait_for, write_streams
 
 REPO = Path(__file__).resolve().parents[2]
 CAMERAS = 6
+
+
+def _fleet_view(port: int) -> tuple[dict[str, float], dict[str, str], set[str]]:
+    """What an engine publishes of the fleet: its shard (-> shard count), every listed stream's shard, and the
+    streams it says it runs."""
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    shard: dict[str, float] = {}
+    assigned: dict[str, str] = {}
+    own: set[str] = set()
+    for fam in text_string_to_metric_families(body):
+        for smp in fam.samples:
+            if smp.name == "siamstream_fleet_shard":
+                shard[smp.labels["shard"]] = smp.value
+            elif smp.name == "siamstream_fleet_stream_assigned" and smp.value == 1:
+                assigned[smp.labels["stream"]] = smp.labels["shard"]
+            elif smp.name == "siamstream_stream_shard" and smp.value == 1:
+                own.add(smp.labels["stream"])
+    return shard, assigned, own
 
 
 def _running_streams(port: int) -> set[str]:
@@ -48,6 +69,8 @@ def test_each_camera_runs_on_one_engine_through_growth_and_a_crash(
         two = expect(2)
         for i in range(2):
             wait_for(f"shard {i} of 2", lambda i=i: _running_streams(ports[i]) == two[i], procs[i])  # type: ignore[misc]
+            # the metrics say the same: this engine is shard i of 2, every listed camera's shard, and its own
+            assert _fleet_view(ports[i]) == ({str(i): 2.0}, {n: str(owner(n, 2)) for n in cams}, two[i])
 
         write(3)  # grow: the new engine starts, the others read the list again
         procs[2] = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", "--config", str(cfgs[2]),
@@ -60,6 +83,8 @@ def test_each_camera_runs_on_one_engine_through_growth_and_a_crash(
         for i in range(3):
             wait_for(f"shard {i} of 3", lambda i=i: _running_streams(ports[i]) == three[i], procs[i])  # type: ignore[misc]
         assert set().union(*three) == set(cams) and sum(len(s) for s in three) == CAMERAS  # each exactly once
+        for i in range(3):  # the old engines published the new assignment on SIGHUP
+            assert _fleet_view(ports[i]) == ({str(i): 3.0}, {n: str(owner(n, 3)) for n in cams}, three[i])
         for i in range(2):
             assert three[i] <= two[i]  # nothing moved between the old engines
 

@@ -279,3 +279,23 @@ def test_a_port_in_use_and_an_address_not_of_this_machine_get_their_own_fix() ->
         with pytest.raises(MetricsError, match=f"address '{address}' is not an address of this machine") as exc:
             serve(CollectorRegistry(), address, 0)
         assert "choose another port" not in str(exc.value)
+
+
+def test_fleet_series_follow_the_latest_assignment() -> None:
+    registry = CollectorRegistry()
+    m = PipelineMetrics(registry, "cam0")
+
+    def value(name: str, **labels: str) -> float | None:
+        return registry.get_sample_value(name, labels)
+
+    m.set_fleet(1, 2, {"cam0": 0, "cam1": 1, "cam2": 1})
+    assert value("siamstream_fleet_shard", shard="1") == 2
+    assert value("siamstream_fleet_stream_assigned", stream="cam0", shard="0") == 1
+    assert value("siamstream_stream_shard", stream="cam1", shard="1") == 1
+    assert value("siamstream_stream_shard", stream="cam0", shard="0") is None  # another shard runs it
+    m.set_fleet(1, 3, {"cam0": 0, "cam1": 2, "cam2": 1})  # grown to 3 shards: cam1 moved away
+    assert value("siamstream_fleet_shard", shard="1") == 3
+    assert value("siamstream_fleet_stream_assigned", stream="cam1", shard="1") is None
+    assert value("siamstream_fleet_stream_assigned", stream="cam1", shard="2") == 1
+    assert value("siamstream_stream_shard", stream="cam1", shard="1") is None
+    assert value("siamstream_stream_shard", stream="cam2", shard="1") == 1
