@@ -515,6 +515,27 @@ def cmd_eval_reid(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval_gallery(args: argparse.Namespace) -> int:
+    from lab.evaluation.gallery_eval import evaluate_gallery
+    from lab.evaluation.report import json_line, table
+
+    if not 0 < args.max_false_merge < 1:
+        raise ConfigError(f"--max-false-merge {args.max_false_merge}: give a rate between 0 and 1, e.g. 0.05")
+    report = evaluate_gallery(Path(args.model), Path(args.data), threads=args.threads,
+                              max_false_merge=args.max_false_merge)
+    f = report.figures()
+    print(table(["figure (test identities)", "value"], [
+        ["re-entries given the right global id", f["reentry_right"]],
+        ["tracks merged into another identity", f["false_merge"]],
+        ["first appearances given a new id", f["first_right"]], ["track threshold (cosine distance)", f["threshold"]],
+        ["enrolled identities' tracks named right", f["name_right"]], ["other tracks given a name", f["false_name"]],
+        ["name threshold (cosine distance)", f["name_threshold"]]]))
+    print(f"split      {report.calibration_identities} identities choose the thresholds, {report.test_identities} "
+          f"others are measured")
+    print(json_line(f))
+    return 0
+
+
 def cmd_eval_anomaly(args: argparse.Namespace) -> int:
     from lab.evaluation.anomaly_report import parse_size, report_lines, run_evaluation
     from lab.evaluation.report import json_line, table
@@ -801,6 +822,16 @@ def build_parser() -> argparse.ArgumentParser:
     rid.add_argument("--out", help="folder for cmc.png and matches.png")
     rid.add_argument("--threads", type=int, default=0, help="ONNX Runtime CPU threads (0: its default)")
     rid.set_defaults(func=cmd_eval_reid)
+    gal = ev_sub.add_parser("gallery", help="cross-camera identities and one-shot names from the re-identification "
+                                            "gallery, on held-out identities (a Market-1501 style folder)")
+    gal.add_argument("--model", required=True, help="ONNX re-identification encoder (siamstream export)")
+    gal.add_argument("--data", required=True, help="folder with query/ and bounding_box_test/ of identities the model "
+                                                   "never trained on (e.g. RUN/validation)")
+    gal.add_argument("--max-false-merge", type=float, default=0.05,
+                     help="thresholds: the largest distance with at most this false-merge (false-name) rate on the "
+                          "calibration half of the identities (default 0.05)")
+    gal.add_argument("--threads", type=int, default=0, help="ONNX Runtime CPU threads (0: its default)")
+    gal.set_defaults(func=cmd_eval_gallery)
 
     anom = ev_sub.add_parser("anomaly", help="anomaly stage on a labelled image manifest: bank from train, threshold "
                              "from validation, image/pixel AUROC, pixel AP, AUPRO, recall and false alarms on test")
