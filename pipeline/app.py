@@ -23,6 +23,7 @@ from pipeline.anomaly.stage import AnomalyStage, edge_mask
 from pipeline.config import (
     AlertsConfig,
     Config,
+    ConfigError,
     DetectorConfig,
     EncoderConfig,
     OutputConfig,
@@ -36,11 +37,21 @@ from pipeline.detect.motchallenge import MotDetectionFile
 from pipeline.detect.onnx_detector import OnnxDetector
 from pipeline.encoder import Encoder, EncoderContractError, ModelFileError, OnnxEncoder
 from pipeline.encoder_torch import TorchEncoder
+from pipeline.gallery import Gallery
+from pipeline.identity import IdentityStage, load_names
 from pipeline.metrics import PipelineMetrics
 from pipeline.progress import Progress
 from pipeline.redact import redact_url
 from pipeline.runner import Pipeline
-from pipeline.sinks import AnnotatedVideoSink, EventsJsonlSink, EvidenceSink, MotTxtSink, Sink, check_writable_dir
+from pipeline.sinks import (
+    AnnotatedVideoSink,
+    EventsJsonlSink,
+    EvidenceSink,
+    IdentitiesJsonlSink,
+    MotTxtSink,
+    Sink,
+    check_writable_dir,
+)
 from pipeline.sources import IMAGE_EXTENSIONS
 from pipeline.step import FrameStep, Observe, StepResult
 from pipeline.tracking.tracker import Tracker
@@ -141,8 +152,24 @@ def build_frame_step(cfg: Config, encoder: Encoder | None, detector: Detector, *
                      observe=observe)
 
 
+def build_gallery(cfg: Config, reid_encoder: Encoder | None) -> Gallery | None:
+    """The cross-camera gallery of ``[gallery]`` (``None`` when it is off), with the enrolled names loaded. One per
+    process: every stream with the same re-identification model shares it."""
+    if not cfg.gallery.enabled:
+        return None
+    if reid_encoder is None:
+        raise ConfigError("[gallery] enabled needs [tracker] reid_model (the re-identification encoder it compares)")
+    g = cfg.gallery
+    gallery = Gallery(reid_encoder.embedding_dim, g.threshold, g.margin, g.max_age_s)
+    if g.names:
+        count = load_names(g.names, gallery, reid_encoder.encoder_id)
+        log.info("gallery: %d enrolled name(s) from %s", count, g.names)
+    return gallery
+
+
 def build_pipeline(cfg: Config, encoder: Encoder, metrics: PipelineMetrics, bank: Bank | None,
-                   out_dir: Path, reid_encoder: Encoder | None = None) -> Pipeline:
+                   out_dir: Path, reid_encoder: Encoder | None = None,
+                   identity: IdentityStage | None = None) -> Pipeline:
     """The per-frame pipeline; ``reid_encoder`` is the tracker's own appearance model (:func:`build_reid_encoder`,
     built by the caller so that a bad model fails before anything binds or opens). Evidence images go to
     ``OUT/evidence/`` (``[anomaly] evidence``), written by the sink :func:`build_sinks` adds for
@@ -162,11 +189,12 @@ def build_pipeline(cfg: Config, encoder: Encoder, metrics: PipelineMetrics, bank
                                "embedding_dim": str(encoder.embedding_dim)})
     step = build_frame_step(cfg, encoder, build_detector(cfg.detector), parts=bank is not None,
                             reid_encoder=reid_encoder, observe=lambda stage, s: metrics.stage[stage].observe(s))
-    return Pipeline(step, metrics, anomaly)
+    return Pipeline(step, metrics, anomaly, identity)
 
 
 def build_stream(cfg: Config, encoder: Encoder, metrics: PipelineMetrics, out_dir: Path, fps: float,
-                 reid_encoder: Encoder | None = None) -> tuple[Pipeline, list[Sink], BankReloader | None]:
+                 reid_encoder: Encoder | None = None,
+                 gallery: Gallery | None = None) -> tuple[Pipeline, list[Sink], BankReloader | None]:
     """One stream's pipeline (with its bank, ``[anomaly] bank``), its sinks, and the watcher that swaps a changed
     bank in (``None`` without a bank or with ``reload_interval_s = 0``; the caller starts and stops it). The
     watcher is made before the bank is loaded, so a save during start-up is swapped in."""
@@ -175,8 +203,13 @@ def build_stream(cfg: Config, encoder: Encoder, metrics: PipelineMetrics, out_di
                              on_error=lambda _m: metrics.bank_reload_errors.inc())
                 if cfg.anomaly.bank and cfg.anomaly.reload_interval_s > 0 else None)
     bank = load_bank(cfg.anomaly.bank, encoder)
-    pipeline = holder["p"] = build_pipeline(cfg, encoder, metrics, bank, out_dir, reid_encoder)
+    identities = IdentitiesJsonlSink(out_dir / "identities.jsonl") if gallery is not None else None
+    identity = (IdentityStage(gallery, cfg.output.stream_name, cfg.gallery.min_frames, identities.record)
+                if gallery is not None and identities is not None else None)
+    pipeline = holder["p"] = build_pipeline(cfg, encoder, metrics, bank, out_dir, reid_encoder, identity)
     sinks = build_sinks(cfg.output, out_dir, fps, cfg.alerts, metrics, pipeline.evidence_dir)
+    if identities is not None:
+        sinks.append(identities)
     return pipeline, sinks, reloader
 
 

@@ -187,7 +187,8 @@ def _run_locked(cfg: Config, uri: str, out_dir: Path) -> int:
                 if cfg.metrics.enabled:
                     serve(registry, cfg.metrics.address, cfg.metrics.port)
                 pipeline, sinks, reloader = app.build_stream(cfg, encoder, metrics, out_dir,
-                                                             source.fps or cfg.source.fps_hint, reid)
+                                                             source.fps or cfg.source.fps_hint, reid,
+                                                             app.build_gallery(cfg, reid))
             except BaseException:
                 source.close()
                 raise
@@ -441,6 +442,38 @@ def cmd_anomaly_fit(args: argparse.Namespace) -> int:
                  "budget_ms": settings.budget_ms, "seconds": report["seconds"],
                  "candidates": {n: {"probe_image_auroc": c["probe_image_auroc"], "ms_per_image": c["ms_per_image"]}
                                 for n, c in report["candidates"].items()}})
+    return 0
+
+
+def cmd_gallery_add(args: argparse.Namespace) -> int:
+    import cv2
+    import numpy as np
+
+    from pipeline import app
+    from pipeline.identity import add_names
+    from pipeline.types import CropBatch
+
+    cfg = _config(args)
+    names_file = args.names or cfg.gallery.names
+    if not names_file:
+        raise ConfigError("gallery add: no names file; set [gallery] names (e.g. \"gallery/names.npz\") or pass "
+                          "--names")
+    reid = app.build_reid_encoder(cfg.tracker, cfg.encoder)
+    if reid is None:
+        raise ConfigError("gallery add embeds the images with the re-identification model: set [tracker] reid_model")
+    h, w = reid.input_size
+    crops = []
+    for image in args.images:
+        bgr = cv2.imread(image, cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise ConfigError(f"gallery add: {image}: not a readable image; give crops of the person or part (PNG, "
+                              f"JPEG)")
+        crops.append(cv2.cvtColor(cv2.resize(bgr, (w, h), interpolation=cv2.INTER_AREA), cv2.COLOR_BGR2RGB))
+    batch = CropBatch(np.stack(crops), np.tile(np.array([0, 0, w, h], np.float32), (len(crops), 1)))
+    vectors = reid.embed(batch, with_patches=False).vectors
+    enrolled = add_names(names_file, args.name, vectors, reid.encoder_id)
+    print(f"enrolled   {args.name}: {len(crops)} image(s) added, {enrolled} in all, in {names_file}")
+    _print_json({"name": args.name, "images": len(crops), "enrolled": enrolled, "names": str(names_file)})
     return 0
 
 
@@ -774,6 +807,16 @@ def build_parser() -> argparse.ArgumentParser:
                                                               "cores at 560x420)")
     adapt.add_argument("--seed", type=int, default=0)
     adapt.set_defaults(func=cmd_adapt)
+
+    gal_cmd = sub.add_parser("gallery", help="the cross-camera gallery's enrolled names")
+    gal_sub = gal_cmd.add_subparsers(dest="gallery_command", required=True)
+    gadd = gal_sub.add_parser("add", help="enrol a named person or part from a few images (one is enough): tracks "
+                                          "that match carry the name in identities.jsonl")
+    common(gadd, config_required=True)
+    gadd.add_argument("name", help="the name tracks that match get")
+    gadd.add_argument("images", nargs="+", help="crops of the person or part")
+    gadd.add_argument("--names", help="names file to add to (default: [gallery] names)")
+    gadd.set_defaults(func=cmd_gallery_add)
 
     anomaly = sub.add_parser("anomaly", help="fit the anomaly stage to a new line from its good images")
     anomaly_sub = anomaly.add_subparsers(dest="anomaly_command", required=True)

@@ -369,6 +369,20 @@ class FleetConfig(_Section):
     shards: int = _f(1, 1, 100_000)
 
 
+@dataclass(frozen=True)
+class GalleryConfig(_Section):
+    """``[gallery]``: one identity across the cameras of a process (:mod:`pipeline.gallery`,
+    :mod:`pipeline.identity`)."""
+
+    SECTION: ClassVar[str] = "gallery"
+    enabled: bool = _f(False)
+    threshold: float = _f(0.4, 0.0, 2.0)
+    margin: float = _f(0.05, 0.0, 2.0)
+    max_age_s: float = _f(3600.0, 1.0, 30 * 86400.0)
+    min_frames: int = _f(10, 1, 100_000)
+    names: str = _f("")
+
+
 # What a [[streams]] entry may set besides its name and source: these sections, merged over the top-level ones.
 STREAM_SECTIONS: tuple[str, ...] = ("detector", "tracker", "anomaly", "output")
 # Keys of those sections a stream cannot set: its folder and its metric label are its name.
@@ -418,6 +432,7 @@ class Config:
     train: TrainingConfig = field(default_factory=TrainingConfig)
     reid: ReidConfig = field(default_factory=ReidConfig)
     fleet: FleetConfig = field(default_factory=FleetConfig)
+    gallery: GalleryConfig = field(default_factory=GalleryConfig)
     streams: tuple[StreamConfig, ...] = ()  # [[streams]]: several sources in one process (pipeline.engine)
 
 
@@ -608,6 +623,10 @@ def _check_together(cfg: Config, origin: str) -> None:
     if cfg.bank.level == "patch" and cfg.encoder.patch_stage == 0 and not cfg.encoder.model:
         raise ConfigError(f"{origin}: [bank] level = 'patch' needs patch features but [encoder] patch_stage = 0; "
                           f"set patch_stage (e.g. 4) or level = 'global'")
+    if cfg.gallery.enabled and not (cfg.tracker.reid_model or any(st.tracker.reid_model for st in cfg.streams)):
+        raise ConfigError(f"{origin}: [gallery] enabled compares people across cameras by the re-identification "
+                          f"model, but [tracker] reid_model is not set; set it (siamstream train --recipe reid, then "
+                          f"export) or enabled = false")
     if cfg.tracker.reid_model and cfg.tracker.color_weight > 0:
         raise ConfigError(f"{origin}: [tracker] color_weight = {cfg.tracker.color_weight} mixes colour into the "
                           f"built-in encoder's appearance, but reid_model = {cfg.tracker.reid_model!r} gives the "

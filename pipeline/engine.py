@@ -28,6 +28,7 @@ from pipeline.batching import BatchingEncoder, SharedEncoder
 from pipeline.config import Config, ConfigError, StreamConfig
 from pipeline.encoder import Encoder
 from pipeline.errors import user_errors
+from pipeline.gallery import Gallery
 from pipeline.metrics import PipelineMetrics
 from pipeline.redact import redact_text, redact_url
 from pipeline.runner import RunSummary, run
@@ -65,6 +66,7 @@ class _Shared:
 
     parts: BatchingEncoder
     reid: dict[str, BatchingEncoder] = field(default_factory=dict)  # by [tracker] reid_model
+    galleries: dict[str, Gallery] = field(default_factory=dict)  # by [tracker] reid_model, with [gallery] on
 
     def close(self) -> None:
         self.parts.close()
@@ -115,6 +117,10 @@ class Engine:
         for path, enc in (reid_encoders or {}).items():
             self._shared.reid[path] = BatchingEncoder(enc, cfg.encoder.max_batch, wait, fam.shared_batch.labels("reid"),
                                                       fam.shared_batch_frames.labels("reid"))
+            # one gallery per re-identification model: every stream embedding with it shares it ([gallery])
+            gallery = app.build_gallery(cfg, enc)
+            if gallery is not None:
+                self._shared.galleries[path] = gallery
         self.status: dict[str, StreamStatus] = {}
         self.history: list[StreamStatus] = []  # streams removed or restarted during the run, as they ended
         self._lock = threading.RLock()  # also taken by signal handlers (stop_all, reload) on the main thread
@@ -270,7 +276,8 @@ class Engine:
                     reid = self._shared.reid[cfg.tracker.reid_model].client()
                     clients.append(reid)
                 pipeline, sinks, reloader = app.build_stream(cfg, parts, metrics, out,
-                                                             source.fps or cfg.source.fps_hint, reid)
+                                                             source.fps or cfg.source.fps_hint, reid,
+                                                             self._shared.galleries.get(cfg.tracker.reid_model))
             except BaseException:
                 source.close()
                 raise

@@ -11,6 +11,7 @@ USER_ERRORS: tuple[tuple[str, str], ...] = (
     ("pipeline.encoder", "EncoderContractError"), ("pipeline.anomaly.bank_meta", "BankError"),
     ("pipeline.metrics", "MetricsError"), ("pipeline.tracking.appearance", "AppearanceError"),
     ("pipeline.detect.onnx_detector", "DetectorContractError"), ("pipeline.detect.motchallenge", "MotFileError"),
+    ("pipeline.identity", "GalleryNamesError"),
     ("encoders.backbones", "BackboneError"), ("encoders.export", "ExportParityError"), ("encoders.train", "TrainError"),
     ("encoders.evaluate", "EvaluationError"), ("encoders.reid_data", "ReidDataError"), ("encoders.adapt", "AdaptError"),
     ("lab.benchmarks.data", "BenchDataError"), ("pipeline.anomaly.manifest", "ManifestError"),

@@ -13,6 +13,7 @@ FAISS inner product over L2-normalised vectors (exact: a site's recent tracks ar
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 import faiss
@@ -51,6 +52,7 @@ class Gallery:
     _next_entry: int = field(init=False, default=0)
     _next_global: int = field(init=False, default=1)
     names: dict[int, str] = field(init=False, default_factory=dict)  # global id -> enrolled name
+    _lock: threading.Lock = field(init=False, repr=False, default_factory=threading.Lock)  # streams share one
 
     def __post_init__(self) -> None:
         if self.dim < 1 or not 0 <= self.threshold <= 2 or self.margin < 0:
@@ -86,6 +88,10 @@ class Gallery:
         if not name:
             raise ValueError("gallery: an enrolled identity needs a name")
         mean = self._normalise(self._normalise(embeddings).mean(axis=0))[0]
+        with self._lock:
+            return self._enroll(name, mean, now)
+
+    def _enroll(self, name: str, mean: np.ndarray, now: float) -> int:
         gid = self._next_global
         self._next_global += 1
         self.names[gid] = name
@@ -97,8 +103,12 @@ class Gallery:
         then stored under it (its camera's entry of that id replaced), unless ``store`` is false (a look-up)."""
         if not camera:
             raise ValueError("gallery: a track needs its camera's name")
-        self.forget_older_than(now - self.max_age_s)
         x = self._normalise(embedding)
+        with self._lock:
+            return self._assign(x, camera, now, store)
+
+    def _assign(self, x: np.ndarray, camera: str, now: float, store: bool) -> GalleryMatch:
+        self._forget(now - self.max_age_s)
         best: tuple[float, GalleryEntry] | None = None
         rival = float("inf")  # the nearest entry of another global id
         if len(self._entries):
@@ -130,6 +140,10 @@ class Gallery:
 
     def forget_older_than(self, cutoff: float) -> int:
         """Drop track entries last seen before ``cutoff`` (names stay); returns how many."""
+        with self._lock:
+            return self._forget(cutoff)
+
+    def _forget(self, cutoff: float) -> int:
         old = [eid for eid, e in self._entries.items() if e.name is None and e.seen_at < cutoff]
         if old:
             self._index.remove_ids(np.array(old, np.int64))

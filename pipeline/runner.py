@@ -18,6 +18,7 @@ from pathlib import Path
 
 from pipeline.anomaly.bank import Bank
 from pipeline.anomaly.stage import AnomalyStage
+from pipeline.identity import IdentityStage
 from pipeline.metrics import PipelineMetrics
 from pipeline.read_ahead import ReadAhead, read_in_turn
 from pipeline.sinks import Sink
@@ -33,10 +34,12 @@ class Pipeline:
     """Per-frame processing: the frame step (detect -> crop -> embed -> track), then the anomaly stage when there
     is one (``anomaly=None`` turns it off)."""
 
-    def __init__(self, step: FrameStep, metrics: PipelineMetrics, anomaly: AnomalyStage | None = None) -> None:
+    def __init__(self, step: FrameStep, metrics: PipelineMetrics, anomaly: AnomalyStage | None = None,
+                 identity: IdentityStage | None = None) -> None:
         self.step = step
         self.metrics = metrics
         self.anomaly = anomaly
+        self.identity = identity  # ended tracks handed to the cross-camera gallery
         self.tracks_started = 0
         if anomaly is not None:
             if step.encoder is None or not step.parts:
@@ -96,6 +99,9 @@ class Pipeline:
         self.metrics.tracks_started.inc(len(out.started))
         self.metrics.tracks_ended.inc(len(out.ended))
         self.metrics.active_tracks.set(self.tracker.active_count)
+        if self.identity is not None and step.appearance is not None:
+            self.identity.observe(out.observations, step.appearance.vectors, frame.timestamp)
+            self.identity.end(out.ended)
         if self.anomaly is None or step.crops is None or step.embeddings is None:
             return FrameResult(frame, dets, out.observations)
         start = time.perf_counter()
@@ -106,10 +112,13 @@ class Pipeline:
 
     def finish(self) -> None:
         """End of stream: every remaining track ends and gets its final verdict."""
-        for track_id in self.tracker.flush():
+        ended = self.tracker.flush()
+        for track_id in ended:
             if self.anomaly is not None:
                 self.anomaly.end(track_id)
             self.metrics.tracks_ended.inc()
+        if self.identity is not None:
+            self.identity.end(ended)
         self.metrics.active_tracks.set(0)
 
 

@@ -24,13 +24,16 @@ import os
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO, Protocol
+from typing import IO, TYPE_CHECKING, Protocol
 
 import cv2
 import numpy as np
 
 from pipeline.anomaly.maps import overlay_patch_maps
 from pipeline.types import AnomalyEvent, FrameResult, TrackObservation, TrackState, UInt8Array, Verdict
+
+if TYPE_CHECKING:
+    from pipeline.identity import IdentityEvent
 
 logger = logging.getLogger(__name__)
 
@@ -557,6 +560,40 @@ class EvidenceSink:
         except (OSError, cv2.error) as exc:
             tmp.unlink(missing_ok=True)
             logger.warning("could not save the contact sheet %s: %s", self.sheet_path, exc)
+
+
+class IdentitiesJsonlSink:
+    """``identities.jsonl``: one line per track handed to the cross-camera gallery (its global id, its name when
+    it matched an enrolled one, and where and when it was seen before). Lines are written as the gallery decides
+    (:meth:`record`, given to :class:`pipeline.identity.IdentityStage`), flushed each time; :meth:`write` does
+    nothing, :meth:`close` closes the file after the last tracks of the stream are decided."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._file: IO[str] | None = _open_text(self.path, "identities")
+        self.written = 0
+
+    def record(self, event: IdentityEvent) -> None:
+        if self._file is None:
+            raise _closed_error(self, self.path)
+        try:
+            self._file.write(event.to_json() + "\n")
+            self._file.flush()
+        except OSError as exc:
+            raise _write_error(self.path, exc) from exc
+        self.written += 1
+
+    def write(self, result: FrameResult) -> None:
+        """Nothing per frame: identities are decided when tracks end."""
+
+    def close(self) -> None:
+        if self._file is None:
+            return
+        file, self._file = self._file, None
+        try:
+            file.close()
+        except OSError as exc:
+            raise _write_error(self.path, exc) from exc
 
 
 class SinkGroup:

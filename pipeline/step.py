@@ -33,12 +33,15 @@ class StepResult:
         embeddings: the part encoder's embeddings of ``crops`` (with patch features when the step was built
             with ``part_patches``); ``None`` when it did not run.
         tracked: the tracker's output for the frame.
+        appearance: the vectors the tracker compared, one per detection (the re-identification model's when
+            there is one).
     """
 
     detections: Detections
     crops: CropBatch | None
     embeddings: Embeddings | None
     tracked: TrackerOutput
+    appearance: Embeddings | None = None
 
 
 class FrameStep:
@@ -116,4 +119,4 @@ class FrameStep:
         tracked = self.tracker.update(dets, seen, frame.timestamp,
                                       frame_image=frame.image if self.use_frame_image else None)
         self._timed("track", t)
-        return StepResult(dets, crops, emb, tracked)
+        return StepResult(dets, crops, emb, tracked, seen)
