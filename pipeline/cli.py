@@ -561,6 +561,7 @@ def cmd_eval_gallery(args: argparse.Namespace) -> int:
         ["re-entries given the right global id", f["reentry_right"]],
         ["tracks merged into another identity", f["false_merge"]],
         ["first appearances given a new id", f["first_right"]], ["track threshold (cosine distance)", f["threshold"]],
+        ["track margin", f["margin"]],
         ["enrolled identities' tracks named right", f["name_right"]], ["other tracks given a name", f["false_name"]],
         ["name threshold (cosine distance)", f["name_threshold"]]]))
     print(f"split      {report.calibration_identities} identities choose the thresholds, {report.test_identities} "
@@ -871,8 +872,8 @@ def build_parser() -> argparse.ArgumentParser:
     gal.add_argument("--data", required=True, help="folder with query/ and bounding_box_test/ of identities the model "
                                                    "never trained on (e.g. RUN/validation)")
     gal.add_argument("--max-false-merge", type=float, default=0.05,
-                     help="thresholds: the largest distance with at most this false-merge (false-name) rate on the "
-                          "calibration half of the identities (default 0.05)")
+                     help="the most false merges (false names) allowed on the calibration half of the identities, "
+                          "where the thresholds are chosen (default 0.05)")
     gal.add_argument("--threads", type=int, default=0, help="ONNX Runtime CPU threads (0: its default)")
     gal.set_defaults(func=cmd_eval_gallery)
 

@@ -335,7 +335,7 @@ class ReidConfig(_Section):
     height: int = _f(128, 16, 1024)
     width: int = _f(64, 16, 1024)
     pooling: str = _f("avg", choices=("avg", "gem"))
-    id_loss: bool = _f(True)
+    id_loss: bool = _f(False)
     label_smoothing: float = _f(0.1, 0.0, 0.99)
     margin: float = _f(0.3, 0.0, 10.0)
     lr: float = _f(0.00035, 1e-7, 1.0)

@@ -108,7 +108,7 @@ def market_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def reid_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An untrained person re-identification encoder (ImageNet EfficientNet-Lite0 to stage 2, BNNeck) exported at
+    """An untrained person re-identification encoder (ImageNet EfficientNet-Lite0 to stage 2) exported at
     64 x 32: the shape and contract of `siamstream train --recipe reid` + `export`, for wiring tests."""
     from encoders.export import export_onnx
     from encoders.reid_train import ReidTrainConfig, build_reid_model
