@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 import faiss
 import numpy as np
 
+from pipeline.anomaly.bank import search
+
 __all__ = ["Gallery", "GalleryEntry", "GalleryMatch"]
 
 
@@ -112,7 +114,7 @@ class Gallery:
         best: tuple[float, GalleryEntry] | None = None
         rival = float("inf")  # the nearest entry of another global id
         if len(self._entries):
-            sims, ids = self._index.search(x, min(len(self._entries), 64))
+            sims, ids = search(self._index, x, min(len(self._entries), 64))  # one query: on this thread
             for sim, eid in zip(sims[0], ids[0], strict=True):
                 if eid < 0:
                     continue
