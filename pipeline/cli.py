@@ -422,7 +422,8 @@ def cmd_anomaly_fit(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     recipes = tuple(n.strip() for n in args.recipes.split(",") if n.strip()) if args.recipes else ()
-    settings = FitSettings(budget_ms=args.budget_ms, per_image=args.per_image, defect_size=args.defect_size,
+    settings = FitSettings(budget_ms=args.budget_ms, budget_margin=args.budget_margin, per_image=args.per_image,
+                           defect_size=args.defect_size,
                            seed=args.seed, adapt=not args.no_adapt, adapt_steps=args.adapt_steps, recipes=recipes)
     out = Path(args.out)
     check_writable_dir(out)
@@ -829,6 +830,8 @@ def build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--out", required=True, help="folder for config.toml, encoder.onnx, bank/, fit.json, fit.md")
     fit.add_argument("--budget-ms", type=float, default=50.0,
                      help="most milliseconds per image (embed, search, map) on this machine (default 50)")
+    fit.add_argument("--budget-margin", type=float, default=0.1,
+                     help="a recipe counts as within the budget only this share under it (default 0.1)")
     fit.add_argument("--defect-size", type=float, default=0.08,
                      help="synthetic defect extent as a fraction of the object's shorter side (default 0.08)")
     fit.add_argument("--per-image", type=int, default=4, help="synthetic defects per validation image (default 4)")
