@@ -157,3 +157,42 @@ source = "{tmp_path / 'no-such-video.mp4'}"
     # stopped: every frame it read was processed, then the outputs were flushed
     assert registry.get_sample_value("siamstream_frames_read_total", {"stream": "ok"}) == summary.frames
     assert (tmp_path / "out" / "ok" / "tracks.txt").stat().st_size > 0
+
+
+def test_streams_of_one_engine_share_one_gallery(tmp_path: Path, line: dict[str, Path], reid_onnx: Path) -> None:
+    """Two cameras see the same video: each pair of twin tracks gets one global id, started by whichever ended
+    first and linked by the other, across the two streams' threads."""
+    streams = f"""
+[tracker]
+reid_model = "{reid_onnx}"
+[gallery]
+enabled = true
+threshold = 0.05
+margin = 0.0
+min_frames = 5
+[[streams]]
+name = "cam1"
+source = "{line['a']}"
+[[streams]]
+name = "cam2"
+source = "{line['a']}"
+"""
+    cfg = load_config(_config(tmp_path / "streams.toml", line, streams))
+    metrics = PipelineMetrics(CollectorRegistry(), "cam1")
+    reid = app.build_reid_encoder(cfg.tracker, cfg.encoder)
+    assert reid is not None
+    engine = Engine(cfg, tmp_path / "out", metrics, app.build_encoder(cfg.encoder), {str(reid_onnx): reid})
+    engine.run(threading.Event())
+
+    def identities(name: str) -> dict[int, dict[str, object]]:
+        lines = (tmp_path / "out" / name / "identities.jsonl").read_text().splitlines()
+        return {int(e["track_id"]): e for e in map(json.loads, lines)}
+
+    one, two = identities("cam1"), identities("cam2")
+    assert one and set(one) == set(two)  # the same tracks on both cameras
+    for track in one:
+        a, b = one[track], two[track]
+        assert a["global_id"] == b["global_id"]
+        assert [a["new"], b["new"]].count(True) == 1  # one started it, the other was linked to it
+        linked = b if a["new"] else a
+        assert linked["seen_before_on"] == ("cam1" if a["new"] else "cam2")
