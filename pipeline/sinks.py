@@ -367,7 +367,41 @@ class AnnotatedVideoSink:
             self._writer = None
 
 
-class EventsJsonlSink:
+class _JsonLines:
+    """A file of JSON lines this run owns: truncated when opened, appended in whole lines, flushed (and, when
+    asked, fsynced) after each append, closed once."""
+
+    def __init__(self, path: Path, what: str) -> None:
+        self.path = Path(path)
+        self._file: IO[str] | None = _open_text(self.path, what)
+
+    def _check_open(self) -> None:
+        if self._file is None:
+            raise _closed_error(self, self.path)
+
+    def _append(self, lines: str, fsync: bool) -> None:
+        self._check_open()
+        assert self._file is not None
+        try:
+            self._file.write(lines)
+            self._file.flush()
+            if fsync:
+                os.fsync(self._file.fileno())
+        except OSError as exc:
+            raise _write_error(self.path, exc) from exc
+
+    def close(self) -> None:
+        """Flush and close the file. Idempotent."""
+        if self._file is None:
+            return
+        file, self._file = self._file, None
+        try:
+            file.close()
+        except OSError as exc:
+            raise _write_error(self.path, exc) from exc
+
+
+class EventsJsonlSink(_JsonLines):
     """Writes each :class:`~pipeline.types.AnomalyEvent` as one JSON object per line.
 
     The file is truncated when the sink is built (it belongs to this run) and flushed to disk after every
@@ -381,34 +415,16 @@ class EventsJsonlSink:
     """
 
     def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self._file: IO[str] | None = _open_text(self.path, "events")
+        super().__init__(path, "events")
         self.events_written = 0
 
     def write(self, result: FrameResult) -> None:
         """Append one line per event in ``result.events``; nothing when there are none."""
-        if self._file is None:
-            raise _closed_error(self, self.path)
+        self._check_open()
         if not result.events:
             return
-        lines = "".join(json.dumps(event.to_json()) + "\n" for event in result.events)
-        try:
-            self._file.write(lines)
-            self._file.flush()
-            os.fsync(self._file.fileno())
-        except OSError as exc:
-            raise _write_error(self.path, exc) from exc
+        self._append("".join(json.dumps(event.to_json()) + "\n" for event in result.events), fsync=True)
         self.events_written += len(result.events)
-
-    def close(self) -> None:
-        """Flush and close the file. Idempotent."""
-        if self._file is None:
-            return
-        file, self._file = self._file, None
-        try:
-            file.close()
-        except OSError as exc:
-            raise _write_error(self.path, exc) from exc
 
 
 class MotTxtSink:
@@ -562,38 +578,22 @@ class EvidenceSink:
             logger.warning("could not save the contact sheet %s: %s", self.sheet_path, exc)
 
 
-class IdentitiesJsonlSink:
+class IdentitiesJsonlSink(_JsonLines):
     """``identities.jsonl``: one line per track handed to the cross-camera gallery (its global id, its name when
     it matched an enrolled one, and where and when it was seen before). Lines are written as the gallery decides
     (:meth:`record`, given to :class:`pipeline.identity.IdentityStage`), flushed each time; :meth:`write` does
     nothing, :meth:`close` closes the file after the last tracks of the stream are decided."""
 
     def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self._file: IO[str] | None = _open_text(self.path, "identities")
+        super().__init__(path, "identities")
         self.written = 0
 
     def record(self, event: IdentityEvent) -> None:
-        if self._file is None:
-            raise _closed_error(self, self.path)
-        try:
-            self._file.write(event.to_json() + "\n")
-            self._file.flush()
-        except OSError as exc:
-            raise _write_error(self.path, exc) from exc
+        self._append(event.to_json() + "\n", fsync=False)
         self.written += 1
 
     def write(self, result: FrameResult) -> None:
         """Nothing per frame: identities are decided when tracks end."""
-
-    def close(self) -> None:
-        if self._file is None:
-            return
-        file, self._file = self._file, None
-        try:
-            file.close()
-        except OSError as exc:
-            raise _write_error(self.path, exc) from exc
 
 
 class SinkGroup:

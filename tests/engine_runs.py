@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import pytest
@@ -65,3 +66,13 @@ def running(port: int, names: set[str]) -> bool:
     streams = readyz(port).get("streams", {})
     assert isinstance(streams, dict)
     return set(streams) == names and all(s["state"] == "running" for s in streams.values())
+
+
+def terminate(procs: Iterable[subprocess.Popen[str]]) -> None:
+    """SIGTERM every run still going (each flushes its outputs), then wait for all of them."""
+    procs = list(procs)
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        p.communicate(timeout=60)

@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from pipeline.shards import owner
 from tests.alert_servers import free_port
 from tests.camera_servers import Camera
-from tests.engine_runs import readyz, wait_for, write_streams
+from tests.engine_runs import readyz, terminate, wait_for, write_streams
 
 REPO = Path(__file__).resolve().parents[2]
 CAMERAS = 6
@@ -98,8 +98,4 @@ def test_each_camera_runs_on_one_engine_through_growth_and_a_crash(
                                     stderr=subprocess.PIPE, text=True)
         wait_for("shard 1 back", lambda: _running_streams(ports[1]) == three[1], procs[1])  # ... it takes them back
     finally:
-        for p in procs.values():
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs.values():
-            p.communicate(timeout=60)
+        terminate(procs.values())

@@ -18,7 +18,7 @@ import yaml
 from pipeline.shards import owner
 from tests.alert_servers import free_port, wait_until
 from tests.camera_servers import Camera
-from tests.engine_runs import readyz, write_streams
+from tests.engine_runs import readyz, terminate, write_streams
 from tests.integration.test_production import binary, fast_copy_of_shipped_rules, get_json, query, ready
 
 REPO = Path(__file__).resolve().parents[2]
@@ -99,11 +99,7 @@ def test_a_shard_that_dies_fires_for_itself_and_its_cameras(
         assert unassigned == {n for n, s in shard_of.items() if s == victim}
         assert firing(prom, "SiamstreamStreamRunTwice") == []
     finally:
-        for p in procs.values():
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs.values():
-            p.communicate(timeout=60)
+        terminate(procs.values())
 
 
 def test_the_recording_rules_load_healthy(prometheus: tuple[str, list[int]]) -> None:
