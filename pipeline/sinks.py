@@ -582,18 +582,44 @@ class IdentitiesJsonlSink(_JsonLines):
     """``identities.jsonl``: one line per track handed to the cross-camera gallery (its global id, its name when
     it matched an enrolled one, and where and when it was seen before). Lines are written as the gallery decides
     (:meth:`record`, given to :class:`pipeline.identity.IdentityStage`), flushed each time; :meth:`write` does
-    nothing, :meth:`close` closes the file after the last tracks of the stream are decided."""
+    nothing. :meth:`close`, after the last tracks of the stream are decided (and after the MOT sink closed), also
+    writes ``tracks_global.txt`` beside ``tracks.txt``: its rows with the global id in place of the camera's track
+    id (tracks too short for the gallery left out), a MOTChallenge file in which one person has one id on every
+    camera."""
 
     def __init__(self, path: Path) -> None:
         super().__init__(path, "identities")
         self.written = 0
+        self.global_ids: dict[int, int] = {}
 
     def record(self, event: IdentityEvent) -> None:
         self._append(event.to_json() + "\n", fsync=False)
         self.written += 1
+        self.global_ids[event.track_id] = event.global_id
 
     def write(self, result: FrameResult) -> None:
         """Nothing per frame: identities are decided when tracks end."""
+
+    def close(self) -> None:
+        was_open = self._file is not None
+        super().close()
+        mot = self.path.parent / "tracks.txt"
+        if was_open and mot.is_file():
+            self._write_global(mot, self.path.parent / "tracks_global.txt")
+
+    def _write_global(self, mot: Path, out: Path) -> None:
+        tmp = out.with_name(f".{out.name}.tmp")
+        try:
+            with open(mot, encoding="utf-8") as src, open(tmp, "w", encoding="utf-8") as dst:
+                for line in src:
+                    frame, track, rest = line.split(",", 2)
+                    gid = self.global_ids.get(int(track))
+                    if gid is not None:
+                        dst.write(f"{frame},{gid},{rest}")
+            tmp.replace(out)
+        except (OSError, ValueError) as exc:
+            tmp.unlink(missing_ok=True)
+            logger.warning("could not write %s from %s: %s", out, mot, exc)
 
 
 class SinkGroup:

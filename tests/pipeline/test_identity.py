@@ -55,6 +55,17 @@ def test_the_same_parts_on_a_second_camera_keep_their_global_ids(pretrained_onnx
     assert [e["track_id"] for e in second] == [e["track_id"] for e in first]
     assert [e["global_id"] for e in second] == [e["global_id"] for e in first]
     assert all(not e["new"] and e["seen_before_on"] == "cam1" and e["distance"] < 0.05 for e in second)
+    # Beside each camera's tracks.txt, its rows under the global ids: one id per part on both cameras.
+    for cam, events in (("cam1", first), ("cam2", second)):
+        ids = {e["track_id"]: e["global_id"] for e in events}
+        local = [r.split(",") for r in (tmp_path / cam / "tracks.txt").read_text().splitlines()]
+        glob = [r.split(",") for r in (tmp_path / cam / "tracks_global.txt").read_text().splitlines()]
+        kept = [r for r in local if int(r[1]) in ids]
+        assert kept and len(glob) == len(kept)
+        assert all(g[0] == k[0] and int(g[1]) == ids[int(k[1])] and g[2:] == k[2:]
+                   for g, k in zip(glob, kept, strict=True))
+    same = [(tmp_path / cam / "tracks_global.txt").read_text() for cam in ("cam1", "cam2")]
+    assert same[0] == same[1]
 
 
 def test_gallery_add_enrols_names_that_tracks_then_carry(pretrained_onnx: Path, reid_onnx: Path,
