@@ -26,12 +26,11 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 
 from pipeline.alerts.backoff import backoff_delay
-from pipeline.alerts.outbox import AlertOutbox
+from pipeline.alerts.outbox import LOG_EVERY, AlertOutbox
 from pipeline.alerts.spool import SpoolEntry
 
 log = logging.getLogger(__name__)
 
-_LOG_EVERY = 10
 
 
 def check_topic(topic: str) -> str:
@@ -130,7 +129,7 @@ class MqttSink(AlertOutbox):
     def _failed_connection(self, why: str) -> None:
         self._connect_failures += 1
         self.metrics.failures.inc()
-        if self._connect_failures == 1 or self._connect_failures % _LOG_EVERY == 0:
+        if self._connect_failures == 1 or self._connect_failures % LOG_EVERY == 0:
             log.warning("mqtt %s:%d: %s (attempt %d); %d alerts kept in %s, retrying", self.host, self.port, why,
                         self._connect_failures, len(self.spool), self.spool.directory)
 

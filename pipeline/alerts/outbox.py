@@ -31,12 +31,15 @@ from typing import ClassVar
 
 from prometheus_client import CollectorRegistry
 
+from pipeline.alerts.backoff import backoff_delay
 from pipeline.alerts.record import Alert
-from pipeline.alerts.spool import Spool
+from pipeline.alerts.spool import Spool, SpoolEntry
 from pipeline.metrics import AlertSinkMetrics, PipelineMetrics
 from pipeline.types import AnomalyEvent, FrameResult
 
 log = logging.getLogger(__name__)
+
+LOG_EVERY = 10  # failed attempts between log lines while a receiver stays down
 
 # Extra seconds close() gives the delivery thread beyond close_timeout_s to finish its last step.
 _CLOSE_GRACE_S = 2.0
@@ -104,6 +107,8 @@ class AlertOutbox(ABC):
         self._deadline = 0.0  # time.monotonic() at which close() stops delivering; set before _closing
         self._closed = False
         self._warned_overflow = False
+        self._failures = 0  # consecutive failed deliveries: the backoff exponent
+        self._down_since = 0.0  # time.monotonic() of the first of them
         self._thread = threading.Thread(target=self._run, name=f"alerts-{self.sink}", daemon=True)
 
     # -- the Sink protocol -------------------------------------------------------------------------------
@@ -195,6 +200,54 @@ class AlertOutbox(ABC):
 
     def _update_spooled(self) -> None:
         self.metrics.spooled.set(len(self.spool))
+
+    def _next_alert(self) -> tuple[SpoolEntry, Alert] | None:
+        """The oldest spooled alert, once there is one (alerts that arrive meanwhile are spooled); ``None`` once
+        close() has begun and everything is delivered, or its deadline has passed."""
+        while True:
+            self._drain_queue()
+            left = self._time_left()
+            if left is not None and left <= 0:
+                return None
+            entry = self.spool.oldest()
+            if entry is None:
+                if left is not None:
+                    return None  # closing and everything delivered
+                if self._wake.wait(1.0):
+                    self._wake.clear()
+                continue
+            alert = self.spool.read(entry)
+            if alert is None:  # dropped (spool full) or unreadable meanwhile
+                self._update_spooled()
+                continue
+            return entry, alert
+
+    def _delivered(self, entry: SpoolEntry, receiver: str) -> None:
+        """``entry`` reached ``receiver`` (named in log lines): out of the spool, counted; a receiver that was
+        down is said to be back."""
+        self.spool.remove(entry)
+        self.metrics.sent.inc()
+        self._update_spooled()
+        if self._failures:
+            log.info("%s is back after %d failed attempts (%.0f s); delivering %d spooled alerts", receiver,
+                     self._failures, time.monotonic() - self._down_since, len(self.spool))
+        self._failures = 0
+
+    def _failed(self) -> None:
+        """One more failed delivery in a row, counted."""
+        self._failures += 1
+        self.metrics.failures.inc()
+        if self._failures == 1:
+            self._down_since = time.monotonic()
+
+    def _retry_later(self, receiver: str, why: str) -> None:
+        """Wait the backoff of the failures so far (spooling what arrives), saying why on the first failure and
+        every :data:`LOG_EVERY` after it."""
+        delay = backoff_delay(self._failures, self.backoff_initial_s, self.backoff_max_s)
+        if self._failures == 1 or self._failures % LOG_EVERY == 0:
+            log.warning("%s: %s (attempt %d); %d alerts kept in %s, next try in %.1f s", receiver, why, self._failures,
+                        len(self.spool), self.spool.directory, delay)
+        self._pause(delay)
 
     # -- internals ---------------------------------------------------------------------------------------
 

@@ -16,14 +16,12 @@ consumers that filter, and the whole alert (the webhook's JSON body, evidence JP
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import redis
 
-from pipeline.alerts.backoff import backoff_delay
 from pipeline.alerts.outbox import AlertOutbox
 from pipeline.alerts.record import Alert
 from pipeline.redact import redact_url
@@ -31,7 +29,6 @@ from pipeline.redact import redact_url
 log = logging.getLogger(__name__)
 
 SCHEMES = ("redis", "rediss", "unix")
-_LOG_EVERY = 10  # failed attempts between log lines while Redis stays down
 
 # KEYS[1] the stream, KEYS[2] the alert's de-duplication key; ARGV: ttl, maxlen, then field, value pairs.
 _APPEND_ONCE = """
@@ -94,44 +91,16 @@ class RedisStreamsSink(AlertOutbox):
         return True
 
     def _serve(self) -> None:
-        failures = 0
-        down_since = 0.0
-        while True:
-            self._drain_queue()
-            left = self._time_left()
-            if left is not None and left <= 0:
-                return
-            entry = self.spool.oldest()
-            if entry is None:
-                if left is not None:
-                    return  # closing and everything delivered
-                if self._wake.wait(1.0):
-                    self._wake.clear()
-                continue
-            alert = self.spool.read(entry)
-            if alert is None:  # dropped (spool full) or unreadable meanwhile
-                self._update_spooled()
-                continue
+        receiver = f"redis {self.url}"
+        while (item := self._next_alert()) is not None:
+            entry, alert = item
             try:
                 self.append(alert)
             except redis.RedisError as exc:
-                failures += 1
-                self.metrics.failures.inc()
-                if failures == 1:
-                    down_since = time.monotonic()
-                delay = backoff_delay(failures, self.backoff_initial_s, self.backoff_max_s)
-                if failures == 1 or failures % _LOG_EVERY == 0:
-                    log.warning("redis %s: %s (attempt %d); %d alerts kept in %s, next try in %.1f s", self.url,
-                                redact_url(str(exc)), failures, len(self.spool), self.spool.directory, delay)
-                self._pause(delay)
+                self._failed()
+                self._retry_later(receiver, redact_url(str(exc)))
                 continue
-            self.spool.remove(entry)
-            self.metrics.sent.inc()
-            self._update_spooled()
-            if failures:
-                log.info("redis %s is back after %d failed attempts (%.0f s); delivering %d spooled alerts",
-                         self.url, failures, time.monotonic() - down_since, len(self.spool))
-            failures = 0
+            self._delivered(entry, receiver)
 
     def close(self) -> None:
         super().close()

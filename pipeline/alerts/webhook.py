@@ -23,7 +23,6 @@ import base64
 import http.client
 import logging
 import re
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -32,7 +31,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from pipeline.alerts.backoff import backoff_delay
 from pipeline.alerts.outbox import AlertOutbox
 from pipeline.alerts.spool import SpoolEntry
 from pipeline.redact import redact_url
@@ -40,7 +38,6 @@ from pipeline.redact import redact_url
 log = logging.getLogger(__name__)
 
 # Log the first failure of an outage, then every Nth, so a receiver that is down for hours does not flood the log.
-_LOG_EVERY = 10
 # Characters of a rejecting answer's body kept for the log: enough for a validation message, one line.
 _BODY_EXCERPT = 200
 # 4xx statuses that ask for the same request again later (Request Timeout, Too Many Requests).
@@ -169,54 +166,27 @@ class WebhookSink(AlertOutbox):
         return PostResult(status, None if 200 <= status < 300 else f"HTTP {status}")
 
     def _serve(self) -> None:
-        failures = 0  # consecutive failed attempts: the backoff exponent
-        down_since = 0.0
+        receiver = f"webhook {self.url}"
         rejected_name, rejections = "", 0  # the alert the receiver rejected last, and how often
-        while True:
-            self._drain_queue()
+        while (item := self._next_alert()) is not None:
+            entry, alert = item
             left = self._time_left()
-            if left is not None and left <= 0:
-                return
-            entry = self.spool.oldest()
-            if entry is None:
-                if left is not None:
-                    return  # closing and everything delivered
-                if self._wake.wait(1.0):
-                    self._wake.clear()
-                continue
-            alert = self.spool.read(entry)
-            if alert is None:  # dropped (spool full) or unreadable meanwhile
-                self._update_spooled()
-                continue
             timeout = self.timeout_s if left is None else max(0.05, min(self.timeout_s, left))
             result = self.post(alert.to_bytes(), alert.alert_id, timeout)
             if result.error is None:
-                self.spool.remove(entry)
-                self.metrics.sent.inc()
-                self._update_spooled()
-                if failures:
-                    log.info("webhook %s is back after %d failed attempts (%.0f s); delivering %d spooled alerts",
-                             self.url, failures, time.monotonic() - down_since, len(self.spool))
-                failures = 0
+                self._delivered(entry, receiver)
                 continue
-            failures += 1
-            self.metrics.failures.inc()
-            if failures == 1:
-                down_since = time.monotonic()
+            self._failed()
             if result.rejected and self.max_rejections:
                 # Rejections of the alert at the head are counted; other failures in between (the receiver was
                 # down for a while) neither count nor reset the count.
                 rejections = rejections + 1 if entry.name == rejected_name else 1
                 rejected_name = entry.name
                 if rejections >= self.max_rejections and self._dead_letter(entry, result, rejections):
-                    failures = 0  # the receiver answers: the next alert goes at once
+                    self._failures = 0  # the receiver answers: the next alert goes at once
                     continue
-            delay = backoff_delay(failures, self.backoff_initial_s, self.backoff_max_s)
-            if failures == 1 or failures % _LOG_EVERY == 0:
-                answer = f" ({result.body})" if result.body else ""
-                log.warning("webhook %s: %s%s (attempt %d); %d alerts kept in %s, next try in %.1f s", self.url,
-                            result.error, answer, failures, len(self.spool), self.spool.directory, delay)
-            self._pause(delay)
+            answer = f" ({result.body})" if result.body else ""
+            self._retry_later(receiver, f"{result.error}{answer}")
 
     def _dead_letter(self, entry: SpoolEntry, result: PostResult, rejections: int) -> bool:
         """Move a rejected alert out of the way; False (and the alert stays in the spool) if it cannot be moved."""
