@@ -57,6 +57,11 @@ video = false
     return path
 
 
+def _streams(**sources: object) -> str:
+    """``[[streams]]`` tables, one per ``name=source``."""
+    return "".join(f'[[streams]]\nname = "{name}"\nsource = "{source}"\n' for name, source in sources.items())
+
+
 def test_each_stream_gets_what_a_run_of_its_own_gives_and_a_broken_one_fails_alone(
         tmp_path: Path, line: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
     streams = f"""
@@ -114,14 +119,7 @@ def _get(url: str) -> tuple[int, dict[str, object]]:
 
 def test_readyz_lists_every_stream_and_a_failed_one_is_the_reason(tmp_path: Path, line: dict[str, Path]) -> None:
     long_video = _video(tmp_path / "long.avi", 5, 400)
-    streams = f"""
-[[streams]]
-name = "ok"
-source = "{long_video}"
-[[streams]]
-name = "gone"
-source = "{tmp_path / 'no-such-video.mp4'}"
-"""
+    streams = _streams(ok=long_video, gone=tmp_path / "no-such-video.mp4")
     cfg = load_config(_config(tmp_path / "streams.toml", line, streams))
     registry = CollectorRegistry()
     metrics = PipelineMetrics(registry, "ok")
@@ -170,13 +168,7 @@ enabled = true
 threshold = 0.05
 margin = 0.0
 min_frames = 5
-[[streams]]
-name = "cam1"
-source = "{line['a']}"
-[[streams]]
-name = "cam2"
-source = "{line['a']}"
-"""
+""" + _streams(cam1=line["a"], cam2=line["a"])
     cfg = load_config(_config(tmp_path / "streams.toml", line, streams))
     metrics = PipelineMetrics(CollectorRegistry(), "cam1")
     reid = app.build_reid_encoder(cfg.tracker, cfg.encoder)
