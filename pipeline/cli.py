@@ -419,6 +419,7 @@ def cmd_anomaly_fit(args: argparse.Namespace) -> int:
 
     from pipeline.anomaly.fit import FitSettings, fit_anomaly, fit_report, report_table, write_fit
     from pipeline.anomaly.manifest import load_manifest
+    from pipeline.outlock import OutputLock
 
     cfg = _config(args)
     recipes = tuple(n.strip() for n in args.recipes.split(",") if n.strip()) if args.recipes else ()
@@ -428,7 +429,7 @@ def cmd_anomaly_fit(args: argparse.Namespace) -> int:
     out = Path(args.out)
     check_writable_dir(out)
     rows = load_manifest(args.manifest, require_test=False)
-    with tempfile.TemporaryDirectory(prefix="siamstream-fit-") as tmp:
+    with OutputLock(out, "siamstream anomaly fit"), tempfile.TemporaryDirectory(prefix="siamstream-fit-") as tmp:
         result = fit_anomaly(rows, cfg, settings, Path(tmp))
         write_fit(result, out)  # copies the encoder out of the work folder before it goes
     print("\n".join(report_table(result)))

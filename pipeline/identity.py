@@ -97,6 +97,9 @@ def load_names(path: str | Path, gallery: Gallery, model_id: str) -> int:
     if stored_id != model_id:
         raise GalleryNamesError(f"{p}: names were enrolled with another re-identification model ({stored_id[:12]}; "
                                 f"now {model_id[:12]}); enrol them again with `siamstream gallery add`")
+    if vectors.shape[1] != gallery.dim:
+        raise GalleryNamesError(f"{p}: holds {vectors.shape[1]}-d vectors, the model gives {gallery.dim}; enrol the "
+                                f"names again with `siamstream gallery add`")
     for name in sorted(set(names)):
         gallery.enroll(name, vectors[[i for i, n in enumerate(names) if n == name]])
     return len(set(names))

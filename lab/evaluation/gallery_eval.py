@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from encoders.evaluate import EvaluationError
 from lab.evaluation.reid_eval import GALLERY_DIR, QUERY_DIR, ReidEmbedder, read_market_folder
 from pipeline.gallery import Gallery
 
@@ -44,12 +45,18 @@ class Tracks:
     cams: np.ndarray  # (T,)
 
 
+MIN_IDENTITIES = 8
+
+
 def tracks_from(embeddings: np.ndarray, ids: np.ndarray, cams: np.ndarray) -> Tracks:
     groups: dict[tuple[int, int], list[int]] = defaultdict(list)
     for i, (pid, cam) in enumerate(zip(ids.tolist(), cams.tolist(), strict=True)):
         if pid > 0:  # -1 junk, 0 distractors
             groups[(pid, cam)].append(i)
     keys = sorted(groups)
+    if not keys:  # no image of a known identity
+        empty = np.zeros((0, embeddings.shape[1]), np.float32)
+        return Tracks(empty, empty, np.zeros(0, np.int64), np.zeros(0, np.int64))
     means = np.stack([embeddings[groups[k]].mean(axis=0) for k in keys])
     means /= np.linalg.norm(means, axis=1, keepdims=True)
     first = np.stack([embeddings[groups[k][0]] for k in keys])
@@ -142,6 +149,10 @@ def evaluate_gallery(model: Path, data: Path, threads: int = 0, max_false_merge:
     tracks = tracks_from(embed(paths), np.concatenate([query.ids, gallery.ids]),
                          np.concatenate([query.cams, gallery.cams]))
     multi = np.array(sorted({int(p) for p in tracks.ids if (tracks.ids == p).sum() >= 2}))  # seen by 2+ cameras
+    if len(multi) < MIN_IDENTITIES:
+        raise EvaluationError(f"{data}: {len(multi)} identities are seen by two or more cameras; the gallery needs at "
+                              f"least {MIN_IDENTITIES} (half choose the thresholds, half are measured): use a folder "
+                              f"of more identities, e.g. a re-id run's validation/")
     ids = np.random.default_rng(seed).permutation(multi)
     calib, test = ids[: len(ids) // 2], ids[len(ids) // 2:]
     calib_rates = {(float(t), m): reentry_rates(tracks, calib, float(t), seed=seed, margin=m)

@@ -75,3 +75,13 @@ def test_an_unknown_recipe_is_one_line(tmp_path: Path) -> None:
     manifest = write_manifest(tmp_path / "data")
     proc = siamstream("anomaly", "fit", "--manifest", str(manifest), "--out", str(tmp_path / "o"), "--recipes", "s9")
     assert_clean_error(proc, "no recipe 's9'", "choose among")
+
+
+def test_an_output_folder_in_use_is_refused(tmp_path: Path) -> None:
+    from pipeline.outlock import OutputLock
+
+    manifest = write_manifest(tmp_path / "data")
+    (tmp_path / "o").mkdir()
+    with OutputLock(tmp_path / "o", "another command"):
+        proc = siamstream("anomaly", "fit", "--manifest", str(manifest), "--out", str(tmp_path / "o"))
+    assert_clean_error(proc, str(tmp_path / "o"))

@@ -108,6 +108,8 @@ def test_names_file_errors(tmp_path: Path) -> None:
     with pytest.raises(GalleryNamesError, match="no such names file"):
         load_names(tmp_path / "missing.npz", Gallery(4, 0.4), "m")
     assert add_names(tmp_path / "ok.npz", "bob", np.ones((3, 4), np.float32), "m") == 3
+    with pytest.raises(GalleryNamesError, match="holds 4-d vectors, the model gives 8"):
+        load_names(tmp_path / "ok.npz", Gallery(8, 0.4), "m")
     with pytest.raises(GalleryNamesError, match="another re-identification model"):
         add_names(tmp_path / "ok.npz", "bob", np.ones((1, 4), np.float32), "other")
 
