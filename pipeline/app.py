@@ -37,7 +37,7 @@ from pipeline.detect.motchallenge import MotDetectionFile
 from pipeline.detect.onnx_detector import OnnxDetector
 from pipeline.encoder import Encoder, EncoderContractError, ModelFileError, OnnxEncoder
 from pipeline.encoder_torch import TorchEncoder
-from pipeline.gallery import Gallery
+from pipeline.gallery import ID_RANGE, Gallery
 from pipeline.identity import IdentityStage, load_names
 from pipeline.metrics import PipelineMetrics
 from pipeline.progress import Progress
@@ -61,6 +61,7 @@ from pipeline.video_segments import SegmentedVideoSink
 if TYPE_CHECKING:
     from encoders.reid_train import ReidTrainConfig
     from encoders.train import TrainConfig
+    from pipeline.gallery_sync import GallerySync
 
 log = logging.getLogger(__name__)
 
@@ -152,19 +153,33 @@ def build_frame_step(cfg: Config, encoder: Encoder | None, detector: Detector, *
                      observe=observe)
 
 
-def build_gallery(cfg: Config, reid_encoder: Encoder | None) -> Gallery | None:
+def build_gallery(cfg: Config, reid_encoder: Encoder | None, shard: int = 0) -> Gallery | None:
     """The cross-camera gallery of ``[gallery]`` (``None`` when it is off), with the enrolled names loaded. One per
-    process: every stream with the same re-identification model shares it."""
+    process: every stream with the same re-identification model shares it; ``shard`` (``--shard``) picks the range
+    its new global ids come from. :func:`share_gallery` connects it to the other engines'."""
     if not cfg.gallery.enabled:
         return None
     if reid_encoder is None:
         raise ConfigError("[gallery] enabled needs [tracker] reid_model (the re-identification encoder it compares)")
     g = cfg.gallery
-    gallery = Gallery(reid_encoder.embedding_dim, g.threshold, g.margin, g.max_age_s)
+    gallery = Gallery(reid_encoder.embedding_dim, g.threshold, g.margin, g.max_age_s, id_base=shard * ID_RANGE)
     if g.names:
         count = load_names(g.names, gallery, reid_encoder.encoder_id)
         log.info("gallery: %d enrolled name(s) from %s", count, g.names)
     return gallery
+
+
+def share_gallery(cfg: Config, gallery: Gallery | None, shard: int, model_id: str) -> GallerySync | None:
+    """With ``[gallery] broker`` set, ``gallery`` kept in step with the other engines' through that Redis stream
+    (close it at the end); else ``None``."""
+    if gallery is None or not cfg.gallery.broker:
+        return None
+    from pipeline.gallery_sync import GallerySync
+
+    g = cfg.gallery
+    sync = GallerySync(gallery, g.broker, shard, model_id, key=g.broker_key, maxlen=g.broker_maxlen)
+    log.info("gallery: shared through %s (stream %s), shard %d", sync.url, g.broker_key, shard)
+    return sync
 
 
 def build_pipeline(cfg: Config, encoder: Encoder, metrics: PipelineMetrics, bank: Bank | None,

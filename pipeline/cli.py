@@ -80,6 +80,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         with OutputLock(out_dir, "siamstream run"):
             return _run_streams_locked(cfg, out_dir, load, fleet=lambda: place[0])
     uri = args.source or cfg.source.uri
+    if cfg.gallery.enabled and cfg.gallery.broker and (args.source or not cfg.streams):
+        raise ConfigError("[gallery] broker shares one gallery among the engines of a fleet, each with its own range "
+                          "of global ids: list the cameras as [[streams]] and run each engine with --shard I/N (or "
+                          "set broker = \"\" for one process)")
     if not uri and not cfg.streams:
         raise ConfigError("no source: pass --source FILE|DIR|CAMERA_INDEX|URL, set [source] uri, or list "
                           "[[streams]] in the config")
@@ -111,7 +115,8 @@ def _run_streams_locked(cfg: Config, out_dir: Path, load: Callable[[], Config],
             built = app.build_reid_encoder(s.tracker, cfg.encoder)
             assert built is not None
             reid[s.tracker.reid_model] = built
-    engine = Engine(cfg, out_dir, metrics, encoder, reid, fleet=fleet is not None)
+    engine = Engine(cfg, out_dir, metrics, encoder, reid, fleet=fleet is not None,
+                    shard=fleet()[0] if fleet is not None else 0)
 
     def load_and_publish() -> Config:
         new = load()  # a config that cannot be read raises here: the streams and their metrics stay as they are

@@ -381,6 +381,9 @@ class GalleryConfig(_Section):
     max_age_s: float = _f(3600.0, 1.0, 30 * 86400.0)
     min_frames: int = _f(10, 1, 100_000)
     names: str = _f("")
+    broker: str = _f("")  # Redis URL that the engines of a fleet share the gallery through ("" = this process only)
+    broker_key: str = _f("siamstream:gallery")
+    broker_maxlen: int = _f(100_000, 1, 1_000_000_000)
 
 
 # What a [[streams]] entry may set besides its name and source: these sections, merged over the top-level ones.
@@ -582,6 +585,20 @@ def _build_streams(entries: object, merged: dict[str, dict[str, Any]], cfg: Conf
     return tuple(result)
 
 
+
+def _check_redis_url(url: str, what: str) -> None:
+    """A Redis URL, or '' (off)."""
+    if not url:
+        return
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+    except ValueError:  # an unbalanced "[" in the host
+        parts, host = urlsplit(""), None
+    if parts.scheme not in ("redis", "rediss", "unix") or (parts.scheme != "unix" and not host):
+        raise ConfigError(f"{what}: got {redact_url(url)!r}, allowed: redis://[user:password@]host[:port][/db], "
+                          f"rediss://... (TLS), unix:///path/to/socket or '' (off)")
+
 def _check_alerts(cfg: AlertsConfig, origin: str) -> None:
     url = cfg.webhook_url
     try:
@@ -596,16 +613,7 @@ def _check_alerts(cfg: AlertsConfig, origin: str) -> None:
     if not topic or "+" in topic or "#" in topic:
         raise ConfigError(f"{origin}: [alerts] mqtt_topic: got {topic!r}, allowed: a non-empty topic without the "
                           f"wildcards + and # (e.g. 'siamstream/alerts')")
-    if cfg.redis_url:
-        scheme = urlsplit(cfg.redis_url).scheme
-        try:
-            host = urlsplit(cfg.redis_url).hostname
-        except ValueError:
-            host = None
-        if scheme not in ("redis", "rediss", "unix") or (scheme != "unix" and not host):
-            raise ConfigError(f"{origin}: [alerts] redis_url: got {redact_url(cfg.redis_url)!r}, allowed: "
-                              f"redis://[user:password@]host[:port][/db], rediss://... (TLS), unix:///path/to/socket "
-                              f"or '' (off)")
+    _check_redis_url(cfg.redis_url, f"{origin}: [alerts] redis_url")
     if not cfg.redis_key:
         raise ConfigError(f"{origin}: [alerts] redis_key: got '', allowed: a stream key, e.g. 'siamstream:alerts'")
     if cfg.backoff_max_s < cfg.backoff_initial_s:
@@ -623,6 +631,9 @@ def _check_together(cfg: Config, origin: str) -> None:
     if cfg.bank.level == "patch" and cfg.encoder.patch_stage == 0 and not cfg.encoder.model:
         raise ConfigError(f"{origin}: [bank] level = 'patch' needs patch features but [encoder] patch_stage = 0; "
                           f"set patch_stage (e.g. 4) or level = 'global'")
+    _check_redis_url(cfg.gallery.broker, f"{origin}: [gallery] broker")
+    if not cfg.gallery.broker_key:
+        raise ConfigError(f"{origin}: [gallery] broker_key: got '', allowed: a stream key, e.g. 'siamstream:gallery'")
     if cfg.gallery.enabled and not (cfg.tracker.reid_model or any(st.tracker.reid_model for st in cfg.streams)):
         raise ConfigError(f"{origin}: [gallery] enabled compares people across cameras by the re-identification "
                           f"model, but [tracker] reid_model is not set; set it (siamstream train --recipe reid, then "

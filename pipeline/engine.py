@@ -29,6 +29,7 @@ from pipeline.config import Config, ConfigError, StreamConfig
 from pipeline.encoder import Encoder
 from pipeline.errors import user_errors
 from pipeline.gallery import Gallery
+from pipeline.gallery_sync import GallerySync
 from pipeline.metrics import PipelineMetrics
 from pipeline.redact import redact_text, redact_url
 from pipeline.runner import RunSummary, run
@@ -67,11 +68,14 @@ class _Shared:
     parts: BatchingEncoder
     reid: dict[str, BatchingEncoder] = field(default_factory=dict)  # by [tracker] reid_model
     galleries: dict[str, Gallery] = field(default_factory=dict)  # by [tracker] reid_model, with [gallery] on
+    syncs: list[GallerySync] = field(default_factory=list)  # the galleries shared with a fleet ([gallery] broker)
 
     def close(self) -> None:
         self.parts.close()
         for b in self.reid.values():
             b.close()
+        for s in self.syncs:
+            s.close()
 
 
 @dataclass
@@ -103,7 +107,7 @@ class Engine:
     """
 
     def __init__(self, cfg: Config, out_dir: Path, metrics: PipelineMetrics, encoder: Encoder,
-                 reid_encoders: dict[str, Encoder] | None = None, fleet: bool = False) -> None:
+                 reid_encoders: dict[str, Encoder] | None = None, fleet: bool = False, shard: int = 0) -> None:
         if not cfg.streams and not fleet:
             raise ValueError("Engine needs [[streams]] in the config")
         self.fleet = fleet  # one shard of several: runs until stopped, even with no stream of its own
@@ -118,9 +122,12 @@ class Engine:
             self._shared.reid[path] = BatchingEncoder(enc, cfg.encoder.max_batch, wait, fam.shared_batch.labels("reid"),
                                                       fam.shared_batch_frames.labels("reid"))
             # one gallery per re-identification model: every stream embedding with it shares it ([gallery])
-            gallery = app.build_gallery(cfg, enc)
+            gallery = app.build_gallery(cfg, enc, shard)
             if gallery is not None:
                 self._shared.galleries[path] = gallery
+                sync = app.share_gallery(cfg, gallery, shard, enc.encoder_id)
+                if sync is not None:
+                    self._shared.syncs.append(sync)
         self.status: dict[str, StreamStatus] = {}
         self.history: list[StreamStatus] = []  # streams removed or restarted during the run, as they ended
         self._lock = threading.RLock()  # also taken by signal handlers (stop_all, reload) on the main thread

@@ -9,11 +9,19 @@ images of a person or part, the one-shot use of a twin network) match from any c
 
 Each global id keeps its latest embedding per camera; entries older than ``max_age_s`` are forgotten. The index is
 FAISS inner product over L2-normalised vectors (exact: a site's recent tracks are thousands, not millions).
+
+Several engines (shards) keep one gallery between them. Each gives new global ids from its own range (``id_base``:
+shard ``i`` counts from ``i * ID_RANGE + 1``, so no two shards hand out one id without asking each other; an
+enrolled name's id is its CRC-32 above ``NAMES_BASE``, the same on every shard), reports every track entry it
+stores to ``on_store`` (:mod:`pipeline.gallery_sync` publishes it to the broker), and takes the other shards'
+entries with :meth:`Gallery.add_remote`.
 """
 
 from __future__ import annotations
 
 import threading
+import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import faiss
@@ -21,7 +29,10 @@ import numpy as np
 
 from pipeline.anomaly.bank import search
 
-__all__ = ["Gallery", "GalleryEntry", "GalleryMatch"]
+__all__ = ["ID_RANGE", "Gallery", "GalleryEntry", "GalleryMatch"]
+
+ID_RANGE = 1_000_000_000  # global ids per shard: shard i gives i * ID_RANGE + 1, + 2, ...
+NAMES_BASE = 1_000_000 * ID_RANGE  # enrolled names: NAMES_BASE + the CRC-32 of the name
 
 
 @dataclass
@@ -48,11 +59,14 @@ class Gallery:
     threshold: float  # largest cosine distance that links a track to an earlier entry
     margin: float = 0.0  # the next other identity must be at least this much farther
     max_age_s: float = 3600.0
+    id_base: int = 0  # new global ids count from id_base + 1 (a shard's own range)
+    on_store: Callable[[GalleryEntry, np.ndarray], None] | None = None  # each entry stored here, with its vector
     _index: faiss.IndexIDMap2 = field(init=False, repr=False)
     _entries: dict[int, GalleryEntry] = field(init=False, default_factory=dict)
     _key: dict[tuple[int, str], int] = field(init=False, default_factory=dict)  # (global id, camera) -> entry id
     _next_entry: int = field(init=False, default=0)
     _next_global: int = field(init=False, default=1)
+    _latest: float = field(init=False, default=float("-inf"))  # the newest time a local track was seen
     names: dict[int, str] = field(init=False, default_factory=dict)  # global id -> enrolled name
     _lock: threading.Lock = field(init=False, repr=False, default_factory=threading.Lock)  # streams share one
 
@@ -60,7 +74,10 @@ class Gallery:
         if self.dim < 1 or not 0 <= self.threshold <= 2 or self.margin < 0:
             raise ValueError(f"gallery: dim >= 1, threshold in [0, 2], margin >= 0; got {self.dim}, "
                              f"{self.threshold}, {self.margin}")
+        if self.id_base < 0:
+            raise ValueError(f"gallery: id_base must be >= 0, got {self.id_base}")
         self._index = faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
+        self._next_global = self.id_base + 1
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -94,8 +111,9 @@ class Gallery:
             return self._enroll(name, mean, now)
 
     def _enroll(self, name: str, mean: np.ndarray, now: float) -> int:
-        gid = self._next_global
-        self._next_global += 1
+        gid = NAMES_BASE + zlib.crc32(name.encode("utf-8"))  # the same on every shard that loads the same names
+        while self.names.get(gid, name) != name:
+            gid += 1  # two names with one checksum: the later (in the names file's sorted order) moves on
         self.names[gid] = name
         self._put(mean, GalleryEntry(gid, "", now, name))
         return gid
@@ -107,9 +125,28 @@ class Gallery:
             raise ValueError("gallery: a track needs its camera's name")
         x = self._normalise(embedding)
         with self._lock:
-            return self._assign(x, camera, now, store)
+            match = self._assign(x, camera, now, store)
+        if store:
+            self._stored(GalleryEntry(match.global_id, camera, now, match.name), x[0])
+        return match
+
+    def add_remote(self, entry: GalleryEntry, embedding: np.ndarray) -> None:
+        """An entry another shard stored (its own global id range); replaces that shard's older entry of the same
+        id and camera. Entries already too old are skipped."""
+        x = self._normalise(embedding)
+        with self._lock:
+            if not entry.camera or entry.seen_at < self._latest - self.max_age_s:
+                return
+            if entry.name is not None:
+                self.names[entry.global_id] = entry.name
+            self._put(x[0], entry)
+
+    def _stored(self, entry: GalleryEntry, vector: np.ndarray) -> None:
+        if self.on_store is not None and entry.camera:  # enrolments come from the names file on every shard
+            self.on_store(entry, vector)
 
     def _assign(self, x: np.ndarray, camera: str, now: float, store: bool) -> GalleryMatch:
+        self._latest = max(self._latest, now)
         self._forget(now - self.max_age_s)
         best: tuple[float, GalleryEntry] | None = None
         rival = float("inf")  # the nearest entry of another global id

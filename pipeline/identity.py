@@ -1,11 +1,14 @@
 """A stream's tracks handed to the gallery: one global identity across cameras, and enrolled names.
 
 Each confirmed track's re-identification embeddings (the vectors the tracker compared) are summed while it lives;
-when it ends, a track seen in at least ``min_frames`` frames hands its mean to the shared
-:class:`~pipeline.gallery.Gallery` with the stream's name as its camera, and gets a global id: an earlier track of
-another camera, an enrolled name, or a new identity. Each decision is an :class:`IdentityEvent`, given to
-``on_identity`` (``OUT/identities.jsonl``). The enrolled names are a file (:func:`load_names`, written by
-``siamstream gallery add``): names with their embeddings and the id of the model that made them.
+once a track has been seen in ``min_frames`` frames it hands its mean to the shared :class:`~pipeline.gallery.Gallery`
+with the stream's name as its camera, and gets a global id: an earlier track of another camera, an enrolled name,
+or a new identity. The id is decided then, while the track lives, so that the part's events and alerts carry it
+(:meth:`IdentityStage.label`). The gallery keeps that mean of the track's first ``min_frames`` frames: every track
+is compared on the same footing, however long it lived. Each decision is an :class:`IdentityEvent`, given to
+``on_identity`` (``OUT/identities.jsonl``). The enrolled names are
+a file (:func:`load_names`, written by ``siamstream gallery add``): names with their embeddings and the id of the
+model that made them.
 """
 
 from __future__ import annotations
@@ -15,13 +18,13 @@ import math
 import os
 import tempfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.gallery import Gallery
-from pipeline.types import TrackObservation, TrackState
+from pipeline.types import AnomalyEvent, TrackObservation, TrackState
 
 __all__ = ["GalleryNamesError", "IdentityEvent", "IdentityStage", "add_names", "load_names"]
 
@@ -37,8 +40,8 @@ class IdentityEvent:
     global_id: int
     name: str | None
     new: bool  # the first time this identity is seen
-    frames: int  # frames the track was seen in
-    last_seen: float  # the track's last timestamp, seconds
+    frames: int  # frames the track had been seen in when its id was decided
+    last_seen: float  # the track's timestamp then, seconds
     seen_before_on: str | None  # the camera of the matched earlier track ("" for an enrolled name)
     seen_before_at: float | None
     distance: float | None
@@ -57,36 +60,51 @@ class IdentityStage:
         self._sum: dict[int, np.ndarray] = {}
         self._frames: dict[int, int] = {}
         self._last: dict[int, float] = {}
-        self.assigned: dict[int, int] = {}  # track id -> global id
+        self.assigned: dict[int, int] = {}  # live track id -> global id
+        self._names: dict[int, str] = {}  # live track id -> the enrolled name its identity matched
 
-    def observe(self, observations: list[TrackObservation], appearance: np.ndarray, timestamp: float) -> None:
-        """Add this frame's embedding of every confirmed track that matched a detection."""
+    def observe(self, observations: list[TrackObservation], appearance: np.ndarray, timestamp: float
+                ) -> list[IdentityEvent]:
+        """Add this frame's embedding of every confirmed track that matched a detection; a track that reaches
+        ``min_frames`` gets its global id now. Returns (and reports) the identities decided in this frame."""
+        out = []
         for o in observations:
-            if o.detection_index < 0 or o.state != TrackState.CONFIRMED:
+            t = o.track_id
+            if o.detection_index < 0 or o.state != TrackState.CONFIRMED or t in self.assigned:
                 continue
             v = np.asarray(appearance[o.detection_index], np.float64)
             norm = float(np.linalg.norm(v))
             if not norm > 0:
                 continue
-            prev = self._sum.get(o.track_id)
-            self._sum[o.track_id] = v / norm if prev is None else prev + v / norm
-            self._frames[o.track_id] = self._frames.get(o.track_id, 0) + 1
-            self._last[o.track_id] = timestamp
-
-    def end(self, track_ids: list[int]) -> list[IdentityEvent]:
-        """Hand the ended tracks to the gallery; returns (and reports) their identities."""
-        out = []
-        for t in track_ids:
-            total, frames, last = self._sum.pop(t, None), self._frames.pop(t, 0), self._last.pop(t, 0.0)
-            if total is None or frames < self.min_frames:
-                continue
-            m = self.gallery.assign(total / frames, self.camera, last)
-            self.assigned[t] = m.global_id
-            event = IdentityEvent(self.camera, t, m.global_id, m.name, m.new, frames, last, m.camera, m.seen_at,
-                                  None if m.new else m.distance)
-            self.on_identity(event)
-            out.append(event)
+            prev = self._sum.get(t)
+            self._sum[t] = v / norm if prev is None else prev + v / norm
+            self._frames[t] = self._frames.get(t, 0) + 1
+            self._last[t] = timestamp
+            if self._frames[t] == self.min_frames:
+                out.append(self._decide(t))
         return out
+
+    def _decide(self, t: int) -> IdentityEvent:
+        total, frames, last = self._sum.pop(t), self._frames.pop(t), self._last.pop(t)
+        m = self.gallery.assign(total / frames, self.camera, last)
+        self.assigned[t] = m.global_id
+        if m.name is not None:
+            self._names[t] = m.name
+        event = IdentityEvent(self.camera, t, m.global_id, m.name, m.new, frames, last, m.camera, m.seen_at,
+                              None if m.new else m.distance)
+        self.on_identity(event)
+        return event
+
+    def label(self, events: list[AnomalyEvent]) -> list[AnomalyEvent]:
+        """``events`` with their parts' global ids (and names), where the gallery has decided them."""
+        return [replace(e, global_id=self.assigned[e.track_id], name=self._names.get(e.track_id))
+                if e.track_id in self.assigned else e for e in events]
+
+    def end(self, track_ids: list[int]) -> None:
+        """The tracks ended: forget them (their gallery entries stay)."""
+        for t in track_ids:
+            for state in (self._sum, self._frames, self._last, self.assigned, self._names):
+                state.pop(t, None)
 
 
 def load_names(path: str | Path, gallery: Gallery, model_id: str) -> int:

@@ -99,15 +99,20 @@ class Pipeline:
         self.metrics.tracks_started.inc(len(out.started))
         self.metrics.tracks_ended.inc(len(out.ended))
         self.metrics.active_tracks.set(self.tracker.active_count)
-        if self.identity is not None and step.appearance is not None:
-            self.identity.observe(out.observations, step.appearance.vectors, frame.timestamp)
-            self.identity.end(out.ended)
+        identity = self.identity if step.appearance is not None else None
+        if identity is not None and step.appearance is not None:
+            identity.observe(out.observations, step.appearance.vectors, frame.timestamp)
         if self.anomaly is None or step.crops is None or step.embeddings is None:
+            if identity is not None:
+                identity.end(out.ended)
             return FrameResult(frame, dets, out.observations)
         start = time.perf_counter()
         observations, events, maps = self.anomaly(frame, dets.xyxy, step.crops.xyxy, step.embeddings,
                                                   out.observations, out.ended)
         self.observe_stage("anomaly", time.perf_counter() - start)
+        if identity is not None:  # the flagged parts' global ids, before their ended tracks let them go
+            events = identity.label(events)
+            identity.end(out.ended)
         return FrameResult(frame, dets, observations, events, maps)
 
     def finish(self) -> None:

@@ -225,9 +225,11 @@ class AnomalyEvent:
     frames_scored: int
     xyxy: tuple[float, float, float, float]
     evidence: str = ""  # path of the saved crop, "" when none was saved
+    global_id: int | None = None  # the part's identity across cameras, when [gallery] is on and it has one yet
+    name: str | None = None  # the enrolled name its identity matched
 
     def to_json(self) -> dict[str, object]:
-        return {
+        out: dict[str, object] = {
             "event": "part_flagged",
             "stream": self.stream,
             "track_id": self.track_id,
@@ -239,6 +241,9 @@ class AnomalyEvent:
             "xyxy": [round(v, 2) for v in self.xyxy],
             "evidence": self.evidence,
         }
+        if self.global_id is not None:
+            out.update(global_id=self.global_id, name=self.name)
+        return out
 
 
 @dataclass(frozen=True)

@@ -219,21 +219,25 @@ class MqttSubscriber:
 
 
 class RedisServer:
-    """redis-server on 127.0.0.1:``port``, no persistence (a restart starts empty, as a cache-only Redis does)."""
+    """redis-server on 127.0.0.1:``port``. Without ``data_dir`` no persistence (a restart starts empty, as a
+    cache-only Redis does); with it, an append-only file fsynced on every write there (a restart keeps every
+    acknowledged write, as a broker for events is run)."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, data_dir: Path | None = None) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             pytest.skip("redis-server is not installed (Debian package redis-server; .ci/run installs it)")
         self.binary = binary
         self.port = port or free_port()
+        self.data_dir = data_dir
         self._proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> RedisServer:
+        persist = (["--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.data_dir)]
+                   if self.data_dir is not None else ["--appendonly", "no"])
         # small stream nodes: MAXLEN ~ trims whole nodes, so trimming shows with a few dozen entries
         self._proc = subprocess.Popen([self.binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", "",
-                                       "--appendonly", "no", "--protected-mode", "no",
-                                       "--stream-node-max-entries", "4"],
+                                       *persist, "--protected-mode", "no", "--stream-node-max-entries", "4"],
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_for_port(self.port, 15, "redis-server")
         return self

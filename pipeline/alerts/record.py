@@ -8,6 +8,9 @@ object (the webhook body and the MQTT payload are the same bytes)::
      "frames_scored": 4, "xyxy": [93.6, 386.2, 114.5, 419.0],
      "evidence": {"path": "runs/latest/evidence/track000007_frame0000412.png", "jpeg_base64": "/9j/4AAQ..."}}
 
+With ``[gallery]`` on, the part's identity across cameras comes too: ``"global_id": 1000000003, "name": null``
+(``name``: the enrolled name it matched). Without it the two keys are absent.
+
 ``alert_id`` is the same for every delivery of one flagged part, and for every sink of one run, so a
 receiver that gets an alert twice (a retry after a lost acknowledgement) can drop the copy.
 ``timestamp`` is the capture time of the frame (media position for files, Unix time for live sources);
@@ -93,6 +96,8 @@ class Alert:
         xyxy: the part's box in that frame, pixels.
         evidence_path: where the evidence crop was saved on the sender's disk, ``""`` when none.
         evidence_jpeg: the crop as JPEG bytes, ``b""`` when none.
+        global_id: the part's identity across cameras (``[gallery]``), ``None`` when it has none.
+        name: the enrolled name that identity matched, ``None`` when none.
     """
 
     alert_id: str
@@ -107,6 +112,8 @@ class Alert:
     xyxy: tuple[float, float, float, float]
     evidence_path: str = ""
     evidence_jpeg: bytes = b""
+    global_id: int | None = None
+    name: str | None = None
 
     def __post_init__(self) -> None:
         _require(isinstance(self.alert_id, str) and bool(self.alert_id), "alert_id", "a non-empty string",
@@ -130,11 +137,11 @@ class Alert:
         """The alert for ``event``; reads and re-encodes its evidence crop (a few ms: call it off the hot path)."""
         return cls(alert_id_for(event, run_id), event.stream, event.track_id, event.frame_index, event.timestamp,
                    raised_at, event.score, event.threshold, event.frames_scored, event.xyxy, event.evidence,
-                   evidence_jpeg(event.evidence, jpeg_quality))
+                   evidence_jpeg(event.evidence, jpeg_quality), event.global_id, event.name)
 
     def to_json(self) -> dict[str, Any]:
         """The JSON object described in the module docstring."""
-        return {
+        out: dict[str, Any] = {
             "schema": SCHEMA,
             "alert_id": self.alert_id,
             "event": "part_flagged",
@@ -150,6 +157,9 @@ class Alert:
             "evidence": {"path": self.evidence_path,
                          "jpeg_base64": base64.b64encode(self.evidence_jpeg).decode("ascii")},
         }
+        if self.global_id is not None:
+            out.update(global_id=self.global_id, name=self.name)
+        return out
 
     def to_bytes(self) -> bytes:
         """UTF-8 JSON: the webhook body, the MQTT payload and the spool file's content."""
@@ -172,7 +182,9 @@ class Alert:
                       float(obj["threshold"]), int(obj["frames_scored"]), tuple(float(v) for v in obj["xyxy"]))
             evidence = obj["evidence"]
             jpeg = base64.b64decode(evidence["jpeg_base64"], validate=True)
-            return cls(*fields, str(evidence["path"]), jpeg)  # type: ignore[arg-type]
+            gid, name = obj.get("global_id"), obj.get("name")
+            return cls(*fields, str(evidence["path"]), jpeg,  # type: ignore[arg-type]
+                       None if gid is None else int(gid), None if name is None else str(name))
         except KeyError as exc:
             raise AlertRecordError(f"Alert: missing field {exc.args[0]!r}") from None
         except (TypeError, ValueError, binascii.Error) as exc:

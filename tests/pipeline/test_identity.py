@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -17,10 +18,12 @@ from pipeline import app
 from pipeline.config import Config, ConfigError, load_config, replace
 from pipeline.demo import SceneSource
 from pipeline.gallery import Gallery
-from pipeline.identity import GalleryNamesError, add_names, load_names
+from pipeline.identity import GalleryNamesError, IdentityEvent, IdentityStage, add_names, load_names
 from pipeline.metrics import PipelineMetrics
 from pipeline.runner import run
+from pipeline.sinks import EventsJsonlSink
 from pipeline.synthetic import ProductionLineScene, SceneConfig
+from pipeline.types import AnomalyEvent
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -117,3 +120,56 @@ def test_names_file_errors(tmp_path: Path) -> None:
 def test_the_gallery_needs_a_reid_model() -> None:
     with pytest.raises(ConfigError, match=r"\[gallery\] enabled compares people across cameras"):
         load_config(None, ["gallery.enabled=true"])
+
+
+def test_flagged_parts_carry_their_global_id_in_events_and_alerts(pretrained_onnx: Path, reid_onnx: Path,
+                                                                  tmp_path: Path) -> None:
+    from pipeline.alerts.record import Alert
+
+    cfg = replace(_cfg(pretrained_onnx, reid_onnx), "output", stream_name="line1", video=False)
+    encoder = app.build_encoder(cfg.encoder)
+    good = tmp_path / "flat-parts"  # a bank of flat grey "parts": every real part is far from it and gets flagged
+    good.mkdir()
+    for i in range(4):
+        assert cv2.imwrite(str(good / f"{i}.png"), np.full((128, 128, 3), 60 + 10 * i, np.uint8))
+    bank = app.bank_from_samples(app.good_samples_from_images(good, encoder, cfg.bank.level), cfg, encoder, "good")
+    reid = app.build_reid_encoder(cfg.tracker, cfg.encoder)
+    gallery = app.build_gallery(cfg, reid)
+    assert gallery is not None
+    decided: list[IdentityEvent] = []
+    pipe = app.build_pipeline(cfg, encoder, PipelineMetrics(CollectorRegistry(), "line1"), bank, tmp_path, reid,
+                              IdentityStage(gallery, "line1", 5, decided.append))
+    summary = run(SceneSource(ProductionLineScene(SceneConfig(num_frames=150, seed=3)), "line1"), pipe,
+                  [EventsJsonlSink(tmp_path / "events.jsonl")])
+    events = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    assert summary.flagged and len(events) == len(summary.flagged)
+    # every flagged part was decided (it lived at least 5 frames) and its event names that decision's global id
+    ids = {e.track_id: e.global_id for e in decided}
+    assert all(ev["global_id"] == ids[ev["track_id"]] and ev["name"] is None for ev in events)
+    # and the alert sent for it carries the same, through its JSON and back
+    event = AnomalyEvent("line1", events[0]["track_id"], events[0]["frame_index"], 1.0, 2.0, 1.0, 3,
+                         (0.0, 0.0, 1.0, 1.0), "", events[0]["global_id"], "alice")
+    alert = Alert.from_event(event, "run", 5.0)
+    assert Alert.from_bytes(alert.to_bytes()) == alert
+    assert alert.to_json()["global_id"] == events[0]["global_id"] and alert.to_json()["name"] == "alice"
+    # without the gallery neither key is there
+    assert "global_id" not in Alert.from_event(dataclasses.replace(event, global_id=None), "run", 5.0).to_json()
+
+
+def test_a_broker_url_that_cannot_work_is_refused_without_its_secret() -> None:
+    with pytest.raises(ConfigError, match=r"\[gallery\] broker.*redis://\[user:password@\]host") as err:
+        load_config(None, ['gallery.broker="http://u:hunter2@127.0.0.1:6379"'])
+    assert "hunter2" not in str(err.value)
+
+
+def test_a_shared_gallery_needs_the_fleet_streams(reid_onnx: Path, tmp_path: Path) -> None:
+    """Engines sharing a gallery give ids from their shard's range: one process on --source has no shard."""
+    config = tmp_path / "c.toml"
+    config.write_text(f'[tracker]\nreid_model = "{reid_onnx}"\n[gallery]\nenabled = true\n'
+                      f'broker = "redis://u:hunter2@127.0.0.1:1/0"\n')
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "-q", "run", "--config", str(config), "--source",
+                           str(tmp_path / "x.mp4"), "--out", str(tmp_path / "out")], cwd=REPO, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert "list the cameras as [[streams]] and run each engine with --shard I/N" in proc.stderr
+    assert "hunter2" not in proc.stderr + proc.stdout
