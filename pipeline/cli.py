@@ -78,7 +78,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         out_dir = Path(args.out or cfg.output.dir)
         check_writable_dir(out_dir)
         with OutputLock(out_dir, "siamstream run"):
-            return _run_streams_locked(cfg, out_dir, load, fleet=lambda: place[0])
+            return _run_streams_locked(cfg, out_dir, load, fleet=lambda: place[0], watch=args.config)
     uri = args.source or cfg.source.uri
     if cfg.gallery.enabled and cfg.gallery.broker and (args.source or not cfg.streams):
         raise ConfigError("[gallery] broker shares one gallery among the engines of a fleet, each with its own range "
@@ -91,16 +91,19 @@ def cmd_run(args: argparse.Namespace) -> int:
     check_writable_dir(out_dir)  # before the source and the encoder: an unusable --out fails at once
     with OutputLock(out_dir, "siamstream run"):  # one run per output folder
         if cfg.streams and not args.source:
-            return _run_streams_locked(cfg, out_dir, lambda: _config(args))
+            return _run_streams_locked(cfg, out_dir, lambda: _config(args), watch=args.config)
         return _run_locked(cfg, uri, out_dir)
 
 
 def _run_streams_locked(cfg: Config, out_dir: Path, load: Callable[[], Config],
-                        fleet: Callable[[], tuple[int, int, dict[str, int]]] | None = None) -> int:
+                        fleet: Callable[[], tuple[int, int, dict[str, int]]] | None = None,
+                        watch: str | None = None) -> int:
     """Every ``[[streams]]`` entry in this process (:class:`pipeline.engine.Engine`), into ``OUT/<name>/``. With
     ``fleet`` (``--shard``) it is one engine of several: ``fleet()`` gives its shard, the number of shards and
-    every stream's shard, published as metrics at the start and after each reload."""
+    every stream's shard, published as metrics at the start and after each reload. SIGHUP reads the stream list
+    again, and so does a change of the config file ``watch`` with ``[fleet] watch_config_s`` set."""
     from pipeline import app
+    from pipeline.config_watch import ConfigWatcher
     from pipeline.engine import Engine, StreamStatus
     from pipeline.metrics import PipelineMetrics, serve, write_snapshot
     from pipeline.runner import RunSummary, reload_on_sighup, stop_on_signals
@@ -130,8 +133,16 @@ def _run_streams_locked(cfg: Config, out_dir: Path, load: Callable[[], Config],
         if cfg.metrics.enabled:
             serve(registry, cfg.metrics.address, cfg.metrics.port, states=engine.states)
         stop = threading.Event()
+        watcher = (ConfigWatcher(Path(watch), cfg.fleet.watch_config_s, lambda: engine.reload(load_and_publish))
+                   if watch and cfg.fleet.watch_config_s > 0 else None)
         with stop_on_signals(stop, on_stop=engine.stop_all), reload_on_sighup(lambda: engine.reload(load_and_publish)):
-            status = engine.run(stop)
+            if watcher is not None:
+                watcher.start()
+            try:
+                status = engine.run(stop)
+            finally:
+                if watcher is not None:
+                    watcher.close()
     finally:
         try:
             write_snapshot(registry, str(out_dir / "metrics.prom"))

@@ -363,10 +363,12 @@ class ReidConfig(_Section):
 
 @dataclass(frozen=True)
 class FleetConfig(_Section):
-    """``[fleet]``: several engines sharing one stream list (:mod:`pipeline.shards`)."""
+    """``[fleet]``: the stream list of one engine or of several sharing it (:mod:`pipeline.shards`), and watching
+    its file (:mod:`pipeline.config_watch`)."""
 
     SECTION: ClassVar[str] = "fleet"
     shards: int = _f(1, 1, 100_000)
+    watch_config_s: float = _f(0.0, 0.0, 3600.0)  # > 0: a change of the config file reloads the streams, as SIGHUP
 
 
 @dataclass(frozen=True)

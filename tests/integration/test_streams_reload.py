@@ -70,3 +70,30 @@ def test_sighup_adds_and_removes_cameras_and_the_unchanged_one_loses_nothing(
     for name in ("cam1", "cam2", "cam3"):  # each flushed its own folder
         assert (out / name / "tracks.txt").exists() and (out / name / "events.jsonl").exists()
     assert (out / "metrics.prom").exists()
+
+
+def test_a_changed_config_file_is_read_again_without_a_signal(
+        tmp_path: Path, pretrained_onnx: Path, cameras: Callable[[int], Camera]) -> None:
+    """As a Kubernetes ConfigMap update does: the file's content changes (here: replaced by a rename, as the
+    kubelet's symlink swap and most editors do) and no signal comes."""
+    cam1, cam2 = cameras(1), cameras(2)
+    port = free_port()
+    cfg = tmp_path / "streams.toml"
+    watch = "[fleet]\nwatch_config_s = 0.2\n"
+    write_streams(cfg, pretrained_onnx, port, {"cam1": cam1.url}, extra=watch)
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "run", "--config", str(cfg), "--out",
+                             str(tmp_path / "out")], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        wait_for("cam1 running", lambda: running(port, {"cam1"}), proc)
+        new = tmp_path / "streams.new.toml"
+        write_streams(new, pretrained_onnx, port, {"cam1": cam1.url, "cam2": cam2.url}, extra=watch)
+        new.replace(cfg)
+        wait_for("cam2 started by the file change", lambda: running(port, {"cam1", "cam2"}), proc, timeout_s=60)
+        assert samples(port, "siamstream_frames_dropped_total")["cam1"] == 0
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert f"{cfg} changed: reading the stream list again" in stderr
+    assert "reload: 1 stream(s) added, 0 removed, 0 changed, 1 unchanged" in stderr
