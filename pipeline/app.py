@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import re
 import uuid
-from collections.abc import Iterable, Sized
+from collections.abc import Callable, Iterable, Sized
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 
 from pipeline.anomaly.bank import Bank, BankError, build_bank, crop_features
+from pipeline.anomaly.bank_cache import BankCache
 from pipeline.anomaly.inspector import PartInspector
 from pipeline.anomaly.reload import BankReloader
 from pipeline.anomaly.stage import AnomalyStage, edge_mask
@@ -208,16 +209,18 @@ def build_pipeline(cfg: Config, encoder: Encoder, metrics: PipelineMetrics, bank
 
 
 def build_stream(cfg: Config, encoder: Encoder, metrics: PipelineMetrics, out_dir: Path, fps: float,
-                 reid_encoder: Encoder | None = None,
-                 gallery: Gallery | None = None) -> tuple[Pipeline, list[Sink], BankReloader | None]:
+                 reid_encoder: Encoder | None = None, gallery: Gallery | None = None,
+                 banks: BankCache | None = None) -> tuple[Pipeline, list[Sink], BankReloader | None]:
     """One stream's pipeline (with its bank, ``[anomaly] bank``), its sinks, and the watcher that swaps a changed
     bank in (``None`` without a bank or with ``reload_interval_s = 0``; the caller starts and stops it). The
-    watcher is made before the bank is loaded, so a save during start-up is swapped in."""
+    watcher is made before the bank is loaded, so a save during start-up is swapped in. With ``banks``, streams
+    naming one bank share one copy of it."""
     holder: dict[str, Pipeline] = {}
+    loader = banks.load if banks is not None else Bank.load
     reloader = (BankReloader(cfg.anomaly.bank, cfg.anomaly.reload_interval_s, lambda b: holder["p"].swap_bank(b),
-                             on_error=lambda _m: metrics.bank_reload_errors.inc())
+                             on_error=lambda _m: metrics.bank_reload_errors.inc(), loader=loader)
                 if cfg.anomaly.bank and cfg.anomaly.reload_interval_s > 0 else None)
-    bank = load_bank(cfg.anomaly.bank, encoder)
+    bank = load_bank(cfg.anomaly.bank, encoder, loader)
     identities = IdentitiesJsonlSink(out_dir / "identities.jsonl") if gallery is not None else None
     identity = (IdentityStage(gallery, cfg.output.stream_name, cfg.gallery.min_frames, identities.record)
                 if gallery is not None and identities is not None else None)
@@ -228,10 +231,10 @@ def build_stream(cfg: Config, encoder: Encoder, metrics: PipelineMetrics, out_di
     return pipeline, sinks, reloader
 
 
-def load_bank(path: str, encoder: Encoder) -> Bank | None:
+def load_bank(path: str, encoder: Encoder, loader: Callable[[Path], Bank] = Bank.load) -> Bank | None:
     if not path:
         return None
-    bank = Bank.load(path)
+    bank = loader(Path(path))
     bank.check_encoder(encoder.encoder_id, encoder.embedding_dim, encoder.patch_dim, path,
                        patches=encoder.patch_grid[0] * encoder.patch_grid[1])
     return bank

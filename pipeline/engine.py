@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline import app
+from pipeline.anomaly.bank_cache import BankCache
 from pipeline.anomaly.reload import BankReloader
 from pipeline.batching import BatchingEncoder, SharedEncoder
 from pipeline.config import Config, ConfigError, StreamConfig
@@ -63,12 +64,13 @@ class StreamStatus:
 
 @dataclass
 class _Shared:
-    """The encoders every stream shares, each behind its batcher."""
+    """What every stream shares: the encoders, each behind its batcher, the galleries and the banks."""
 
     parts: BatchingEncoder
     reid: dict[str, BatchingEncoder] = field(default_factory=dict)  # by [tracker] reid_model
     galleries: dict[str, Gallery] = field(default_factory=dict)  # by [tracker] reid_model, with [gallery] on
     syncs: list[GallerySync] = field(default_factory=list)  # the galleries shared with a fleet ([gallery] broker)
+    banks: BankCache = field(default_factory=BankCache)  # streams naming one bank share one copy
 
     def close(self) -> None:
         self.parts.close()
@@ -284,7 +286,8 @@ class Engine:
                     clients.append(reid)
                 pipeline, sinks, reloader = app.build_stream(cfg, parts, metrics, out,
                                                              source.fps or cfg.source.fps_hint, reid,
-                                                             self._shared.galleries.get(cfg.tracker.reid_model))
+                                                             self._shared.galleries.get(cfg.tracker.reid_model),
+                                                             self._shared.banks)
             except BaseException:
                 source.close()
                 raise

@@ -20,7 +20,7 @@ from pipeline.anomaly.bank import Bank, BankError
 log = logging.getLogger(__name__)
 
 
-def _stamp(path: Path) -> tuple[int, ...] | None:
+def bank_stamp(path: Path) -> tuple[int, ...] | None:
     """Identity of the bank's two files; the size as well, since a file rewritten in place within one tick of
     the coarse file-system clock keeps its inode and its mtime."""
     try:
@@ -33,17 +33,20 @@ def _stamp(path: Path) -> tuple[int, ...] | None:
 class BankReloader:
     """Polls ``path`` every ``interval_s`` seconds; calls ``on_bank(bank)`` with each new, loadable bank.
 
-    ``on_error(message)`` is called once per changed bank that cannot be used."""
+    ``on_error(message)`` is called once per changed bank that cannot be used; ``loader`` reads a bank
+    (:meth:`Bank.load`, or a :class:`~pipeline.anomaly.bank_cache.BankCache` shared by the streams)."""
 
     def __init__(self, path: str | Path, interval_s: float, on_bank: Callable[[Bank], None],
-                 on_error: Callable[[str], None] | None = None) -> None:
+                 on_error: Callable[[str], None] | None = None,
+                 loader: Callable[[Path], Bank] = Bank.load) -> None:
         if interval_s <= 0:
             raise ValueError(f"interval_s must be > 0, got {interval_s}")
         self.path = Path(path)
         self.interval_s = interval_s
         self.on_bank = on_bank
         self.on_error = on_error or (lambda _m: None)
-        self._seen = _stamp(self.path)
+        self.loader = loader
+        self._seen = bank_stamp(self.path)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.unexpected_errors = 0  # polls that failed other than by a broken bank (logged with their traceback)
@@ -65,16 +68,16 @@ class BankReloader:
 
     def check(self) -> bool:
         """One poll: True when a new bank was handed over."""
-        stamp = _stamp(self.path)
+        stamp = bank_stamp(self.path)
         if stamp is None or stamp == self._seen:
             return False
         try:
-            bank = Bank.load(self.path)
+            bank = self.loader(self.path)
         except BankError as exc:
-            if _stamp(self.path) != stamp:
+            if bank_stamp(self.path) != stamp:
                 return False  # a save replaced the files while they were read: not broken, read it next time
             return self._broken(stamp, exc)
-        if _stamp(self.path) != stamp:
+        if bank_stamp(self.path) != stamp:
             return False  # the index and the metadata may come from two saves: read the new bank next time
         try:
             self.on_bank(bank)

@@ -189,3 +189,11 @@ min_frames = 5
         assert [a["new"], b["new"]].count(True) == 1  # one started it, the other was linked to it
         linked = b if a["new"] else a
         assert linked["seen_before_on"] == ("cam1" if a["new"] else "cam2")
+
+
+def test_streams_naming_one_bank_hold_one_copy_of_it(tmp_path: Path, line: dict[str, Path]) -> None:
+    cfg = load_config(_config(tmp_path / "streams.toml", line, _streams(a=line["a"], b=line["b"], c=line["a"])))
+    engine = Engine(cfg, tmp_path / "out", PipelineMetrics(CollectorRegistry(), "a"), app.build_encoder(cfg.encoder))
+    status = engine.run(threading.Event())
+    assert {n: s.state for n, s in status.items()} == {"a": "ended", "b": "ended", "c": "ended"}
+    assert engine._shared.banks.loads == 1  # three streams, the bank read once
