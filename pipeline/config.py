@@ -178,6 +178,7 @@ class TrackerConfig(_Section):
     cmc: str = _f("none", choices=("none", "sparse", "ecc"))
     cmc_downscale: float = _f(2.0, 1.0, 32.0)
     duplicate_iou: float = _f(0.0, 0.0, 1.0)
+    gates: str = _f("fixed", choices=("fixed", "video"))
     appearance_region: str = _f("crop", choices=REGIONS)
     color_weight: float = _f(0.0, 0.0, 1.0)
     reid_model: str = _f("")

@@ -42,6 +42,7 @@ import numpy as np
 
 from pipeline.config import TrackerConfig
 from pipeline.tracking import kalman
+from pipeline.tracking.gates import VideoGates
 from pipeline.tracking.matching import (
     GATED,
     appearance_cost,
@@ -141,6 +142,8 @@ class Tracker:
         cmc_downscale: frames are shrunk by this factor before estimating camera motion.
         duplicate_iou: a track seen now and a lost one whose predicted box overlaps it by more than this are one
             object, and the younger is removed (ByteTrack: 0.85); 0 = off.
+        gates: ``"fixed"`` (``max_cosine_distance`` and ``reid_max_cosine_distance`` as set) or ``"video"``
+            (measured on the stream's own frames, :mod:`pipeline.tracking.gates`; the set values hold until then).
     """
 
     def __init__(self, cfg: TrackerConfig | None = None) -> None:
@@ -169,6 +172,8 @@ class Tracker:
         self.nsa = cfg.nsa
         self._cmc = CameraMotion(cfg.cmc, cfg.cmc_downscale) if cfg.cmc != "none" else None
         self.duplicate_iou = cfg.duplicate_iou
+        self.video_gates = (VideoGates(cfg.max_cosine_distance, cfg.reid_max_cosine_distance)
+                            if cfg.gates == "video" else None)
         self.reset()
 
     def reset(self) -> None:
@@ -178,6 +183,9 @@ class Tracker:
         self._last_ts: float | None = None
         if self._cmc is not None:
             self._cmc.reset()
+        if self.video_gates is not None:
+            self.video_gates.reset()
+            self.max_cosine_distance, self.reid_max_cosine_distance = self.video_gates.gates
 
     @property
     def active_count(self) -> int:
@@ -383,6 +391,9 @@ class Tracker:
         tracks = self._tracks
         feats = embeddings.vectors
         det_known = has_feature(feats)
+        if self.video_gates is not None:
+            self.max_cosine_distance, self.reid_max_cosine_distance = self.video_gates.observe(
+                detections.xyxy, feats, det_known)
         conf = detections.confidence
         high = np.flatnonzero(conf >= self.high_score)
         low = np.flatnonzero((conf >= self.low_score) & (conf < self.high_score))
