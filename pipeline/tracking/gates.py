@@ -19,7 +19,7 @@ are kept, so the gates follow a scene that changes (light, crowd).
 
 from __future__ import annotations
 
-from collections import deque
+import functools
 
 import numpy as np
 
@@ -33,33 +33,61 @@ MIN_PAIRS = 50
 WINDOW = 20_000
 SAME_QUANTILE = 99.0  # percent of same-person pairs the first-pass gate keeps
 DIFFERENT_QUANTILE = 1.0  # percent of different-person pairs the re-identification gate accepts
-EVERY = 10  # frames between two computations of the gates
+EVERY = 25  # frames between two computations of the gates (about a second of video)
 
 
-def same_pairs(prev_xyxy: np.ndarray, xyxy: np.ndarray) -> list[tuple[int, int]]:
-    """(previous, current) box index pairs that are one isolated object a frame apart."""
+def same_pairs(prev_xyxy: np.ndarray, xyxy: np.ndarray, o: np.ndarray | None = None
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """(previous, current) box index arrays of the pairs that are one isolated object a frame apart; ``o``: their
+    IoU matrix, when already computed."""
     if not len(prev_xyxy) or not len(xyxy):
-        return []
-    o = iou_matrix(prev_xyxy, xyxy)
-    pairs = []
-    for i in range(len(prev_xyxy)):
-        j = int(np.argmax(o[i]))
-        if o[i, j] < SAME_IOU or int(np.argmax(o[:, j])) != i:
-            continue
-        if len(xyxy) > 1 and np.partition(o[i], -2)[-2] >= APART_IOU:
-            continue  # another box of this frame overlaps it too: not sure which is which
-        pairs.append((i, j))
-    return pairs
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    o = iou_matrix(prev_xyxy, xyxy) if o is None else o
+    i = np.arange(len(prev_xyxy))
+    j = np.argmax(o, axis=1)
+    ok = (o[i, j] >= SAME_IOU) & (np.argmax(o, axis=0)[j] == i)
+    if len(xyxy) > 1:  # another box of this frame overlapping it too: not sure which is which
+        ok &= np.partition(o, -2, axis=1)[:, -2] < APART_IOU
+    return i[ok], j[ok]
 
 
-def distinct_pairs(xyxy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Index pairs ``(a, b)``, ``a < b``, of boxes of one frame that are two objects (overlap below APART_IOU)."""
+@functools.lru_cache(maxsize=64)
+def _upper(n: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.triu_indices(n, 1)
+
+
+def distinct_pairs(xyxy: np.ndarray, o: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Index pairs ``(a, b)``, ``a < b``, of boxes of one frame that are two objects (overlap below APART_IOU);
+    ``o``: their IoU matrix, when already computed."""
     if len(xyxy) < 2:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    o = iou_matrix(xyxy, xyxy)
-    a, b = np.triu_indices(len(xyxy), 1)
+    o = iou_matrix(xyxy, xyxy) if o is None else o
+    a, b = _upper(len(xyxy))
     keep = o[a, b] < APART_IOU
     return a[keep], b[keep]
+
+
+class _Window:
+    """The last ``size`` values, in a preallocated ring."""
+
+    def __init__(self, size: int) -> None:
+        self._buf = np.empty(size, np.float64)
+        self._n = self._at = 0
+
+    def __len__(self) -> int:
+        return self._n
+
+    def extend(self, values: np.ndarray) -> None:
+        values = values[-len(self._buf):]
+        end = self._at + len(values)
+        first = min(end, len(self._buf)) - self._at
+        self._buf[self._at:self._at + first] = values[:first]
+        self._buf[:len(values) - first] = values[first:]
+        self._at = end % len(self._buf)
+        self._n = min(self._n + len(values), len(self._buf))
+
+    def values(self) -> np.ndarray:
+        return self._buf[:self._n]
 
 
 class VideoGates:
@@ -70,8 +98,8 @@ class VideoGates:
         self.reset()
 
     def reset(self) -> None:
-        self.same: deque[float] = deque(maxlen=WINDOW)
-        self.different: deque[float] = deque(maxlen=WINDOW)
+        self.same = _Window(WINDOW)
+        self.different = _Window(WINDOW)
         self._prev: tuple[np.ndarray, np.ndarray] | None = None
         self._frames = 0
         self.gates = self.configured
@@ -84,11 +112,12 @@ class VideoGates:
         v = np.asarray(vectors, np.float64)[known]
         if len(v):
             v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
-        a, b = distinct_pairs(xy)
-        self.different.extend((1.0 - np.einsum("ij,ij->i", v[a], v[b])).tolist())
-        if self._prev is not None:
-            pxy, pv = self._prev
-            self.same.extend(1.0 - float(pv[i] @ v[j]) for i, j in same_pairs(pxy, xy))
+        pxy, pv = self._prev if self._prev is not None else (xy[:0], v[:0])
+        o = iou_matrix(np.concatenate([pxy, xy]), xy)  # one call: previous boxes and this frame's against these
+        a, b = distinct_pairs(xy, o[len(pxy):])
+        self.different.extend(1.0 - np.einsum("ij,ij->i", v[a], v[b]))
+        i, j = same_pairs(pxy, xy, o[:len(pxy)])
+        self.same.extend(1.0 - np.einsum("ij,ij->i", pv[i], v[j]))
         self._prev = (xy, v)
         self._frames += 1
         if self._frames % EVERY == 1 or not self.measured:
@@ -98,6 +127,6 @@ class VideoGates:
     def _update(self) -> None:
         if len(self.same) < MIN_PAIRS or len(self.different) < MIN_PAIRS:
             return
-        self.gates = (float(np.percentile(np.fromiter(self.same, np.float64), SAME_QUANTILE)),
-                      float(np.percentile(np.fromiter(self.different, np.float64), DIFFERENT_QUANTILE)))
+        self.gates = (float(np.percentile(self.same.values(), SAME_QUANTILE)),
+                      float(np.percentile(self.different.values(), DIFFERENT_QUANTILE)))
         self.measured = True

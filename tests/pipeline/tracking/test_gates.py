@@ -17,8 +17,12 @@ def test_one_isolated_object_a_frame_apart_is_a_same_pair() -> None:
     cur = np.array([[1, 0, 11, 20],  # the first, moved a pixel: IoU 0.82
                     [103, 0, 113, 20],  # the second, moved 3 pixels: IoU 0.54, too far to be sure
                     [202, 0, 212, 20], [206, 0, 216, 20]], np.float64)  # the third, with a neighbour over it
-    assert same_pairs(prev, cur) == [(0, 0)]
-    assert same_pairs(prev[:1], cur[:1]) == [(0, 0)] and same_pairs(prev[:0], cur) == []
+    def pairs(p: np.ndarray, c: np.ndarray) -> list[tuple[int, int]]:
+        i, j = same_pairs(p, c)
+        return list(zip(i.tolist(), j.tolist(), strict=True))
+
+    assert pairs(prev, cur) == [(0, 0)]
+    assert pairs(prev[:1], cur[:1]) == [(0, 0)] and pairs(prev[:0], cur) == []
 
 
 def test_boxes_of_one_frame_apart_are_different_pairs() -> None:
@@ -43,7 +47,7 @@ def test_gates_are_the_quantiles_of_the_pairs_after_enough_of_them() -> None:
     history = [gates.observe(b, v, np.ones(len(b), bool)) for b, v in frames]
     assert history[0] == (0.6, 0.4)  # nothing measured yet: the configured gates
     assert gates.measured and len(gates.same) == 6 * 39 and len(gates.different) == 15 * 40
-    same, diff = np.array(gates.same), np.array(gates.different)
+    same, diff = gates.same.values(), gates.different.values()
     assert len(same) >= MIN_PAIRS
     # recomputed every few frames: the last gates are the quantiles of (nearly) all pairs seen
     first, reid = history[-1]
@@ -60,7 +64,7 @@ def test_rows_without_an_embedding_are_left_out() -> None:
     v = np.array([[1.0, 0.0], [0.0, 0.0]])
     for _ in range(3):
         gates.observe(boxes, v, np.array([True, False]))
-    assert len(gates.different) == 0 and len(gates.same) == 2
+    assert len(gates.different) == 0 and len(gates.same) == 2 and np.allclose(gates.same.values(), 0.0)
 
 
 def test_the_tracker_uses_the_video_gates_and_forgets_them_on_reset() -> None:
@@ -76,3 +80,15 @@ def test_the_tracker_uses_the_video_gates_and_forgets_them_on_reset() -> None:
     tracker.reset()
     assert (tracker.max_cosine_distance, tracker.reid_max_cosine_distance) == (0.6, 0.4)
     assert Tracker(TrackerConfig()).video_gates is None
+
+
+def test_the_window_keeps_the_most_recent_values() -> None:
+    from pipeline.tracking.gates import _Window
+
+    w = _Window(5)
+    w.extend(np.arange(3.0))
+    assert sorted(w.values().tolist()) == [0.0, 1.0, 2.0]
+    w.extend(np.arange(3.0, 7.0))  # wraps around
+    assert len(w) == 5 and sorted(w.values().tolist()) == [2.0, 3.0, 4.0, 5.0, 6.0]
+    w.extend(np.arange(10.0, 22.0))  # more than the window at once
+    assert sorted(w.values().tolist()) == [17.0, 18.0, 19.0, 20.0, 21.0]
