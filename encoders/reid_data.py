@@ -81,10 +81,28 @@ class ReidSet:
                        np.asarray(self.cameras)[idx])
 
 
+def _named_layout(folder: Path) -> str | None:
+    """``"market"`` or ``"cuhk03"`` when the folder's image names all follow that naming; else ``None``."""
+    names = [p.name for p in list_images(folder, IMAGE_EXTS, recursive=False)[:200]]
+    if names and all(MARKET_NAME.match(n) for n in names):
+        return "market"
+    if names and all(CUHK03_NAME.match(n) for n in names):
+        return "cuhk03"
+    return None
+
+
 def _market_root(folder: Path) -> Path:
-    """A Market-1501 root holds ``bounding_box_train/``: read that; otherwise the folder itself."""
+    """Where a data set's crops are: a Market-1501 root holds ``bounding_box_train/``; a data set as distributed
+    often holds its crops in one subfolder (CUHK03's ``images/``): when the folder has no image of its own and one
+    subfolder whose names follow the Market-1501 or CUHK03 naming, that subfolder; otherwise the folder itself."""
     sub = folder / "bounding_box_train"
-    return sub if sub.is_dir() else folder
+    if sub.is_dir():
+        return sub
+    if folder.is_dir() and not list_images(folder, IMAGE_EXTS, recursive=False):
+        subs = [d for d in folder.iterdir() if d.is_dir() and not d.name.startswith(".")]
+        if len(subs) == 1 and _named_layout(subs[0]) is not None:
+            return subs[0]
+    return folder
 
 
 def detect_layout(folder: Path) -> str:
@@ -96,12 +114,10 @@ def detect_layout(folder: Path) -> str:
             return "folders"
         raise ReidDataError(f"{folder}: no images and no identity folders; pass a Market-1501 folder "
                             f"(PPPP_cCsS_FFFFFF_BB.jpg), a CUHK03 folder (PPPP_KK.jpg) or a folder of identity folders")
-    names = [p.name for p in files[:200]]
-    if all(MARKET_NAME.match(n) for n in names):
-        return "market"
-    if all(CUHK03_NAME.match(n) for n in names):
-        return "cuhk03"
-    bad = next(n for n in names if not MARKET_NAME.match(n))
+    kind = _named_layout(folder)
+    if kind is not None:
+        return kind
+    bad = next(p.name for p in files[:200] if not MARKET_NAME.match(p.name))
     raise ReidDataError(f"{folder}: image names such as {bad!r} follow neither Market-1501 (PPPP_cCsS_FFFFFF_BB.jpg) "
                         f"nor CUHK03 (PPPP_KK.jpg); put each identity's images in a folder of its own instead")
 
@@ -123,7 +139,7 @@ def read_reid_folder(folder: str | Path, source: str | None = None, layout: str 
     if not folder.is_dir():
         raise ReidDataError(f"{folder}: not a folder; pass a folder of re-identification crops")
     kind = detect_layout(folder) if layout == "auto" else layout
-    root = _market_root(folder) if kind == "market" else folder
+    root = _market_root(folder) if kind != "folders" else folder
     name = source or (folder.name if folder.name != "bounding_box_train" else folder.parent.name)
     paths: list[Path] = []
     ids: list[str] = []

@@ -55,6 +55,23 @@ def test_cuhk03_slots_give_the_camera(tmp_path: Path) -> None:
     assert ("0000_01.jpg", 0) in cams and ("0000_05.jpg", 1) in cams and ("0002_09.jpg", 1) in cams
 
 
+def test_a_data_set_as_distributed_is_read_from_its_one_subfolder_of_crops(tmp_path: Path) -> None:
+    """CUHK03 comes as ROOT/images/PPPP_KK.jpg: ROOT is read as CUHK03, not as one identity called "images"."""
+    for pid in range(3):
+        for slot in (0, 6):
+            _write(tmp_path / "cuhk03" / "images" / f"{pid:04d}_{slot:02d}.jpg", pid, slot)
+    (tmp_path / "cuhk03" / "README.txt").write_text("about the data")
+    assert detect_layout(tmp_path / "cuhk03") == "cuhk03"
+    data = read_reid_folder(tmp_path / "cuhk03")
+    assert sorted(set(data.identities)) == ["cuhk03/0000", "cuhk03/0001", "cuhk03/0002"]
+    assert sorted(data.cameras.tolist()) == [0, 0, 0, 1, 1, 1]
+    # two identity folders stay identity folders, even when one of them is called "images"
+    for who in ("images", "bob"):
+        for i in range(2):
+            _write(tmp_path / "people" / who / f"{i}.png", i, 0)
+    assert detect_layout(tmp_path / "people") == "folders"
+
+
 def test_identity_folders_read_a_camera_from_the_name(tmp_path: Path) -> None:
     _write(tmp_path / "f" / "alice" / "x_c2_1.png", 1, 2)
     _write(tmp_path / "f" / "alice" / "cam3_frame9.png", 1, 3)
