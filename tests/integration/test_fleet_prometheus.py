@@ -8,49 +8,19 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
-import yaml
-
 from pipeline.shards import owner
-from tests.alert_servers import free_port, wait_until
+from tests.alert_servers import wait_until
 from tests.camera_servers import Camera
 from tests.engine_runs import readyz, terminate, write_streams
-from tests.integration.test_production import binary, fast_copy_of_shipped_rules, get_json, query, ready
+from tests.integration.test_production import get_json, query
 
 REPO = Path(__file__).resolve().parents[2]
-DEPLOY = REPO / "deploy"
 SHARDS = 3
 CAMERAS = 6
-
-
-@pytest.fixture
-def prometheus(tmp_path: Path) -> Iterator[tuple[str, list[int]]]:
-    """Prometheus scraping three engine ports every second, with the shipped rules (and their alerts fast)."""
-    prometheus_bin = binary("prometheus")
-    ports = [free_port() for _ in range(SHARDS)]
-    prom_port = free_port()
-    (tmp_path / "shipped-fast.rules.yml").write_text(yaml.safe_dump(fast_copy_of_shipped_rules()))
-    cfg = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
-    cfg["global"].update(scrape_interval="1s", evaluation_interval="1s")
-    cfg["rule_files"] = [str(DEPLOY / "prometheus" / "rules" / "siamstream.rules.yml"),
-                         str(tmp_path / "shipped-fast.rules.yml")]
-    cfg.pop("alerting", None)
-    cfg["scrape_configs"][0]["static_configs"][0]["targets"] = [f"127.0.0.1:{p}" for p in ports]
-    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(cfg))
-    proc = subprocess.Popen([prometheus_bin, f"--config.file={tmp_path / 'prometheus.yml'}",
-                             f"--storage.tsdb.path={tmp_path / 'prom-data'}",
-                             f"--web.listen-address=127.0.0.1:{prom_port}"],
-                            stdout=subprocess.DEVNULL, stderr=(tmp_path / "prometheus.log").open("wb"))
-    try:
-        wait_until(ready(f"http://127.0.0.1:{prom_port}/-/ready"), 30, "Prometheus to be ready")
-        yield f"http://127.0.0.1:{prom_port}", ports
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def firing(prometheus: str, alertname: str) -> list[dict[str, str]]:
@@ -60,8 +30,8 @@ def firing(prometheus: str, alertname: str) -> list[dict[str, str]]:
 
 def test_a_shard_that_dies_fires_for_itself_and_its_cameras(
         tmp_path: Path, pretrained_onnx: Path, cameras: Callable[[int], Camera],
-        prometheus: tuple[str, list[int]]) -> None:
-    prom, ports = prometheus
+        fleet_prometheus: tuple[str, list[int]]) -> None:
+    prom, ports = fleet_prometheus
     cams = {f"cam{i}": cameras(i).url for i in range(CAMERAS)}
     shard_of = {n: owner(n, SHARDS) for n in cams}
     procs: dict[int, subprocess.Popen[str]] = {}
@@ -102,8 +72,8 @@ def test_a_shard_that_dies_fires_for_itself_and_its_cameras(
         terminate(procs.values())
 
 
-def test_the_recording_rules_load_healthy(prometheus: tuple[str, list[int]]) -> None:
-    prom, _ = prometheus
+def test_the_recording_rules_load_healthy(fleet_prometheus: tuple[str, list[int]]) -> None:
+    prom, _ = fleet_prometheus
     groups: list[dict[str, Any]] = get_json(f"{prom}/api/v1/rules")["data"]["groups"]
     fleet = next(g for g in groups if g["name"] == "siamstream-fleet")
     records = [r for r in fleet["rules"] if r["type"] == "recording"]

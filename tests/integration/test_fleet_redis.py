@@ -1,8 +1,10 @@
-"""A fleet on files, its events through Redis: three `siamstream run --shard I/3` engines share one list of twelve
-streams of the real conveyor video, every part flagged (a bank of flat grey parts), alerts appended to one Redis
-stream by every engine. The Redis server (append-only file, fsync always) is stopped and started again while the
-engines run. Every stream runs on exactly one engine, loses no frame (file mode is lossless), and every flagged
-part's alert is in Redis exactly once after de-duplication on its alert id."""
+"""A fleet on files, its events through Redis, watched by Prometheus: three `siamstream run --shard I/3` engines share
+one list of twelve streams of the real conveyor video, every part flagged (a bank of flat grey parts), alerts
+appended to one Redis stream by every engine, a real Prometheus with the shipped rules scraping all three. The Redis
+server (append-only file, fsync always) is stopped and started again while the engines run. Every stream runs on
+exactly one engine, loses no frame (file mode is lossless), Prometheus sums the fleet's frames by shard as the
+engines assigned them with no fleet alert firing, and every flagged part's alert is in Redis exactly once after
+de-duplication on its alert id."""
 
 from __future__ import annotations
 
@@ -18,9 +20,11 @@ import pytest
 
 from pipeline.alerts.record import Alert
 from pipeline.shards import owner
-from tests.alert_servers import RedisServer, free_port, wait_until
+from tests.alert_servers import RedisServer, wait_until
 from tests.engine_runs import readyz, terminate
 from tests.integration.test_conveyor import flat_parts_bank
+from tests.integration.test_fleet_prometheus import firing
+from tests.integration.test_production import query
 
 REPO = Path(__file__).resolve().parents[2]
 SHARDS = 3
@@ -55,14 +59,15 @@ def _states(port: int) -> dict[str, str]:
 
 
 def test_twelve_streams_on_three_engines_every_event_once_in_redis_across_a_restart(
-        tmp_path: Path, shared_data: Callable[..., Path], pretrained_onnx: Path) -> None:
+        tmp_path: Path, shared_data: Callable[..., Path], pretrained_onnx: Path,
+        fleet_prometheus: tuple[str, list[int]]) -> None:
+    prom, ports = fleet_prometheus
     clip = _clip(shared_data("conveyor_video", "cutted.avi"), tmp_path / "clip.avi", FRAMES)
     bank = flat_parts_bank(tmp_path, pretrained_onnx)
     (tmp_path / "redis").mkdir()
     redis = RedisServer(data_dir=tmp_path / "redis").start()
     names = [f"line{i:02d}" for i in range(STREAMS)]
     streams = "".join(f'\n[[streams]]\nname = "{n}"\nsource = "{clip}"\n' for n in names)
-    ports = [free_port() for _ in range(SHARDS)]
     procs: dict[int, subprocess.Popen[str]] = {}
     try:
         for i in range(SHARDS):
@@ -90,6 +95,16 @@ def test_twelve_streams_on_three_engines_every_event_once_in_redis_across_a_rest
             return all(_states(p) and all(s == "ended" for s in _states(p).values()) for p in ports)
 
         wait_until(all_ended, 400, "every stream to reach the end of its file", step=0.5)
+
+        def frames_by_shard() -> dict[str, float]:  # the fleet's own assignment, joined by the shipped rules' labels
+            return {r["metric"]["shard"]: float(r["value"][1]) for r in query(
+                prom, "sum by (shard) (siamstream_frames_processed_total * on (stream) group_left (shard) "
+                      "max by (stream, shard) (siamstream_stream_shard))")}
+
+        expected = {str(i): float(FRAMES * sum(owner(n, SHARDS) == i for n in names)) for i in range(SHARDS)}
+        wait_until(lambda: frames_by_shard() == expected, 30, "Prometheus to see every frame, by shard", step=0.5)
+        for alert in ("SiamstreamShardDown", "SiamstreamStreamUnassigned", "SiamstreamStreamRunTwice"):
+            assert firing(prom, alert) == [], alert
         results = {}
         for i, proc in procs.items():
             proc.send_signal(2)  # SIGINT: the engines run until stopped; every stream has ended
