@@ -6,7 +6,8 @@ so every engine computes the same owner without talking to the others. Changing 
 that must move: growing from N to N + 1 shards moves to the new shard the streams it now wins, and no stream moves
 between the old ones (Thaler and Ravishankar, 1998). A Kubernetes StatefulSet gives each pod a stable ordinal,
 which is its shard index (``siamstream-2`` is shard 2); the number of shards is ``[fleet] shards`` of the shared
-config, so scaling is: raise it, scale the StatefulSet, and send the pods SIGHUP.
+config, so scaling is: raise it, scale the StatefulSet, and send the pods SIGHUP (or let them notice the changed
+file, ``[fleet] watch_config_s``).
 """
 
 from __future__ import annotations
