@@ -84,6 +84,10 @@ class MetricFamilies:
                                        s, buckets=BATCH_BUCKETS, registry=registry)
         self.active_tracks = Gauge("siamstream_active_tracks", "Confirmed tracks currently followed.", s,
                                    registry=registry)
+        self.appearance_gate = Gauge("siamstream_tracker_appearance_gate",
+                                     "The tracker's appearance gates (cosine distance) measured on the stream "
+                                     "([tracker] gates = \"video\"): gate first_pass or reid.",
+                                     ("stream", "gate"), registry=registry)
         self.tracks_started = Counter("siamstream_tracks_started_total", "Tracks confirmed.", s,
                                       registry=registry)
         self.tracks_ended = Counter("siamstream_tracks_ended_total", "Confirmed tracks that ended.", s,
@@ -185,6 +189,7 @@ class PipelineMetrics:
         self.frame_latency = f.frame_latency.labels(stream)
         self.encoder_batch = f.encoder_batch.labels(stream)
         self.active_tracks = f.active_tracks.labels(stream)
+        self.appearance_gate = f.appearance_gate  # children on first use: only streams with video gates have them
         self.tracks_started = f.tracks_started.labels(stream)
         self.tracks_ended = f.tracks_ended.labels(stream)
         self.parts_inspected = f.parts_inspected.labels(stream)

@@ -299,3 +299,19 @@ def test_fleet_series_follow_the_latest_assignment() -> None:
     assert value("siamstream_fleet_stream_assigned", stream="cam1", shard="2") == 1
     assert value("siamstream_stream_shard", stream="cam1", shard="1") is None
     assert value("siamstream_stream_shard", stream="cam2", shard="1") == 1
+
+
+def test_video_gates_are_exported_per_stream(line: tuple[Config, OnnxEncoder, Bank], tmp_path: Path) -> None:
+    cfg, encoder, bank = line
+    registry = CollectorRegistry()
+    pipe = app.build_pipeline(replace(cfg, "tracker", gates="video"), encoder, PipelineMetrics(registry, "line1"),
+                              bank, tmp_path)
+    run(SceneSource(ProductionLineScene(SceneConfig(num_frames=150, seed=3)), "scene"), pipe, [])
+    gates = {g: registry.get_sample_value("siamstream_tracker_appearance_gate", {"stream": "line1", "gate": g})
+             for g in ("first_pass", "reid")}
+    assert gates == {"first_pass": pipe.tracker.max_cosine_distance, "reid": pipe.tracker.reid_max_cosine_distance}
+    assert pipe.tracker.video_gates is not None and pipe.tracker.video_gates.measured  # measured on these frames
+    other = CollectorRegistry()
+    app.build_pipeline(cfg, encoder, PipelineMetrics(other, "line2"), bank, tmp_path).process(
+        next(iter(SceneSource(ProductionLineScene(SceneConfig(num_frames=1, seed=3)), "s"))))
+    assert other.get_sample_value("siamstream_tracker_appearance_gate", {"stream": "line2", "gate": "reid"}) is None
