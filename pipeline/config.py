@@ -599,8 +599,10 @@ def _check_redis_url(url: str, what: str) -> None:
     except ValueError:  # an unbalanced "[" in the host
         parts, host = urlsplit(""), None
     if parts.scheme not in ("redis", "rediss", "unix") or (parts.scheme != "unix" and not host):
-        raise ConfigError(f"{what}: got {redact_url(url)!r}, allowed: redis://[user:password@]host[:port][/db], "
-                          f"rediss://... (TLS), unix:///path/to/socket or '' (off)")
+        raise ConfigError(f"{what}: got {redact_url(url)!r}, allowed: a redis:// or rediss:// (TLS) URL with a host "
+                          f"(e.g. 'redis://127.0.0.1:6379/0'; a password goes before the host), a unix:// socket "
+                          f"path, or '' (off)")
+
 
 def _check_alerts(cfg: AlertsConfig, origin: str) -> None:
     url = cfg.webhook_url

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import redis
 
+from pipeline.alerts.backoff import backoff_delay
 from pipeline.gallery import Gallery, GalleryEntry
 from pipeline.redact import redact_url
 
@@ -67,7 +68,6 @@ class GallerySync:
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._warned: set[str] = set()
-        self._down = False
         gallery.on_store = self.publish
         self._thread = threading.Thread(target=self._serve, name="gallery-sync", daemon=True)
         self._thread.start()
@@ -82,6 +82,9 @@ class GallerySync:
             if len(self._pending) >= self._max_pending:
                 self._pending.popleft()
                 self.dropped += 1
+                if self.dropped == 1:
+                    log.warning("gallery: %d entries wait for the broker %s; the oldest are dropped from now on",
+                                self._max_pending, self.url)
             self._pending.append(fields)
 
     def _send(self) -> None:
@@ -129,22 +132,21 @@ class GallerySync:
             log.warning("%s", message)
 
     def _serve(self) -> None:
-        backoff = 0.5
+        failures = 0
         while not self._stop.is_set():
             try:
                 self._send()
                 self._read()
             except redis.RedisError as exc:
-                if not self._down:
+                if not failures:
                     log.warning("gallery: the broker %s is unreachable (%s); entries wait and are sent when it is "
                                 "back", self.url, redact_url(str(exc)))
-                self._down = True
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 10.0)
+                failures += 1
+                self._stop.wait(backoff_delay(failures, 0.5, 10.0))
                 continue
-            if self._down:
+            if failures:
                 log.info("gallery: the broker %s is back", self.url)
-                self._down, backoff = False, 0.5
+                failures = 0
 
     def close(self) -> None:
         """Stop reading; entries still queued get one last try."""

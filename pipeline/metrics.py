@@ -189,7 +189,7 @@ class PipelineMetrics:
         self.frame_latency = f.frame_latency.labels(stream)
         self.encoder_batch = f.encoder_batch.labels(stream)
         self.active_tracks = f.active_tracks.labels(stream)
-        self.appearance_gate = f.appearance_gate  # children on first use: only streams with video gates have them
+        self._gates: tuple[Gauge, Gauge] | None = None  # on first use: only streams with video gates have them
         self.tracks_started = f.tracks_started.labels(stream)
         self.tracks_ended = f.tracks_ended.labels(stream)
         self.parts_inspected = f.parts_inspected.labels(stream)
@@ -216,6 +216,14 @@ class PipelineMetrics:
             f.fleet_stream_assigned.labels(name, str(shard)).set(1)
             if shard == index:
                 f.stream_shard.labels(name, str(shard)).set(1)
+
+    def set_appearance_gates(self, first_pass: float, reid: float) -> None:
+        """The tracker's measured appearance gates (``[tracker] gates = "video"``)."""
+        if self._gates is None:
+            g = self.families.appearance_gate
+            self._gates = (g.labels(self.stream, "first_pass"), g.labels(self.stream, "reid"))
+        self._gates[0].set(first_pass)
+        self._gates[1].set(reid)
 
     def for_stream(self, stream: str) -> PipelineMetrics:
         """Another stream's series on the same registry."""

@@ -100,10 +100,8 @@ class Pipeline:
         self.metrics.tracks_ended.inc(len(out.ended))
         self.metrics.active_tracks.set(self.tracker.active_count)
         if self.tracker.video_gates is not None:
-            gate = self.metrics.appearance_gate
-            gate.labels(self.metrics.stream, "first_pass").set(self.tracker.max_cosine_distance)
-            gate.labels(self.metrics.stream, "reid").set(self.tracker.reid_max_cosine_distance)
-        identity = self.identity if step.appearance is not None else None
+            self.metrics.set_appearance_gates(self.tracker.max_cosine_distance, self.tracker.reid_max_cosine_distance)
+        identity = self.identity
         if identity is not None and step.appearance is not None:
             identity.observe(out.observations, step.appearance.vectors, frame.timestamp)
         if self.anomaly is None or step.crops is None or step.embeddings is None:

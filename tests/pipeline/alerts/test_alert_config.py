@@ -109,7 +109,7 @@ def test_the_command_line_reports_a_bad_url_in_one_line() -> None:
 def test_a_redis_url_that_cannot_work_is_refused_at_config_check_without_its_secret(url: str) -> None:
     from pipeline.config import ConfigError, load_config
 
-    with pytest.raises(ConfigError, match=r"\[alerts\] redis_url.*redis://\[user:password@\]host") as err:
+    with pytest.raises(ConfigError, match=r"\[alerts\] redis_url.*or rediss:// \(TLS\) URL with a host") as err:
         load_config(None, [f'alerts.redis_url="{url}"'])
     assert "hunter2" not in str(err.value)
 
