@@ -499,13 +499,33 @@ def cmd_export(args: argparse.Namespace) -> int:
     from encoders.export import export_run
 
     out = Path(args.out) if args.out else Path(args.run_dir) / "model.onnx"
+    if args.int8 != bool(args.data):
+        raise ConfigError("--int8 needs --data DIR (the run's training data, to calibrate on)" if args.int8 else
+                          "--data is the calibration data of --int8; add --int8 or drop --data")
+    if args.int8:
+        from encoders.reid_train import is_reid_run
+
+        if not is_reid_run(Path(args.run_dir)):
+            raise ConfigError(f"{args.run_dir}: --int8 is for re-identification runs (siamstream train --recipe "
+                              f"reid); anomaly encoders stay float32 because their patch maps feed the bank")
     report = export_run(Path(args.run_dir), out)
     size = report.input_size if isinstance(report.input_size, int) else "x".join(map(str, report.input_size))
     print(f"model      {report.path}: D={report.embedding_dim}, {size} px input, "
           f"{report.metadata['siamstream.backbone']}")
     print(f"parity     ONNX Runtime vs PyTorch max abs {report.parity_max_abs:.2e}")
-    _print_json({"out": str(report.path), "parity_max_abs": report.parity_max_abs,
-                 "embedding_dim": report.embedding_dim, "input_size": report.input_size})
+    figures: dict[str, object] = {"out": str(report.path), "parity_max_abs": report.parity_max_abs,
+                                  "embedding_dim": report.embedding_dim, "input_size": report.input_size}
+    if args.int8:
+        from encoders.quantize import calibration_paths, int8_path, quantize_int8, validation_files
+        from encoders.reid_train import read_reid_data
+
+        images = calibration_paths(read_reid_data([Path(d) for d in args.data]), validation_files(Path(args.run_dir)))
+        q = quantize_int8(report.path, int8_path(report.path), images)
+        print(f"int8       {q.path}: calibrated on {q.calibration_images} training crops; cosine distance to "
+              f"float32 mean {q.mean_cosine_distance:.4f}, max {q.max_cosine_distance:.4f} on {q.check_images} others")
+        figures |= {"int8": str(q.path), "int8_mean_cosine_distance": q.mean_cosine_distance,
+                    "int8_max_cosine_distance": q.max_cosine_distance}
+    _print_json(figures)
     return 0
 
 
@@ -861,6 +881,12 @@ def build_parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export", help="export a trained run to ONNX (with a parity check)")
     export.add_argument("run_dir", help="run directory written by siamstream train")
     export.add_argument("--out", help="ONNX file to write (default RUN_DIR/model.onnx)")
+    export.add_argument("--int8", action="store_true",
+                        help="re-identification runs: also write OUT.int8.onnx, quantised for CPU hosts (about twice "
+                             "the crops/s), calibrated on --data (the run's training data, validation identities left "
+                             "out) and checked against the float32 model")
+    export.add_argument("--data", action="append", default=[], metavar="DIR",
+                        help="with --int8: the training data folder(s) the run was trained on (repeatable)")
     export.set_defaults(func=cmd_export)
 
     ev = sub.add_parser("eval", help="evaluate an exported encoder (one-shot, verification) or the tracker (MOT)")

@@ -19,7 +19,7 @@ import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -225,6 +225,24 @@ def select_providers(device: str, stage: str = "encoder") -> list[str]:
     return ["CPUExecutionProvider"]
 
 
+def session_options(threads: int = 0) -> Any:
+    """ONNX Runtime session options shared by every stage that runs an ONNX model.
+
+    Graph-optimiser warnings are silenced (not the user's business), ``threads`` sets the intra-op pool (0: ONNX
+    Runtime decides), and the pool's threads do not spin-wait after a run: by default they busy-wait for the next
+    one, taking the cores that decoding, detection and tracking need between two encoder calls (on 2 cores the
+    tracker ran 1.6 to 2.3 times slower behind a spinning encoder, docs/benchmarks/reid.md).
+    """
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return opts
+
+
 def file_sha256(path: str | Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -268,10 +286,7 @@ class OnnxEncoder:
             raise EncoderContractError(f"{self.path}: encoder model not found; " + (
                 f"set {setting} to an existing ONNX file" if setting else
                 "set [encoder] model to an ONNX file, or leave it empty for the built-in pretrained encoder"))
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3  # warnings from graph optimisers are not the user's business
-        if threads:
-            opts.intra_op_num_threads = threads
+        opts = session_options(threads)
         providers = select_providers(device, "encoder")
         try:
             self.session = ort.InferenceSession(str(self.path), opts, providers=providers)
@@ -283,6 +298,9 @@ class OnnxEncoder:
             log.info("encoder on %s", self.provider)
         self.contract = read_contract(self.session, str(self.path))
         self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
+        if self.provider == "CUDAExecutionProvider" and self.metadata.get("siamstream.precision") == "int8":
+            log.warning("%s: an int8 model on the GPU runs through float kernels, slower than its float32 "
+                        "export; use the float32 model on GPU hosts", self.path.name)
         self.input_size = (self.contract.height, self.contract.width)
         self.embedding_dim = self.contract.embedding_dim
         self.patch_dim = self.contract.patch_channels

@@ -7,6 +7,7 @@ Boxes are always ``xyxy`` pixel coordinates (x1, y1, x2, y2), float32, x2 > x1 a
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -207,7 +208,11 @@ class TrackObservation:
     verdict: Verdict = Verdict.UNSCORED
 
     def __post_init__(self) -> None:
-        box = _as_boxes(np.asarray(self.xyxy).reshape(1, -1), "TrackObservation")[0]
+        box = np.asarray(self.xyxy, dtype=np.float32).reshape(-1)
+        _check(box.shape == (4,), "TrackObservation", "xyxy shape", "(4,)", box.shape)
+        x1, y1, x2, y2 = box.tolist()  # one box: plain floats check faster than array reductions
+        _check(all(map(math.isfinite, (x1, y1, x2, y2))), "TrackObservation", "xyxy values", "finite", "NaN or inf")
+        _check(x2 > x1 and y2 > y1, "TrackObservation", "xyxy box", "x2 > x1 and y2 > y1", box)
         _check(self.track_id >= 1, "TrackObservation", "track_id", ">= 1", self.track_id)
         object.__setattr__(self, "xyxy", box)
 

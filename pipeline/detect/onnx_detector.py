@@ -254,7 +254,7 @@ class OnnxDetector:
                  layout: str = "auto", device: str = "auto", threads: int = 0) -> None:
         import onnxruntime as ort
 
-        from pipeline.encoder import EncoderContractError, select_providers
+        from pipeline.encoder import EncoderContractError, select_providers, session_options
 
         if layout not in LAYOUTS:
             raise ValueError(f"layout must be one of {', '.join(map(repr, LAYOUTS))}, got {layout!r}")
@@ -274,10 +274,7 @@ class OnnxDetector:
         if not self.path.is_file():
             raise DetectorContractError(self.path, "detection model not found",
                                         "set [detector] model to an ONNX detection model file")
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3  # warnings from graph optimisers are not the user's business
-        if threads:
-            opts.intra_op_num_threads = threads
+        opts = session_options(threads)
         try:
             providers = select_providers(device, "detector")
         except EncoderContractError as exc:

@@ -111,14 +111,15 @@ def appearance_cost(galleries: Sequence[np.ndarray], ema: np.ndarray, features: 
     """Appearance distance of ``M`` tracks to ``N`` detections, ``(M, N)`` float32 in [0, 2].
 
     Args:
-        galleries: ``M`` arrays ``(K_i, D)`` of each track's last ``K`` features (used by ``mode="gallery"``).
+        galleries: ``M`` arrays ``(K_i, D)`` of each track's last ``K`` features (used by ``mode="gallery"`` only;
+            may be empty for ``"ema"``).
         ema: ``(M, D)`` each track's exponential-moving-average feature (used by ``mode="ema"``).
         features: ``(N, D)`` detection embeddings.
         mode: ``"ema"`` (BoT-SORT / StrongSORT: distance to the smoothed feature) or ``"gallery"``
             (deep_sort: the smallest distance to any of the last ``K`` features).
     """
     if mode == "ema":
-        return cosine_distance_matrix(np.asarray(ema, np.float32).reshape(len(galleries), -1), features)
+        return cosine_distance_matrix(np.asarray(ema, np.float32).reshape(len(ema), -1), features)
     if mode == "gallery":
         return gallery_cosine_distance(galleries, features)
     raise ValueError(f"appearance mode must be one of {', '.join(APPEARANCE_MODES)}, got {mode!r}")

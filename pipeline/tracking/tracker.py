@@ -232,11 +232,14 @@ class Tracker:
         dim = feats.shape[1]
         ema = np.stack([t.ema if t.ema is not None else np.zeros(dim, np.float32) for t in tracks]) \
             if tracks else np.zeros((0, dim), np.float32)
+        if self.appearance != "gallery":  # the moving average alone: no track's gallery is needed
+            return appearance_cost([], ema, feats, self.appearance), known
         galleries = [np.stack(t.gallery) if t.gallery else np.zeros((1, dim), np.float32) for t in tracks]
         return appearance_cost(galleries, ema, feats, self.appearance), known
 
     def _last_heights(self, rows: list[int]) -> np.ndarray:
-        return np.array([_heights(self._tracks[i].last_xyxy[None])[0] for i in rows], np.float64)
+        last = [self._tracks[i].last_xyxy for i in rows]
+        return np.array([np.float64(b[3]) - np.float64(b[1]) for b in last], np.float64)
 
     def _classes(self, rows: list[int]) -> np.ndarray:
         return np.array([self._tracks[i].class_id for i in rows], np.int64)
@@ -442,8 +445,9 @@ class Tracker:
         if self.duplicate_iou > 0:
             self._remove_duplicates(det_of_track, timestamp, started, ended)
         self._tracks = [t for t in tracks if t.state != TrackState.REMOVED]
-        observations = [TrackObservation(t.track_id, t.xyxy, t.state, det_of_track.get(t.track_id, -1))
-                        for t in self._tracks]
+        boxes = self._boxes(list(range(len(self._tracks))))  # every track's box in one vectorised step
+        observations = [TrackObservation(t.track_id, boxes[i], t.state, det_of_track.get(t.track_id, -1))
+                        for i, t in enumerate(self._tracks)]
         return TrackerOutput(observations, started, ended)
 
     def flush(self) -> list[int]:

@@ -231,3 +231,11 @@ def test_a_damaged_cached_built_in_encoder_is_built_again(tmp_path: Path, caplog
         with pytest.raises(EncoderContractError, match="cuda"):
             app.build_encoder(EncoderConfig(cache_dir=str(tmp_path), input_size=64, device="cuda"))
         assert path.stat().st_mtime_ns == built
+
+
+def test_sessions_do_not_spin_wait_between_runs(tmp_path: Path) -> None:
+    # ONNX Runtime's pool threads would otherwise busy-wait after each run, taking the cores the other stages need
+    enc = OnnxEncoder(pooled_model(tmp_path / "m.onnx", ["N", 3, 16, 16]), device="cpu", threads=2)
+    options = enc.session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert options.intra_op_num_threads == 2

@@ -59,6 +59,14 @@ def test_crop_batch_and_embeddings_checks() -> None:
 def test_track_observation_and_event_json() -> None:
     with pytest.raises(RecordShapeError, match="track_id"):
         TrackObservation(0, np.array([0, 0, 1, 1]), TrackState.CONFIRMED, 0)
+    with pytest.raises(RecordShapeError, match=r"xyxy shape must be \(4,\)"):
+        TrackObservation(1, np.array([0, 0, 1]), TrackState.CONFIRMED, 0)
+    with pytest.raises(RecordShapeError, match="finite"):
+        TrackObservation(1, np.array([0, 0, np.nan, 1]), TrackState.CONFIRMED, 0)
+    with pytest.raises(RecordShapeError, match="x2 > x1"):
+        TrackObservation(1, np.array([5, 0, 1, 1]), TrackState.CONFIRMED, 0)
+    obs = TrackObservation(1, [[1, 2, 3, 4]], TrackState.CONFIRMED, 0)
+    assert obs.xyxy.dtype == np.float32 and obs.xyxy.tolist() == [1, 2, 3, 4]
     ev = AnomalyEvent("line1", 7, 42, 2.1, 0.55, 0.4, 5, (1.0, 2.0, 3.0, 4.0), "e.png")
     js = ev.to_json()
     assert js["track_id"] == 7 and js["stream"] == "line1" and js["xyxy"] == [1.0, 2.0, 3.0, 4.0]

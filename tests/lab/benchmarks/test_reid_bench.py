@@ -32,6 +32,9 @@ def test_bench_reid_prints_a_table_then_its_figures(market_folder: Path, tmp_pat
     assert 0 <= figures["rank1"] <= 1 and 0 <= figures["baseline_rank1"] <= 1
     assert figures["crops_per_s"] > 0 and figures["epochs"] == 1 and figures["validation_identities"] == 4
     assert (out / "reid.onnx").is_file() and (out / "run" / "validation" / "query").is_dir()
+    assert (out / "reid.int8.onnx").is_file() and "its int8 export" in "\n".join(lines)
+    assert 0 <= figures["rank1_int8"] <= 1 and 0 <= figures["mAP_int8"] <= 1 and figures["crops_per_s_int8"] > 0
+    assert 0 <= figures["int8_mean_cosine_distance"] <= 0.02
     assert figures["model"] == str(out / "reid.onnx")
 
 
