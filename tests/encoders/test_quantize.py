@@ -12,20 +12,10 @@ import pytest
 
 from encoders.quantize import QuantizeError, calibration_paths, int8_path, quantize_int8, validation_files
 from encoders.reid_data import ReidSet
-from encoders.reid_train import ReidTrainConfig, read_reid_data, train_reid
+from encoders.reid_train import read_reid_data
 from pipeline.cli import main
 from pipeline.encoder import OnnxEncoder
 from pipeline.types import CropBatch
-
-TINY = ReidTrainConfig(stage=2, height=32, width=16, epochs=1, p=4, k=2, pad=2, val_identities=4, val_every=1,
-                       num_threads=1, progress_every_s=0)
-
-
-@pytest.fixture(scope="module")
-def tiny_run(market_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("reid-int8") / "run"
-    train_reid([market_folder], out, TINY)
-    return out
 
 
 def _embed(model: Path, images: np.ndarray) -> np.ndarray:

@@ -12,19 +12,12 @@ import pytest
 import torch
 
 from encoders.export import export_run
-from encoders.reid_train import ReidTrainConfig, build_reid_model, load_reid_run, train_reid
+from encoders.reid_train import build_reid_model, load_reid_run, train_reid
 from encoders.train import TrainError
 from pipeline.cli import main
+from tests.reid_runs import TINY_REID
 
-TINY = ReidTrainConfig(stage=2, height=32, width=16, epochs=2, p=4, k=2, pad=2, val_identities=4, val_every=1,
-                       num_threads=1, progress_every_s=0)
-
-
-@pytest.fixture(scope="module")
-def tiny_run(market_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("reid") / "run"
-    train_reid([market_folder], out, TINY)
-    return out
+TINY = TINY_REID
 
 
 def test_run_holds_out_identities_and_validates(tiny_run: Path) -> None:
