@@ -502,12 +502,15 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.int8 != bool(args.data):
         raise ConfigError("--int8 needs --data DIR (the run's training data, to calibrate on)" if args.int8 else
                           "--data is the calibration data of --int8; add --int8 or drop --data")
-    if args.int8:
-        from encoders.reid_train import is_reid_run
+    images: list[Path] = []
+    if args.int8:  # the calibration data is read first: a wrong --data fails before anything is written
+        from encoders.quantize import calibration_paths, validation_files
+        from encoders.reid_train import is_reid_run, read_reid_data
 
-        if not is_reid_run(Path(args.run_dir)):
+        if Path(args.run_dir).is_dir() and not is_reid_run(Path(args.run_dir)):
             raise ConfigError(f"{args.run_dir}: --int8 is for re-identification runs (siamstream train --recipe "
                               f"reid); anomaly encoders stay float32 because their patch maps feed the bank")
+        images = calibration_paths(read_reid_data([Path(d) for d in args.data]), validation_files(Path(args.run_dir)))
     report = export_run(Path(args.run_dir), out)
     size = report.input_size if isinstance(report.input_size, int) else "x".join(map(str, report.input_size))
     print(f"model      {report.path}: D={report.embedding_dim}, {size} px input, "
@@ -516,10 +519,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     figures: dict[str, object] = {"out": str(report.path), "parity_max_abs": report.parity_max_abs,
                                   "embedding_dim": report.embedding_dim, "input_size": report.input_size}
     if args.int8:
-        from encoders.quantize import calibration_paths, int8_path, quantize_int8, validation_files
-        from encoders.reid_train import read_reid_data
+        from encoders.quantize import int8_path, quantize_int8
 
-        images = calibration_paths(read_reid_data([Path(d) for d in args.data]), validation_files(Path(args.run_dir)))
         q = quantize_int8(report.path, int8_path(report.path), images)
         print(f"int8       {q.path}: calibrated on {q.calibration_images} training crops; cosine distance to "
               f"float32 mean {q.mean_cosine_distance:.4f}, max {q.max_cosine_distance:.4f} on {q.check_images} others")

@@ -78,6 +78,9 @@ def test_export_int8_errors_are_one_line(tiny_run: Path, market_folder: Path, tm
     assert "--int8 needs --data" in capsys.readouterr().err
     assert main(["export", str(tiny_run), "--out", str(tmp_path / "m.onnx"), "--data", str(market_folder)]) == 2
     assert "add --int8" in capsys.readouterr().err
-    assert not (tmp_path / "m.onnx").exists()
+    assert main(["export", str(tiny_run), "--out", str(tmp_path / "m.onnx"), "--int8", "--data",
+                 str(tmp_path / "nowhere")]) == 2
+    assert "nowhere" in capsys.readouterr().err
+    assert not (tmp_path / "m.onnx").exists()  # a wrong --data fails before the float32 model is written
     with pytest.raises(QuantizeError, match="re-identification encoders"):
         quantize_int8(pretrained_onnx, tmp_path / "q.onnx", [])
