@@ -266,15 +266,18 @@ def load_reid_image(path: Path, size: tuple[int, int]) -> np.ndarray:
 
 def write_market_layout(split: ReidSplit, out: Path) -> Path:
     """The validation identities as a Market-1501 evaluation folder: ``out/query/`` and ``out/bounding_box_test/``
-    of links to the images, named ``PPPP_cCs1_NNNNNN_00`` with identities numbered from 1 in sorted order, so
-    ``siamstream eval reid --data out`` scores exactly this split. Returns ``out``."""
+    of links to the images, named ``PPPP_cCsS_NNNNNN_00`` with identities numbered from 1 in sorted order (``S``:
+    the recording sequence of a Market-1501 name, else 1), so ``siamstream eval reid --data out`` scores exactly
+    this split. Returns ``out``."""
     names = split.validation_identities
     number = {n: i + 1 for i, n in enumerate(names)}
     for sub, part in (("query", split.query), ("bounding_box_test", split.gallery)):
         folder = out / sub
         folder.mkdir(parents=True, exist_ok=True)
         for j, (path, ident, cam) in enumerate(zip(part.paths, part.identities, part.cameras, strict=True)):
-            link = folder / f"{number[ident]:04d}_c{int(cam)}s1_{j:06d}_00{path.suffix.lower()}"
+            market = MARKET_NAME.match(path.name)
+            seq = int(market.group(3)) if market else 1
+            link = folder / f"{number[ident]:04d}_c{int(cam)}s{seq}_{j:06d}_00{path.suffix.lower()}"
             if link.is_symlink() or link.exists():
                 link.unlink()
             try:

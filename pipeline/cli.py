@@ -580,7 +580,9 @@ def cmd_eval_reid(args: argparse.Namespace) -> int:
                                       ["gallery images", float(report.gallery)]]))
     t = report.thresholds()
     print(f"distances  cosine distance at the equal error rate ({t['eer']:.3f}): {t['threshold_eer']:.4f}; accepting "
-          f"1% of impostor pairs: {t['threshold_far_1pct']:.4f} (pairs of the folder's images)")
+          f"1% of impostor pairs: {t['threshold_far_1pct']:.4f} (pairs of the folder's images); within one camera's "
+          f"recording (what [tracker] gates = \"video\" measures): keeping 99% of same-identity pairs "
+          f"{t['same_camera_same_p99']:.4f}, accepting 1% of different identities {t['same_camera_different_p1']:.4f}")
     if out is not None:
         print(f"outputs    {report.cmc_png}, {report.matches_png}")
     print(json_line({**report.figures(), **t}))

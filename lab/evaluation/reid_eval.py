@@ -31,11 +31,13 @@ GALLERY_DIR = "bounding_box_test"
 
 @dataclass(frozen=True)
 class MarketFolder:
-    """One side of a Market-1501 evaluation folder: image paths with ``(N,)`` int64 identities and cameras."""
+    """One side of a Market-1501 evaluation folder: image paths with ``(N,)`` int64 identities, cameras and
+    recording sequences (``sS`` of the name)."""
 
     paths: tuple[Path, ...]
     ids: np.ndarray
     cams: np.ndarray
+    seqs: np.ndarray
 
 
 def read_market_folder(folder: Path) -> MarketFolder:
@@ -46,14 +48,16 @@ def read_market_folder(folder: Path) -> MarketFolder:
     paths = list_images(folder, IMAGE_EXTS, recursive=False)
     if not paths:
         raise EvaluationError(f"{folder}: no images")
-    ids, cams = [], []
+    ids, cams, seqs = [], [], []
     for p in paths:
         m = MARKET_NAME.match(p.name)
         if m is None:
             raise EvaluationError(f"{p}: name is not PPPP_cCsS_FFFFFF_BB.jpg (Market-1501); rename it or remove it")
         ids.append(int(m.group(1)))
         cams.append(int(m.group(2)))
-    return MarketFolder(tuple(paths), np.asarray(ids, np.int64), np.asarray(cams, np.int64))
+        seqs.append(int(m.group(3)))
+    return MarketFolder(tuple(paths), np.asarray(ids, np.int64), np.asarray(cams, np.int64),
+                        np.asarray(seqs, np.int64))
 
 
 class ReidEmbedder:
@@ -83,6 +87,19 @@ class ReidEmbedder:
 
 
 @dataclass(frozen=True)
+class SceneDistances:
+    """Pairs of images of one camera's recording (camera and sequence), the kind a tracker's video gates measure
+    (:mod:`pipeline.tracking.gates`: the same person in consecutive frames, two people of one frame): the distance
+    that keeps 99% of same-identity pairs and the one that accepts 1% of different-identity pairs. They are what
+    ``deploy/configs/people.toml`` holds until a video's own pairs are enough (NaN: no such pair)."""
+
+    same_p99: float
+    different_p1: float
+    same_pairs: int
+    different_pairs: int
+
+
+@dataclass(frozen=True)
 class ReidReport:
     """Ranking figures, and verification over every pair of the folder's images (a seeded sample of
     :data:`MAX_VERIFICATION_IMAGES` of them in larger folders): the cosine distance at the
@@ -97,6 +114,7 @@ class ReidReport:
     matches_png: Path | None
     verification: VerificationResult
     threshold_far_1pct: float
+    scene: SceneDistances
 
     def figures(self) -> dict[str, float | int]:
         r = self.result
@@ -105,7 +123,9 @@ class ReidReport:
 
     def thresholds(self) -> dict[str, float]:
         return {"threshold_eer": round(self.verification.threshold, 4), "eer": round(self.verification.eer, 4),
-                "threshold_far_1pct": round(self.threshold_far_1pct, 4)}
+                "threshold_far_1pct": round(self.threshold_far_1pct, 4),
+                "same_camera_same_p99": round(self.scene.same_p99, 4),
+                "same_camera_different_p1": round(self.scene.different_p1, 4)}
 
 
 # All pairs of at most this many images feed the verification figures (4.5 million pairs): a full Market-1501 test
@@ -113,13 +133,41 @@ class ReidReport:
 MAX_VERIFICATION_IMAGES = 3000
 
 
-def pair_verification(embeddings: np.ndarray, ids: np.ndarray, limit: int = MAX_VERIFICATION_IMAGES,
-                      seed: int = 0) -> VerificationResult:
-    """Verification over every pair of the non-junk images, or of a seeded sample of ``limit`` of them."""
+def _sample(ids: np.ndarray, limit: int, seed: int) -> np.ndarray:
+    """Indices of the non-junk images, or of a seeded sample of ``limit`` of them."""
     keep = np.flatnonzero(np.asarray(ids) >= 0)
     if len(keep) > limit:
         keep = np.sort(np.random.default_rng(seed).choice(keep, size=limit, replace=False))
+    return keep
+
+
+def pair_verification(embeddings: np.ndarray, ids: np.ndarray, limit: int = MAX_VERIFICATION_IMAGES,
+                      seed: int = 0) -> VerificationResult:
+    """Verification over every pair of the non-junk images, or of a seeded sample of ``limit`` of them."""
+    keep = _sample(ids, limit, seed)
     return evaluate_verification(embeddings[keep], np.asarray(ids)[keep])
+
+
+def scene_distances(embeddings: np.ndarray, ids: np.ndarray, scenes: np.ndarray,
+                    limit: int = MAX_VERIFICATION_IMAGES, seed: int = 0) -> SceneDistances:
+    """:class:`SceneDistances` over the pairs of one scene (``scenes``: ``(N,)`` or ``(N, k)`` keys, e.g. camera
+    and sequence) among the images :func:`pair_verification` uses."""
+    keep = _sample(ids, limit, seed)
+    e, i = np.asarray(embeddings, np.float64)[keep], np.asarray(ids)[keep]
+    _, c = np.unique(np.asarray(scenes).reshape(len(ids), -1)[keep], axis=0, return_inverse=True)
+    c = c.reshape(-1)
+    same, different = [], []
+    for cam in np.unique(c):
+        rows = np.flatnonzero(c == cam)
+        a, b = np.triu_indices(len(rows), 1)
+        d = 1.0 - np.einsum("ij,ij->i", e[rows[a]], e[rows[b]])
+        one = i[rows[a]] == i[rows[b]]
+        same.append(d[one])
+        different.append(d[~one])
+    s = np.concatenate(same) if same else np.zeros(0)
+    o = np.concatenate(different) if different else np.zeros(0)
+    return SceneDistances(float(np.percentile(s, 99)) if len(s) else float("nan"),
+                          float(np.percentile(o, 1)) if len(o) else float("nan"), len(s), len(o))
 
 
 def far_threshold(result: VerificationResult, rate: float) -> float:
@@ -143,14 +191,17 @@ def evaluate_reid(model: Path, data: Path, out_dir: Path | None = None, threads:
     log.info("embedded %d queries and %d gallery images in %.1f s", len(q), len(g), seconds)
     distances = 1.0 - q @ g.T
     result = rank_gallery(distances, query.ids, query.cams, gallery.ids, gallery.cams)
-    verification = pair_verification(np.concatenate([q, g]), np.concatenate([query.ids, gallery.ids]))
+    everything, ids = np.concatenate([q, g]), np.concatenate([query.ids, gallery.ids])
+    verification = pair_verification(everything, ids)
+    scene = scene_distances(everything, ids, np.stack([np.concatenate([query.cams, gallery.cams]),
+                                                       np.concatenate([query.seqs, gallery.seqs])], axis=1))
     cmc_png = matches_png = None
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         cmc_png = save_cmc_png(result, out_dir / "cmc.png", title=f"{data.name}: {Path(model).name}")
         matches_png = save_matches_png(distances, query, gallery, embed, out_dir / "matches.png")
     return ReidReport(result, len(query.paths), len(gallery.paths), seconds, cmc_png, matches_png, verification,
-                      far_threshold(verification, 0.01))
+                      far_threshold(verification, 0.01), scene)
 
 
 def save_cmc_png(result: RankingResult, path: Path, title: str = "") -> Path:

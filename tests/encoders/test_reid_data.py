@@ -138,6 +138,22 @@ def test_market_layout_written_for_eval_parses_back(market_folder: Path, tmp_pat
     assert img.shape == (64, 32, 3) and img.dtype == np.uint8
 
 
+def test_market_layout_keeps_each_images_recording_sequence(tmp_path: Path) -> None:
+    from lab.evaluation.reid_eval import read_market_folder
+
+    src, rng = tmp_path / "src", np.random.default_rng(0)
+    src.mkdir()
+    for pid in range(1, 5):
+        for cam, seq in ((1, 3), (2, 5)):
+            for frame in range(2):
+                assert cv2.imwrite(str(src / f"{pid:04d}_c{cam}s{seq}_{100 * pid + frame:06d}_00.png"),
+                                   person_crop(pid, cam, rng))
+    out = write_market_layout(split_by_identity(read_reid_folder(src, source="m"), 4, seed=0), tmp_path / "val")
+    for side in ("query", "bounding_box_test"):
+        folder = read_market_folder(out / side)
+        assert set(zip(folder.cams.tolist(), folder.seqs.tolist(), strict=True)) == {(1, 3), (2, 5)}
+
+
 def test_cross_camera_sampler_mixes_cameras() -> None:
     labels = np.repeat(np.arange(6), 6)
     cameras = np.tile([0, 0, 0, 1, 1, 2], 6)

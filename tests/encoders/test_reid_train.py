@@ -88,7 +88,7 @@ def test_export_at_person_shape_and_eval_reid_agrees(tiny_run: Path, tmp_path: P
                  "--out", str(tmp_path / "eval")]) == 0
     figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(figures) == {"rank1", "rank5", "rank10", "mAP", "queries", "gallery", "threshold_eer", "eer",
-                            "threshold_far_1pct"}
+                            "threshold_far_1pct", "same_camera_same_p99", "same_camera_different_p1"}
     assert figures["threshold_far_1pct"] <= figures["threshold_eer"] or figures["eer"] <= 0.01
     last = json.loads((tiny_run / "log.jsonl").read_text().splitlines()[-1])
     assert figures["queries"] == 12
@@ -142,6 +142,26 @@ def test_verification_pairs_are_capped_by_a_seeded_sample() -> None:
     capped = pair_verification(emb, ids, limit=20)
     assert capped.genuine_pairs + capped.impostor_pairs == 20 * 19 // 2
     assert pair_verification(emb, ids, limit=20).threshold == capped.threshold
+
+
+def test_scene_distances_use_pairs_of_one_camera_only() -> None:
+    import numpy as np
+
+    from lab.evaluation.reid_eval import scene_distances
+
+    # Camera 1: identity 1 twice (distance 1 - cos 60 deg = 0.5) and identity 2 (orthogonal: 1.0 and 1.0).
+    # Camera 2: identity 1 once more, exactly like camera 1's first image: across cameras, never counted.
+    c60, s60 = np.cos(np.pi / 3), np.sin(np.pi / 3)
+    emb = np.array([[1, 0, 0], [c60, s60, 0], [0, 0, 1], [1, 0, 0], [0, 0, 1]], np.float32)
+    ids, cams = np.array([1, 1, 2, 1, -1]), np.array([1, 1, 1, 2, 2])  # the junk image (-1) is left out too
+    s = scene_distances(emb, ids, cams)
+    assert (s.same_pairs, s.different_pairs) == (1, 2)
+    assert s.same_p99 == pytest.approx(0.5) and s.different_p1 == pytest.approx(1.0)
+    seqs = np.array([1, 2, 1, 1, 1])  # camera 1's second image in another recording: no same-identity pair left
+    apart = scene_distances(emb, ids, np.stack([cams, seqs], axis=1))
+    assert (apart.same_pairs, apart.different_pairs) == (0, 1) and np.isnan(apart.same_p99)
+    lone = scene_distances(emb[:1], ids[:1], cams[:1])
+    assert lone.same_pairs == lone.different_pairs == 0 and np.isnan(lone.same_p99) and np.isnan(lone.different_p1)
 
 
 def test_a_run_saved_before_a_key_existed_resumes_with_its_default(tmp_path: Path) -> None:
