@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from encoders.backbones import BackboneError
-from encoders.models import EmbeddingNet, pretrained_lite0, weights_sha256
+from encoders.models import EmbeddingNet, FlipAveraged, pretrained_lite0, weights_sha256
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def _hw(input_size: int | tuple[int, int]) -> tuple[int, int]:
     return (input_size, input_size) if isinstance(input_size, int) else (int(input_size[0]), int(input_size[1]))
 
 
-def model_metadata(model: EmbeddingNet, input_size: int | tuple[int, int], backbone: str,
+def model_metadata(model: EmbeddingNet | FlipAveraged, input_size: int | tuple[int, int], backbone: str,
                    extra: dict[str, str] | None = None) -> dict[str, str]:
     meta = {
         "siamstream.format": "1",
@@ -79,7 +79,7 @@ def _ort_session(path: Path, threads: int = 0):  # type: ignore[no-untyped-def]
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def export_onnx(model: EmbeddingNet, path: str | Path, input_size: int | tuple[int, int], backbone: str,
+def export_onnx(model: EmbeddingNet | FlipAveraged, path: str | Path, input_size: int | tuple[int, int], backbone: str,
                 extra_metadata: dict[str, str] | None = None, tolerance: float = PARITY_TOLERANCE,
                 parity_batch: int = 4, seed: int = 0) -> ExportReport:
     """Export ``model`` to ``path`` and check ONNX Runtime parity on a seeded batch.
@@ -164,11 +164,14 @@ def ensure_pretrained_onnx(cache_dir: str | Path, stage: int = 5, pooling: str =
     return path
 
 
-def export_run(run_dir: str | Path, out: str | Path, tolerance: float = PARITY_TOLERANCE) -> ExportReport:
+def export_run(run_dir: str | Path, out: str | Path, tolerance: float = PARITY_TOLERANCE,
+               flip: bool = True) -> ExportReport:
     """Export the trained network of a finished ``siamstream train`` run to ONNX, with the parity check.
 
     A re-identification run (``siamstream train --recipe reid``) exports its twin encoder at the run's
-    ``height`` x ``width`` (``siamstream.input_size`` "HxW", ``siamstream.task`` "reid").
+    ``height`` x ``width`` (``siamstream.input_size`` "HxW", ``siamstream.task`` "reid"); with ``flip`` its
+    embedding of a crop is averaged with that of the crop's mirror image (:class:`~encoders.models.FlipAveraged`,
+    ``siamstream.flip_average`` "true").
     Besides the metadata every export has (input size, normalisation, embedding dimension, backbone, weights
     hash), the model records the training loss, the input channels the network was trained on and the whole
     training config as JSON.
@@ -182,8 +185,9 @@ def export_run(run_dir: str | Path, out: str | Path, tolerance: float = PARITY_T
 
     if is_reid_run(Path(run_dir)):
         reid, rcfg = load_reid_run(Path(run_dir))
-        return export_onnx(reid, out, rcfg.size, backbone=backbone_label(rcfg), tolerance=tolerance, extra_metadata={
-            "siamstream.task": "reid", "siamstream.grayscale": "false",
+        net = FlipAveraged(reid) if flip else reid
+        return export_onnx(net, out, rcfg.size, backbone=backbone_label(rcfg), tolerance=tolerance, extra_metadata={
+            "siamstream.task": "reid", "siamstream.grayscale": "false", "siamstream.flip_average": str(flip).lower(),
             "siamstream.train_config": json.dumps({"task": "reid", **rcfg.as_dict()}, sort_keys=True)})
     model, cfg = load_run(Path(run_dir))
     extra = {

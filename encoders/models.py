@@ -90,6 +90,29 @@ class EmbeddingNet(nn.Module):
         return self.head(self.pool(self.backbone(x)))
 
 
+class FlipAveraged(nn.Module):
+    """An embedding network whose embedding of an image is the L2-normalised sum of its embeddings of the image and
+    of its mirror image (left-right), both in one batch: test-time flip augmentation, as person re-identification
+    evaluations commonly use, carried inside the exported graph so that every consumer gets the same vectors.
+    Global embeddings only (``patch_stage`` 0). Its state dict is the wrapped network's under ``net.``, so its
+    weights hash differs from the plain network's: banks and galleries never mix the two models' vectors."""
+
+    def __init__(self, net: EmbeddingNet) -> None:
+        super().__init__()
+        if net.patch_stage:
+            raise ValueError("FlipAveraged is for global embeddings: the network has patch outputs")
+        self.net = net
+        self.norm_mean, self.norm_std = net.norm_mean, net.norm_std
+        self.embedding_dim, self.pooling = net.embedding_dim, net.pooling
+        self.patch_stage = self.patch_detail_stage = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        z = self.net(torch.cat([x, torch.flip(x, dims=[3])], dim=0))
+        assert isinstance(z, torch.Tensor)  # no patch output (checked when built)
+        return F.normalize(z[:n] + z[n:], p=2.0, dim=1, eps=1e-12)
+
+
 class SiameseNet(nn.Module):
     """Twin network with shared weights: ``forward_once`` is the single encoder used for both inputs."""
 

@@ -379,8 +379,8 @@ class GalleryConfig(_Section):
 
     SECTION: ClassVar[str] = "gallery"
     enabled: bool = _f(False)
-    threshold: float = _f(0.11, 0.0, 2.0)
-    margin: float = _f(0.0, 0.0, 2.0)
+    threshold: float = _f(0.13, 0.0, 2.0)
+    margin: float = _f(0.05, 0.0, 2.0)
     max_age_s: float = _f(3600.0, 1.0, 30 * 86400.0)
     min_frames: int = _f(10, 1, 100_000)
     names: str = _f("")
