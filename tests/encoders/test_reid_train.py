@@ -97,6 +97,31 @@ def test_export_at_person_shape_and_eval_reid_agrees(tiny_run: Path, tmp_path: P
     assert (tmp_path / "eval" / "cmc.png").stat().st_size > 0 and (tmp_path / "eval" / "matches.png").is_file()
 
 
+def test_reid_export_averages_each_crop_with_its_mirror_image(tiny_run: Path, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    import numpy as np
+
+    assert main(["export", str(tiny_run), "--out", str(tmp_path / "flip.onnx")]) == 0
+    assert main(["export", str(tiny_run), "--out", str(tmp_path / "plain.onnx"), "--no-flip"]) == 0
+    capsys.readouterr()
+    sessions = {n: ort.InferenceSession(str(tmp_path / f"{n}.onnx"), providers=["CPUExecutionProvider"])
+                for n in ("flip", "plain")}
+    meta = {n: s.get_modelmeta().custom_metadata_map for n, s in sessions.items()}
+    assert meta["flip"]["siamstream.flip_average"] == "true" and meta["plain"]["siamstream.flip_average"] == "false"
+    assert meta["flip"]["siamstream.weights_sha256"] != meta["plain"]["siamstream.weights_sha256"]  # never mixed
+    x = np.random.default_rng(0).random((3, 3, 32, 16), dtype=np.float32)
+    mirror = np.ascontiguousarray(x[..., ::-1])
+
+    def embed(name: str, batch: np.ndarray) -> np.ndarray:
+        return sessions[name].run(None, {"input": batch})[0]
+
+    # A crop and its mirror image get one embedding; the plain model tells them apart.
+    assert np.abs(embed("flip", x) - embed("flip", mirror)).max() < 1e-5
+    assert np.abs(embed("plain", x) - embed("plain", mirror)).max() > 1e-3
+    both = embed("plain", x) + embed("plain", mirror)
+    assert np.allclose(embed("flip", x), both / np.linalg.norm(both, axis=1, keepdims=True), atol=1e-5)
+
+
 def test_cli_train_reid_prints_json(market_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rc = main(["train", "--recipe", "reid", "--data", str(market_folder), "--out", str(tmp_path / "run"),
                "--set", "reid.stage=1", "--set", "reid.height=32", "--set", "reid.width=16", "--set", "reid.epochs=1",
