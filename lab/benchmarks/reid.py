@@ -2,10 +2,10 @@
 
 Market-1501's training split (``reid/market1501_train`` in the shared data) less ``[reid] val_identities`` held-out
 identities (seeded; query and gallery from different cameras) trains the default ``[reid]`` recipe; the exported
-ONNX model and the built-in ImageNet encoder (``[encoder]`` stage and pooling, at the same input shape) are both
-scored on the held-out identities by the Market-1501 protocol, with the trained model's int8 export
-(``siamstream export --int8``, calibrated on training identities); then all three run in ONNX Runtime on the CPU
-at batch 32, alternating, to give crops per second.
+ONNX model (as ``siamstream export`` writes it: each crop averaged with its mirror image) and the built-in ImageNet
+encoder (``[encoder]`` stage and pooling, at the same input shape) are both scored on the held-out identities by
+the Market-1501 protocol, with the trained model's int8 export (``siamstream export --int8``, calibrated on training
+identities); then all three run in ONNX Runtime on the CPU at batch 32, alternating, to give crops per second.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def main(cfg: Config, out_dir: Path | None = None, epochs: int | None = None, th
         builtin = evaluate_reid(baseline, split, None, threads=threads)
         speed_trained, speed_int8, speed_builtin = crops_per_second([model, int8.path, baseline], threads)
         print_report(result.train_seconds, result.epochs, result.train_identities,
-                     [("siamstream re-id (trained here)", trained, speed_trained),
+                     [("siamstream re-id (trained here, mirror-averaged)", trained, speed_trained),
                       ("  its int8 export", quantised, speed_int8),
                       ("built-in ImageNet encoder", builtin, speed_builtin)], rcfg.backbone, threads)
         last = result.last_validation
