@@ -51,7 +51,7 @@ def test_a_part_seen_by_one_engine_keeps_its_global_id_on_another(tmp_path: Path
             (tmp_path / f"s{i}.toml").write_text(
                 f'[encoder]\nmodel = "{pretrained_onnx}"\n[anomaly]\nbank = "{bank}"\n[metrics]\nport = {ports[i]}\n'
                 f'[output]\nvideo = false\n[fleet]\nshards = 2\n[tracker]\nreid_model = "{reid_onnx}"\n'
-                f'[gallery]\nenabled = true\nthreshold = 0.05\nmin_frames = 5\nbroker = "{redis.url}"\n'
+                f'[gallery]\nenabled = true\nthreshold = 0.05\nmargin = 0.0\nmin_frames = 5\nbroker = "{redis.url}"\n'
                 f'\n[[streams]]\nname = "{first}"\nsource = "{video}"\n'
                 f'\n[[streams]]\nname = "{second}"\nsource = "{video}"\n')
 
