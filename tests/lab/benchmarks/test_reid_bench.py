@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import onnxruntime as ort
 import pytest
 
 from pipeline.cli import main
@@ -26,7 +27,8 @@ def test_bench_reid_prints_a_table_then_its_figures(market_folder: Path, tmp_pat
     assert rc == 0
     lines = capsys.readouterr().out.strip().splitlines()
     figures = json.loads(lines[-1])
-    assert "siamstream re-id (trained here)" in "\n".join(lines) and "built-in ImageNet encoder" in "\n".join(lines)
+    assert "siamstream re-id (trained here, mirror-averaged)" in "\n".join(lines)
+    assert "built-in ImageNet encoder" in "\n".join(lines)
     for key in ("rank1", "mAP", "train_seconds", "baseline_rank1", "crops_per_s", "threshold_eer"):
         assert key in figures, key
     assert 0 <= figures["rank1"] <= 1 and 0 <= figures["baseline_rank1"] <= 1
@@ -36,6 +38,8 @@ def test_bench_reid_prints_a_table_then_its_figures(market_folder: Path, tmp_pat
     assert 0 <= figures["rank1_int8"] <= 1 and 0 <= figures["mAP_int8"] <= 1 and figures["crops_per_s_int8"] > 0
     assert 0 <= figures["int8_mean_cosine_distance"] <= 0.02
     assert figures["model"] == str(out / "reid.onnx")
+    meta = ort.InferenceSession(str(out / "reid.onnx"), providers=["CPUExecutionProvider"]).get_modelmeta()
+    assert meta.custom_metadata_map["siamstream.flip_average"] == "true"  # scored as `siamstream export` writes it
 
 
 def test_bench_reid_without_the_data_says_where_it_looked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
