@@ -295,7 +295,8 @@ def test_a_rejected_alert_that_cannot_be_moved_stays_in_the_spool(
     (tmp_path / "spool-dead-letter").unlink()  # the disk is fixed: the next rejection moves it
     wait_until(lambda: len(dead_letters(tmp_path)) == 1, 10, "the alert in the dead-letter folder")
     assert spool_files(tmp_path / "spool") == []
-    assert value(metrics, "siamstream_alerts_dead_lettered_total") == 1
+    # the sender counts it just after moving it: wait for the count rather than race it
+    wait_until(lambda: value(metrics, "siamstream_alerts_dead_lettered_total") == 1, 10, "the dead letter counted")
 
 
 @pytest.mark.parametrize(("status", "max_rejections"), [
