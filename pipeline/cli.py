@@ -502,6 +502,12 @@ def cmd_export(args: argparse.Namespace) -> int:
     if args.int8 != bool(args.data):
         raise ConfigError("--int8 needs --data DIR (the run's training data, to calibrate on)" if args.int8 else
                           "--data is the calibration data of --int8; add --int8 or drop --data")
+    if args.no_flip and Path(args.run_dir).is_dir():
+        from encoders.reid_train import is_reid_run
+
+        if not is_reid_run(Path(args.run_dir)):
+            raise ConfigError(f"{args.run_dir}: --no-flip is for re-identification runs (siamstream train --recipe "
+                              f"reid); other runs are exported as trained, without mirror-averaging: drop --no-flip")
     images: list[Path] = []
     if args.int8:  # the calibration data is read first: a wrong --data fails before anything is written
         from encoders.quantize import calibration_paths, validation_files

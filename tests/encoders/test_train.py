@@ -253,6 +253,16 @@ def test_unusable_data_is_a_clear_error(shapes_dataset: Path, tmp_path: Path, da
 # Export of a run
 
 
+def test_no_flip_on_a_run_that_is_not_re_identification_is_one_line(tiny_run: TrainResult, tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from pipeline.cli import main
+
+    assert main(["export", str(tiny_run.out_dir), "--out", str(tmp_path / "m.onnx"), "--no-flip"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--no-flip is for re-identification runs" in err[0]
+    assert not (tmp_path / "m.onnx").exists()
+
+
 def test_export_run_matches_torch_and_loads_in_the_pipeline(tiny_run: TrainResult, shapes_dataset: Path,
                                                             tmp_path: Path) -> None:
     report = export_run(tiny_run.out_dir, tmp_path / "trained.onnx")
