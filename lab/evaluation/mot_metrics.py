@@ -3,13 +3,23 @@
 :func:`evaluate` scores tracker output against ground truth twice:
 
 * **TrackEval** (``trackeval``, the MOTChallenge reference code): HOTA, DetA, AssA, LocA, MOTA, MOTP, IDF1,
-  IDSW, FP, FN, MT/PT/ML, Frag. The data goes through its own ``MotChallenge2DBox`` dataset class with
-  ``BENCHMARK = "MOT15"`` from a temporary folder in its expected layout, so ground truth is loaded and
-  preprocessed exactly as in the official MOT15 evaluation: ground-truth rows whose ``conf`` column is 0 are
-  removed (TrackEval casts ``conf`` to int, so ``0 <= conf < 1`` counts as 0), and, MOT15 having no
-  classes, no distractor matching is done, so a tracker box on an ignored person is a false positive.
-* **motmetrics**: MOTA, IDF1, IDSW (and FP, FN) from its ``MOTAccumulator``, fed the same filtered ground
-  truth and IoU distances (``1 - IoU``, no match below IoU 0.5, the CLEAR threshold TrackEval uses).
+  IDSW, FP, FN, MT/PT/ML, Frag. The data goes through its own ``MotChallenge2DBox`` dataset class from a
+  temporary folder in its expected layout, with the sequence's benchmark protocol, so ground truth is loaded
+  and preprocessed exactly as in the official evaluation of that benchmark (:data:`PROTOCOLS`):
+
+  - ``MOT15`` (ground truth without classes): rows whose ``conf`` column is 0 are removed (TrackEval casts
+    ``conf`` to int, so ``0 <= conf < 1`` counts as 0); no distractor matching, so a tracker box on an ignored
+    person is a false positive.
+  - ``MOT17`` (MOT16 and MOT17, ground truth ``frame,id,x,y,w,h,conf,class,visibility``) and ``MOT20``: the
+    tracker's boxes matched (Hungarian, IoU >= 0.5) to a distractor's box (a person on a vehicle, a static
+    person, a distractor, a reflection; in MOT20 also a non-motorised vehicle) are removed first, then every
+    ground-truth row but the pedestrians with ``conf`` 1.
+
+  :func:`protocol_for` picks it from the ground truth: a class column (integers 1-12) and a visibility column
+  (0-1) mean MOT17, or MOT20 for a sequence named ``MOT20-...``; otherwise MOT15.
+* **motmetrics**: MOTA, IDF1, IDSW (and FP, FN) from its ``MOTAccumulator``, fed the same preprocessed rows
+  (:func:`preprocess`) and IoU distances (``1 - IoU``, no match below IoU 0.5, the CLEAR threshold TrackEval
+  uses).
 
 Both are percentages, as TrackEval prints them (HOTA 0-100). :meth:`MotScores.disagreement` reports how far
 the two libraries differ.
@@ -48,6 +58,11 @@ MotRows = Float64Array
 
 # TrackEval's and motmetrics' CLEAR/Identity match threshold (IoU).
 IOU_THRESHOLD = 0.5
+PROTOCOLS: tuple[str, ...] = ("MOT15", "MOT17", "MOT20")
+PEDESTRIAN = 1
+# Ground-truth classes whose matched tracker boxes are removed before scoring (TrackEval's distractor classes).
+DISTRACTORS: dict[str, tuple[int, ...]] = {"MOT15": (), "MOT17": (2, 7, 8, 12), "MOT20": (2, 6, 7, 8, 12)}
+_CLASSES = range(1, 13)  # TrackEval's MOTChallenge classes, pedestrian (1) to reflection (12)
 _TRACKER = "tracks"
 _SEQ = "sequence"  # the name inside TrackEval's temporary layout: any characters in the real name are safe
 
@@ -73,6 +88,7 @@ class MotScores:
 
     Attributes:
         sequence: the sequence name.
+        protocol: the benchmark protocol it was scored with (:data:`PROTOCOLS`).
         hota, deta, assa, loca, detre, detpr, assre, asspr: HOTA family, averaged over TrackEval's 19 IoU
             thresholds 0.05..0.95.
         mota, motp, moda: CLEAR (IoU >= 0.5); MOTP is the mean IoU of matches, in percent.
@@ -84,6 +100,7 @@ class MotScores:
     """
 
     sequence: str
+    protocol: str
     hota: float
     deta: float
     assa: float
@@ -213,9 +230,50 @@ def _load_tracks(tracks: str | os.PathLike[str] | MotRows, seq: MotSequence) -> 
     return arr
 
 
-def gt_kept_mask(gt: Float64Array) -> npt.NDArray[np.bool_]:
-    """Ground-truth rows the MOT15 evaluation keeps: ``int(conf) != 0``, as TrackEval's ``zero_marked``."""
-    return gt[:, 6].astype(np.int64) != 0
+def has_classes(gt: Float64Array) -> bool:
+    """Whether ground-truth rows carry MOT16+ ``class`` (integers 1-12) and ``visibility`` (0-1) columns."""
+    if gt.shape[1] < 9 or not len(gt):
+        return False
+    cls, vis = gt[:, 7], gt[:, 8]
+    return bool(np.all((cls == np.round(cls)) & (cls >= _CLASSES.start) & (cls < _CLASSES.stop))
+                and np.all((vis >= 0.0) & (vis <= 1.0)))
+
+
+def protocol_for(gt: Float64Array, sequence: str) -> str:
+    """The benchmark protocol of a sequence's ground truth (see the module docstring)."""
+    if not has_classes(gt):
+        return "MOT15"
+    return "MOT20" if sequence.upper().startswith("MOT20") else "MOT17"
+
+
+def gt_kept_mask(gt: Float64Array, protocol: str = "MOT15") -> npt.NDArray[np.bool_]:
+    """Ground-truth rows the evaluation keeps: ``int(conf) != 0``, as TrackEval's ``zero_marked``, and, with
+    classes (MOT17, MOT20), pedestrians only."""
+    keep = gt[:, 6].astype(np.int64) != 0
+    if protocol != "MOT15":
+        keep &= gt[:, 7].astype(np.int64) == PEDESTRIAN
+    return keep
+
+
+def preprocess(gt: Float64Array, tracks: Float64Array, protocol: str) -> tuple[Float64Array, Float64Array]:
+    """(ground truth, tracker rows) as TrackEval scores them under ``protocol``: per frame, the tracker boxes
+    matched (Hungarian on IoU, at least 0.5) to a distractor class's box removed, then the ground truth kept by
+    :func:`gt_kept_mask`."""
+    from scipy.optimize import linear_sum_assignment
+
+    distractors = DISTRACTORS[protocol]
+    drop = np.zeros(len(tracks), bool)
+    if distractors and len(gt) and len(tracks):
+        for frame in np.intersect1d(gt[:, 0], tracks[:, 0]):
+            g = np.flatnonzero(gt[:, 0] == frame)
+            h = np.flatnonzero(tracks[:, 0] == frame)
+            iou = _tlwh_iou(gt[g, 2:6], tracks[h, 2:6])
+            iou[iou < IOU_THRESHOLD - np.finfo(float).eps] = 0.0
+            rows, cols = linear_sum_assignment(-iou)
+            matched = iou[rows, cols] > np.finfo(float).eps
+            rows, cols = rows[matched], cols[matched]
+            drop[h[cols[np.isin(gt[g[rows], 7].astype(np.int64), distractors)]]] = True
+    return gt[gt_kept_mask(gt, protocol)], tracks[~drop]
 
 
 def _write_trackeval_layout(root: Path, gt: Float64Array, tracks: Float64Array, seq: MotSequence) -> None:
@@ -238,7 +296,7 @@ def _write_trackeval_layout(root: Path, gt: Float64Array, tracks: Float64Array, 
     np.savetxt(tr_dir / f"{_SEQ}.txt", tr, fmt="%.10g", delimiter=",")
 
 
-def _trackeval(gt: Float64Array, tracks: Float64Array, seq: MotSequence) -> dict[str, Any]:
+def _trackeval(gt: Float64Array, tracks: Float64Array, seq: MotSequence, protocol: str) -> dict[str, Any]:
     import trackeval  # the `lab` extra
     with tempfile.TemporaryDirectory(prefix="siamstream-trackeval-") as tmp:
         root = Path(tmp)
@@ -252,7 +310,7 @@ def _trackeval(gt: Float64Array, tracks: Float64Array, seq: MotSequence) -> dict
         dataset_config = {
             "GT_FOLDER": str(root / "gt"), "TRACKERS_FOLDER": str(root / "trackers"),
             "OUTPUT_FOLDER": str(root / "out"), "TRACKERS_TO_EVAL": [_TRACKER], "CLASSES_TO_EVAL": ["pedestrian"],
-            "BENCHMARK": "MOT15", "SPLIT_TO_EVAL": "train", "INPUT_AS_ZIP": False, "PRINT_CONFIG": False,
+            "BENCHMARK": protocol, "SPLIT_TO_EVAL": "train", "INPUT_AS_ZIP": False, "PRINT_CONFIG": False,
             "DO_PREPROC": True, "TRACKER_SUB_FOLDER": "data", "OUTPUT_SUB_FOLDER": "",
             "SEQ_INFO": {_SEQ: seq.length}, "GT_LOC_FORMAT": "{gt_folder}/{seq}/gt/gt.txt", "SKIP_SPLIT_FOL": True,
         }
@@ -321,14 +379,16 @@ def _motmetrics(gt: Float64Array, tracks: Float64Array, seq: MotSequence) -> Mot
 
 
 def evaluate(gt: str | os.PathLike[str] | MotRows | None, tracks: str | os.PathLike[str] | MotRows,
-             seq: MotSequence) -> MotScores:
-    """Score tracker output on one sequence with TrackEval (MOT15 protocol), cross-checked with motmetrics.
+             seq: MotSequence, protocol: str | None = None) -> MotScores:
+    """Score tracker output on one sequence with TrackEval (its benchmark's protocol), cross-checked with
+    motmetrics.
 
     Args:
-        gt: the ``gt.txt`` path, ground-truth rows ``(N, >= 7)`` (column 6 is ``conf``; 0 = ignored), or None
-            for ``seq.gt_path``.
+        gt: the ``gt.txt`` path, ground-truth rows ``(N, >= 7)`` (column 6 is ``conf``; 0 = ignored; MOT16+:
+            then ``class, visibility``), or None for ``seq.gt_path``.
         tracks: a MOT tracker ``.txt`` path or rows ``(M, >= 6)``: ``frame, id, x, y, w, h[, conf]``.
         seq: the sequence (its ``length`` sets the frames 1..length evaluated).
+        protocol: one of :data:`PROTOCOLS`, or None to read it from the ground truth (:func:`protocol_for`).
 
     Returns:
         The scores, rates in percent.
@@ -336,19 +396,28 @@ def evaluate(gt: str | os.PathLike[str] | MotRows | None, tracks: str | os.PathL
     Raises:
         MotFileError: a file is missing or malformed.
         MotEvaluationError: frames outside ``1..seq.length``, negative or fractional ids, an id twice in
-            one frame, or TrackEval refusing the data.
+            one frame, a protocol with classes for ground truth without them, or TrackEval refusing the data.
     """
     gt_rows = _load_gt(gt, seq)
     track_rows = _load_tracks(tracks, seq)
-    te = _trackeval(gt_rows, track_rows, seq)
+    if protocol is None:
+        protocol = protocol_for(gt_rows, seq.name)
+    elif protocol not in PROTOCOLS:
+        raise MotEvaluationError(f"protocol {protocol!r} is not one of {', '.join(PROTOCOLS)}; choose one of them "
+                                 f"(or let the ground truth decide)")
+    elif protocol != "MOT15" and not has_classes(gt_rows):
+        raise MotEvaluationError(f"{seq.name}: the {protocol} protocol needs ground truth with class and "
+                                 f"visibility columns (frame,id,x,y,w,h,conf,class,visibility); this has none: "
+                                 f"score it with the MOT15 protocol")
+    te = _trackeval(gt_rows, track_rows, seq, protocol)
     hota, clear, ident, count = te["HOTA"], te["CLEAR"], te["Identity"], te["Count"]
 
     def mean_pct(key: str) -> float:
         return float(100.0 * np.mean(hota[key]))
 
-    kept = gt_rows[gt_kept_mask(gt_rows)]
+    kept_gt, kept_tracks = preprocess(gt_rows, track_rows, protocol)
     return MotScores(
-        sequence=seq.name,
+        sequence=seq.name, protocol=protocol,
         hota=mean_pct("HOTA"), deta=mean_pct("DetA"), assa=mean_pct("AssA"), loca=mean_pct("LocA"),
         detre=mean_pct("DetRe"), detpr=mean_pct("DetPr"), assre=mean_pct("AssRe"), asspr=mean_pct("AssPr"),
         mota=100.0 * float(clear["MOTA"]), motp=100.0 * float(clear["MOTP"]), moda=100.0 * float(clear["MODA"]),
@@ -357,5 +426,5 @@ def evaluate(gt: str | os.PathLike[str] | MotRows | None, tracks: str | os.PathL
         frag=int(clear["Frag"]), mt=int(clear["MT"]), pt=int(clear["PT"]), ml=int(clear["ML"]),
         gt_ids=int(count["GT_IDs"]), gt_dets=int(count["GT_Dets"]), tracker_ids=int(count["IDs"]),
         tracker_dets=int(count["Dets"]),
-        motmetrics=_motmetrics(kept, track_rows, seq),
+        motmetrics=_motmetrics(kept_gt, kept_tracks, seq),
     )

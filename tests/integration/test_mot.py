@@ -8,7 +8,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import cv2
 import numpy as np
@@ -28,7 +28,7 @@ def test_eval_mot_tracks_scores_and_writes_outputs(tmp_path: Path, shared_data: 
                           capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert proc.returncode == 0, proc.stderr
     figures = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert set(figures) == {"HOTA", "MOTA", "IDF1", "IDSW"}
+    assert set(figures) == {"HOTA", "MOTA", "IDF1", "IDSW", "protocol"} and figures["protocol"] == "MOT15"
     # Far above an empty or random output (HOTA 0), as every published tracker on these detections is
     assert figures["HOTA"] > 30 and figures["IDF1"] > 40 and figures["MOTA"] > 30
     speed = next(line for line in proc.stdout.splitlines() if line.startswith("speed"))
@@ -51,6 +51,77 @@ def test_eval_mot_tracks_scores_and_writes_outputs(tmp_path: Path, shared_data: 
     video = cv2.VideoCapture(str(tmp_path / "annotated.mp4"))
     assert int(video.get(cv2.CAP_PROP_FRAME_COUNT)) == 71
     video.release()
+
+
+def mot17_copy(src: Path, seq: Path) -> np.ndarray:
+    """``src`` (a MOT15 sequence) at ``seq`` as MOT17 lays one out (ground truth ``conf,class,visibility``), its
+    longest-seen walker marked a static person (class 7, conf 0); returns the original ground truth."""
+    (seq / "det").mkdir(parents=True)
+    (seq / "gt").mkdir()
+    (seq / "det" / "det.txt").write_bytes((src / "det" / "det.txt").read_bytes())
+    (seq / "TUD-Campus.mp4").symlink_to(src / "TUD-Campus.mp4")
+    (seq / "seqinfo.ini").write_text((src / "seqinfo.ini").read_text().replace("name=TUD-Campus",
+                                                                               f"name={seq.name}"))
+    gt = np.loadtxt(src / "gt" / "gt.txt", delimiter=",", ndmin=2)
+    static = np.bincount(gt[:, 1].astype(int)).argmax()  # the walker seen longest
+    classed = np.column_stack([gt[:, :6], np.ones(len(gt)), np.ones(len(gt)), np.ones(len(gt))])
+    classed[gt[:, 1] == static, 6:8] = (0, 7)
+    np.savetxt(seq / "gt" / "gt.txt", classed, fmt="%.6g", delimiter=",")
+    return gt
+
+
+def test_eval_mot_scores_a_mot17_layout_sequence_by_the_mot17_protocol(
+        tmp_path: Path, shared_data: Callable[..., Path], pretrained_onnx: Path) -> None:
+    """The MOT17 evaluation drops the tracker's boxes on a static person, where MOT15 counts them wrong."""
+    from lab.evaluation.mot_metrics import evaluate
+    from lab.evaluation.motchallenge import load_sequence
+
+    seq = tmp_path / "MOT17-TUD"
+    gt = mot17_copy(shared_data("mot15", "TUD-Campus"), seq)
+
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "-q", "eval", "mot", "--seq", str(seq), "--out",
+                           str(tmp_path / "out"), "--set", f'encoder.model="{pretrained_onnx}"', "--video-frames",
+                           "0"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["protocol"] == "MOT17"
+    assert "TrackEval, MOT17 protocol" in proc.stdout
+    sequence = load_sequence(seq)
+    tracks = tmp_path / "out" / "MOT17-TUD.txt"
+    mot17, mot15 = evaluate(None, tracks, sequence), evaluate(None, tracks, sequence, protocol="MOT15")
+    assert (mot17.protocol, mot15.protocol) == ("MOT17", "MOT15")
+    assert mot17.gt_ids == mot15.gt_ids == len(np.unique(gt[:, 1])) - 1
+    assert mot17.fp < mot15.fp and mot17.tp == mot15.tp  # the static person's boxes: removed, not false positives
+    assert mot17.fp - mot17.motmetrics.fp == 0 and mot15.fp - mot15.motmetrics.fp == 0
+
+
+def test_bench_mot_on_the_users_own_sequences(tmp_path: Path, shared_data: Callable[..., Path],
+                                             pretrained_onnx: Path) -> None:
+    seq = tmp_path / "MOT17-TUD"
+    mot17_copy(shared_data("mot15", "TUD-Campus"), seq)
+
+    def bench(*args: str) -> dict[str, Any]:
+        proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "-q", "bench", "mot", "--seq", str(seq),
+                               "--peers", "iou", "--set", f'encoder.model="{pretrained_onnx}"', *args], cwd=REPO,
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr
+        figures: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+        return {"stdout": proc.stdout, **figures}
+
+    own = bench("--seq", str(shared_data("mot15", "TUD-Campus")))
+    assert set(own) == {"stdout", "MOT17-TUD", "TUD-Campus"}
+    assert {"siamstream", "iou"} <= set(own["MOT17-TUD"]) and {"siamstream", "iou"} <= set(own["TUD-Campus"])
+    assert "MOT17-TUD MOT17 protocol, TUD-Campus MOT15 protocol" in own["stdout"]
+    # Forced to MOT15, the same rows count the boxes on the static person as false positives.
+    forced = bench("--protocol", "MOT15")
+    assert "MOT17-TUD MOT15 protocol" in forced["stdout"]
+    for tracker in ("siamstream", "iou"):
+        assert own["MOT17-TUD"][tracker]["MOTA"] > forced["MOT17-TUD"][tracker]["MOTA"]
+
+    (seq / "gt" / "gt.txt").unlink()
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "-q", "bench", "mot", "--seq", str(seq), "--peers",
+                           "iou"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "no gt/gt.txt, nothing to score" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
 def test_tracking_a_sequence_with_the_patch_features_inside_each_box(shared_data: Callable[..., Path],

@@ -6,7 +6,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lab.evaluation.mot_metrics import MotEvaluationError, evaluate, gt_kept_mask, write_mot_txt
+from lab.evaluation.mot_metrics import (
+    MotEvaluationError,
+    evaluate,
+    gt_kept_mask,
+    preprocess,
+    protocol_for,
+    write_mot_txt,
+)
 from lab.evaluation.mot_peers import run_iou_baseline
 from lab.evaluation.motchallenge import MotSequence, load_sequence
 from pipeline.detect.motchallenge import MotDetectionFile, MotFileError
@@ -14,12 +21,12 @@ from pipeline.detect.motchallenge import MotDetectionFile, MotFileError
 LENGTH = 20
 
 
-def sequence(tmp_path: Path, gt: np.ndarray | None = None) -> MotSequence:
+def sequence(tmp_path: Path, gt: np.ndarray | None = None, name: str = "Tiny") -> MotSequence:
     gt_path = None
     if gt is not None:
         gt_path = tmp_path / "gt.txt"
         np.savetxt(gt_path, gt, fmt="%.6g", delimiter=",")
-    return MotSequence(name="Tiny", root=tmp_path, frame_rate=10.0, length=LENGTH, width=200, height=100,
+    return MotSequence(name=name, root=tmp_path, frame_rate=10.0, length=LENGTH, width=200, height=100,
                        frames_uri=str(tmp_path / "Tiny.mp4"), det_path=tmp_path / "det.txt", gt_path=gt_path)
 
 
@@ -77,6 +84,66 @@ def test_ignored_ground_truth_is_removed_as_in_mot15(tmp_path: Path) -> None:
     both_agree(everything)
 
 
+def classed_ground_truth() -> np.ndarray:
+    """MOT16+ rows (``frame,id,x,y,w,h,conf,class,visibility``): the three walkers (class 1), a static person
+    (class 7), a car (class 3) and a non-motorised vehicle (class 6), the last three marked conf 0 as in MOT17."""
+    rows = [[*r[:6], 1, 1, 0.8] for r in ground_truth()]
+    for t in range(1, LENGTH + 1):
+        rows += [[t, 4, 150, 10, 12, 25, 0, 7, 1.0], [t, 5, 150, 40, 30, 20, 0, 3, 1.0],
+                 [t, 6, 150, 70, 20, 20, 0, 6, 0.5]]
+    return np.asarray(rows, np.float64)
+
+
+def test_the_protocol_comes_from_the_ground_truth() -> None:
+    assert protocol_for(ground_truth(), "TUD-Campus") == "MOT15"  # MOT15: world coordinates -1, no classes
+    assert protocol_for(classed_ground_truth(), "MOT17-09-FRCNN") == "MOT17"
+    assert protocol_for(classed_ground_truth(), "MOT16-02") == "MOT17"  # MOT16 is scored as MOT17
+    assert protocol_for(classed_ground_truth(), "MOT20-05") == "MOT20"
+    bad_visibility = classed_ground_truth()
+    bad_visibility[0, 8] = 3.5  # not a visibility: not MOT16+ columns
+    assert protocol_for(bad_visibility, "MOT17-09") == "MOT15"
+
+
+def test_distractors_are_not_false_positives_in_mot17_and_mot20(tmp_path: Path) -> None:
+    gt = classed_ground_truth()
+    everything = gt[:, :6]  # a box on every object: walkers, static person, car, non-motorised vehicle
+    seq17 = sequence(tmp_path, name="MOT17-09-FRCNN")
+    s = evaluate(gt, everything, seq17)
+    # MOT17: the boxes on the static person are removed; the car and the vehicle are false positives.
+    assert s.protocol == "MOT17" and (s.tp, s.fp, s.fn, s.gt_ids) == (60, 40, 0, 3)
+    assert s.mota == pytest.approx(100.0 * (1 - 40 / 60)) and s.motmetrics.fp == 40
+    both_agree(s)
+    s20 = evaluate(gt, everything, sequence(tmp_path, name="MOT20-05"))
+    # MOT20 counts the non-motorised vehicle as a distractor too.
+    assert s20.protocol == "MOT20" and (s20.tp, s20.fp, s20.motmetrics.fp) == (60, 20, 20)
+    both_agree(s20)
+    # The same rows scored as MOT15 (conf 0 rows removed, no distractor matching): every extra box is an FP.
+    s15 = evaluate(gt, everything, seq17, protocol="MOT15")
+    assert s15.protocol == "MOT15" and (s15.fp, s15.motmetrics.fp) == (60, 60)
+    both_agree(s15)
+
+
+def test_preprocess_keeps_pedestrians_and_drops_boxes_on_distractors() -> None:
+    gt = classed_ground_truth()
+    shifted = gt[:, :6].copy()
+    shifted[:, 2] += 1.0  # a pixel off: still matched at IoU >= 0.5
+    kept_gt, kept_tracks = preprocess(gt, shifted, "MOT17")
+    assert set(kept_gt[:, 1].astype(int)) == {1, 2, 3} and len(kept_gt) == 60
+    assert set(kept_tracks[:, 1].astype(int)) == {1, 2, 3, 5, 6}
+    assert gt_kept_mask(gt, "MOT17").sum() == 60 and gt_kept_mask(gt).sum() == 60
+    far = gt[:, :6].copy()
+    far[gt[:, 1] == 4, 2] += 60.0  # nowhere near the static person: not matched, stays (a false positive)
+    assert 4 in set(preprocess(gt, far, "MOT17")[1][:, 1].astype(int))
+
+
+def test_a_protocol_with_classes_needs_them(tmp_path: Path) -> None:
+    gt = ground_truth()
+    with pytest.raises(MotEvaluationError, match="needs ground truth with class and visibility columns"):
+        evaluate(gt, gt[:, :6], sequence(tmp_path), protocol="MOT17")
+    with pytest.raises(MotEvaluationError, match="is not one of MOT15, MOT17, MOT20"):
+        evaluate(gt, gt[:, :6], sequence(tmp_path), protocol="KITTI")
+
+
 def test_tracks_round_trip_through_a_mot_file(tmp_path: Path) -> None:
     gt = ground_truth()
     path = write_mot_txt(tmp_path / "out" / "tracks.txt", gt[:, :6])
@@ -125,3 +192,10 @@ def test_iou_baseline_on_tud_campus(shared_data: Callable[..., Path]) -> None:
     # The published figures for this baseline on these detections (HOTA/MOTA/IDF1/IDSW 44.9/53.8/55.0/14).
     assert (round(s.hota, 1), round(s.mota, 1), round(s.idf1, 1), s.idsw) == (44.9, 53.8, 55.0, 14)
     assert s.gt_ids == 8 and s.gt_dets == 359
+
+
+def test_the_cli_offers_every_protocol() -> None:
+    from lab.evaluation.mot_metrics import PROTOCOLS
+    from pipeline.cli import MOT_PROTOCOLS
+
+    assert ("auto", *PROTOCOLS) == MOT_PROTOCOLS
