@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from encoders.backbones import BackboneError
+from encoders.model_cache import default_model_path
 from encoders.models import EmbeddingNet, FlipAveraged, pretrained_lite0, weights_sha256
 
 log = logging.getLogger(__name__)
@@ -135,14 +136,6 @@ def export_onnx(model: EmbeddingNet | FlipAveraged, path: str | Path, input_size
         staged.replace(path)  # atomic: a reader never sees a half-written model
     log.info("exported %s (D=%d, %dx%d px) parity max abs %.2e", path, model.embedding_dim, h, w, max_abs)
     return ExportReport(path, max_abs, model.embedding_dim, input_size, meta)
-
-
-def default_model_path(cache_dir: str | Path, stage: int, pooling: str, input_size: int | tuple[int, int],
-                       patch_stage: int = 0, patch_detail_stage: int = 0) -> Path:
-    size = input_size if isinstance(input_size, int) else "x".join(map(str, input_size))
-    name = (f"efficientnet-lite0_s{stage}_{pooling}_{size}" + (f"_p{patch_stage}" if patch_stage else "")
-            + (f"d{patch_detail_stage}" if patch_detail_stage else ""))
-    return Path(cache_dir).expanduser() / f"{name}.onnx"
 
 
 def ensure_pretrained_onnx(cache_dir: str | Path, stage: int = 5, pooling: str = "gem",

@@ -81,11 +81,16 @@ def build_encoder(cfg: EncoderConfig, size: tuple[int, int] | None = None) -> En
                             max_batch=cfg.max_batch)
     if cfg.model:
         return OnnxEncoder(cfg.model, device=cfg.device, threads=cfg.threads, max_batch=cfg.max_batch)
-    from encoders.export import ensure_pretrained_onnx
+    from encoders.model_cache import default_model_path
 
     def cached() -> Path:
-        return ensure_pretrained_onnx(cfg.cache_dir, cfg.stage, cfg.pooling, size or cfg.input_size, cfg.patch_stage,
-                                      cfg.patch_detail_stage)
+        args = (cfg.cache_dir, cfg.stage, cfg.pooling, size or cfg.input_size, cfg.patch_stage, cfg.patch_detail_stage)
+        path = default_model_path(*args)
+        if path.is_file():
+            return path
+        from encoders.export import ensure_pretrained_onnx  # PyTorch: only to build the cache file, once
+
+        return ensure_pretrained_onnx(*args)
 
     path = cached()
     try:

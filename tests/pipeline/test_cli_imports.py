@@ -39,6 +39,19 @@ def test_run_imports_no_lab_module(tmp_path: Path, pretrained_onnx: Path) -> Non
     assert loaded == [], loaded
 
 
+def test_run_on_the_cached_built_in_encoder_loads_no_pytorch(tmp_path: Path, pretrained_onnx: Path) -> None:
+    """The built-in encoder needs PyTorch to be built into the cache once; a run that finds it there does not pay
+    for importing PyTorch (over a second of start-up on 2 cores)."""
+    video = square_video(tmp_path / "v.avi", frames=20)
+    proc = subprocess.run([sys.executable, "-c", PROBE, "-q", "run", "--config", str(REPO / "config.toml"),
+                           "--source", str(video), "--out", str(tmp_path / "out"), "--set",
+                           f'encoder.cache_dir="{pretrained_onnx.parent}"', "--set", "metrics.enabled=false"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    modules = json.loads(proc.stdout.strip().splitlines()[-1])["modules"]
+    assert "onnxruntime" in modules and "torch" not in modules and "encoders.export" not in modules
+
+
 def test_an_error_of_a_lab_module_is_still_one_line(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "-q", "train", "--config", str(REPO / "config.toml"),
                            "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "run")],

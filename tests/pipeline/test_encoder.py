@@ -211,7 +211,7 @@ def test_an_encoder_that_outputs_nan_is_named_and_nothing_is_returned(tmp_path: 
 
 
 def test_a_damaged_cached_built_in_encoder_is_built_again(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    from encoders.export import default_model_path
+    from encoders.model_cache import default_model_path
     from pipeline import app
     from pipeline.config import EncoderConfig
 
