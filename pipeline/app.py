@@ -11,7 +11,7 @@ import uuid
 from collections.abc import Callable, Iterable, Sized
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -287,7 +287,7 @@ def build_alert_sinks(cfg: AlertsConfig, stream: str, out_dir: Path,
 
     root = Path(cfg.spool_dir).expanduser() if cfg.spool_dir else out_dir / "alert-spool"
     spool_root = root / (re.sub(r"[^A-Za-z0-9._-]", "_", stream) or "default")
-    common = dict(stream=stream, run_id=uuid.uuid4().hex, max_queue=cfg.max_queue,
+    common: dict[str, Any] = dict(stream=stream, run_id=uuid.uuid4().hex, max_queue=cfg.max_queue,
                   spool_max_alerts=cfg.spool_max_alerts, spool_max_bytes=int(cfg.spool_max_mb * 2**20),
                   backoff_initial_s=cfg.backoff_initial_s, backoff_max_s=cfg.backoff_max_s,
                   close_timeout_s=cfg.close_timeout_s, jpeg_quality=cfg.jpeg_quality)

@@ -10,7 +10,7 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from prometheus_client import CollectorRegistry
 
@@ -188,7 +188,11 @@ def _run_locked(cfg: Config, uri: str, out_dir: Path) -> int:
     live: list[FrameSource] = []
     # From here on SIGINT/SIGTERM end the run cleanly, even while the models load: a live source that is down and
     # retrying is closed, which wakes the run so it can flush and exit.
-    with stop_on_signals(stop, on_stop=lambda: [s.close() for s in live]):
+    def close_live() -> None:
+        for s in live:
+            s.close()
+
+    with stop_on_signals(stop, on_stop=close_live):
         try:
             source = open_source(uri, cfg.source)
             if source.is_live:
@@ -454,12 +458,13 @@ def cmd_anomaly_fit(args: argparse.Namespace) -> int:
     print(f"chosen     {result.chosen.name}: threshold {result.bank.meta.threshold:.4f} at a "
           f"{result.bank.meta.false_alarm_rate:.0%} false-alarm target from {report['calibration_images']} held-out "
           f"good images")
+    candidates = cast("dict[str, dict[str, object]]", report["candidates"])
     print(f"written    {out}/config.toml, {out}/encoder.onnx, {out}/bank/, {out}/fit.json, {out}/fit.md")
     print(f"next       siamstream eval anomaly --config {out}/config.toml --manifest {args.manifest}")
     _print_json({"out": str(out), "chosen": result.chosen.name, "threshold": round(result.bank.meta.threshold, 6),
                  "budget_ms": settings.budget_ms, "seconds": report["seconds"],
                  "candidates": {n: {"probe_image_auroc": c["probe_image_auroc"], "ms_per_image": c["ms_per_image"]}
-                                for n, c in report["candidates"].items()}})
+                                for n, c in candidates.items()}})
     return 0
 
 

@@ -105,9 +105,10 @@ class DemoResult:
             lines.append("missed       " + ", ".join(f"part {p} ({d})" for p, d in self.missed))
         lines.append(f"outputs      {self.out}: annotated video, events.jsonl, tracks.txt, evidence/, bank/, "
                      f"metrics.prom, parts.csv (each track's scores against the truth)")
-        look = [(self.video, "the annotated video: boxes, track ids, verdicts and anomaly maps"),
-                (self.flagged_frame, "the frame the first defective part was flagged in"),
-                (self.sheet, "the flagged parts, each beside its anomaly map")]
+        look: list[tuple[object, str]] = [
+            (self.video, "the annotated video: boxes, track ids, verdicts and anomaly maps"),
+            (self.flagged_frame, "the frame the first defective part was flagged in"),
+            (self.sheet, "the flagged parts, each beside its anomaly map")]
         look += [(self.metrics_url, "what Prometheus scrapes (served while the demo ran; final values in "
                                     "metrics.prom)")] if self.metrics_url else []
         shown = [(str(what), why) for what, why in look if what]

@@ -93,7 +93,7 @@ class Gallery:
         key = (entry.global_id, entry.camera)
         old = self._key.pop(key, None)
         if old is not None:
-            self._index.remove_ids(np.array([old], np.int64))
+            self._index.remove_ids(faiss.IDSelectorBatch(np.array([old], np.int64)))
             del self._entries[old]
         eid = self._next_entry
         self._next_entry += 1
@@ -185,7 +185,7 @@ class Gallery:
     def _forget(self, cutoff: float) -> int:
         old = [eid for eid, e in self._entries.items() if e.name is None and e.seen_at < cutoff]
         if old:
-            self._index.remove_ids(np.array(old, np.int64))
+            self._index.remove_ids(faiss.IDSelectorBatch(np.array(old, np.int64)))
             for eid in old:
                 e = self._entries.pop(eid)
                 self._key.pop((e.global_id, e.camera), None)

@@ -75,8 +75,10 @@ class FrameSource(Protocol):
     frames_read: int
     dropped: int
     reconnects: int
-    pending: int
     total_frames: int
+
+    @property
+    def pending(self) -> int: ...  # read-only: a live source computes it from its queue
 
     def __iter__(self) -> Iterator[Frame]: ...
 

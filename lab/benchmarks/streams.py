@@ -255,6 +255,7 @@ def main(cfg: Config, conveyor: Path, pets: Path | None, config_args: list[str],
             procs = run_processes(config_args, workloads, n, frames, root / f"procs{n}") if processes \
                 else float("nan")
             floor = min(decode, enc)
+            f: dict[str, object]
             figures[str(n)] = f = {
                 "fps": round(pipe["fps"], 1), "fps_with_start": round(pipe["fps_with_start"], 1),
                 "per_stream_fps_min": round(pipe["per_stream_fps_min"], 1),

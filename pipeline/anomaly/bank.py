@@ -327,7 +327,7 @@ def _read_index(index_file: Path) -> tuple[faiss.Index, int]:
         try:
             dim, _ = check_index_file(fh)
             fh.seek(0)
-            index = faiss.read_index(faiss.PyCallbackIOReader(fh.read))
+            index = faiss.read_index(faiss.PyCallbackIOReader(fh.read))  # type: ignore[attr-defined]  # not in the stubs
         except (IndexFileError, RuntimeError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unreadable"
             raise BankError(f"{index_file}: corrupt FAISS index ({first}); rebuild the bank") from None

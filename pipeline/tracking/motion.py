@@ -77,7 +77,7 @@ def estimate_sparse(prev_gray: np.ndarray, gray: np.ndarray, prev_corners: np.nd
     """
     if len(prev_corners) < min_matches:
         return None
-    nxt, status, _ = cv2.calcOpticalFlowPyrLK(prev_gray, gray, prev_corners, None)  # type: ignore[call-overload]
+    nxt, status, _ = cv2.calcOpticalFlowPyrLK(prev_gray, gray, prev_corners, None)
     if nxt is None or status is None:
         return None
     ok = status.reshape(-1).astype(bool)
