@@ -242,6 +242,8 @@ def load_bank(path: str, encoder: Encoder, loader: Callable[[Path], Bank] = Bank
     bank = loader(Path(path))
     bank.check_encoder(encoder.encoder_id, encoder.embedding_dim, encoder.patch_dim, path,
                        patches=encoder.patch_grid[0] * encoder.patch_grid[1])
+    log.info("bank %s loaded: %d %s vectors (%s index), threshold %.4f", path, len(bank), bank.meta.level,
+             bank.meta.index_type, bank.meta.threshold)
     return bank
 
 

@@ -1056,6 +1056,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"))
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, handlers=[handler])
+    # FAISS logs each CPU build it tries and fails to load (AVX-512, AVX2) with the import error: seven lines that
+    # read like a fault on every start. What it finally loads is no concern of the user's.
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     try:
         return int(args.func(args))
     except ModuleNotFoundError as exc:

@@ -217,7 +217,7 @@ def test_a_bank_saved_while_the_run_starts_up_is_not_missed(camera: HeldCamera, 
     saved = threading.Event()
 
     def save_once_loaded(line: str) -> None:
-        if "metrics on http://" in line:  # logged after the bank is loaded, before the pipeline is built
+        if " loaded: " in line:  # logged once the bank is loaded, before the pipeline is built
             grown.save(bank)
             saved.set()
 

@@ -90,3 +90,15 @@ def test_the_product_does_not_import_the_lab() -> None:
     assert all(line.startswith("    ") for line in cli.splitlines() if pattern.match(line))  # inside functions
     below = re.compile(r"^\s*(from|import)\s+lab\.benchmarks", re.M)
     assert [p.name for p in (REPO / "lab" / "evaluation").glob("*.py") if below.search(p.read_text())] == []
+
+
+def test_a_run_starts_without_faiss_loader_noise(tmp_path: Path, pretrained_onnx: Path) -> None:
+    """FAISS logs every CPU build it fails to load, with the import error; a user's start-up log shows none."""
+    video = square_video(tmp_path / "v.avi", frames=5)
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", "--config", str(REPO / "config.toml"),
+                           "--source", str(video), "--out", str(tmp_path / "out"), "--set",
+                           f'encoder.model="{pretrained_onnx}"', "--set", "metrics.enabled=false"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "INFO pipeline.encoder: encoder on" in proc.stderr  # INFO lines are shown
+    assert "faiss.loader" not in proc.stderr and "ModuleNotFoundError" not in proc.stderr, proc.stderr
