@@ -657,7 +657,7 @@ def cmd_eval_anomaly(args: argparse.Namespace) -> int:
 
 
 def cmd_eval_mot(args: argparse.Namespace) -> int:
-    from lab.evaluation.mot_metrics import evaluate, write_mot_txt
+    from lab.evaluation.mot_metrics import check_ground_truth, evaluate, write_mot_txt
     from lab.evaluation.mot_plots import save_timeline_png
     from lab.evaluation.mot_run import track_sequence
     from lab.evaluation.motchallenge import load_sequence
@@ -669,6 +669,8 @@ def cmd_eval_mot(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     seq = load_sequence(Path(args.seq))
+    # The ground truth and its protocol are checked before the tracking: a bad file is said up front.
+    protocol = check_ground_truth(seq, None if args.protocol == "auto" else args.protocol) if seq.gt_path else None
     out = Path(args.out) if args.out else Path(cfg.output.dir) / "mot" / seq.name
     check_writable_dir(out)
     det = MotDetectionFile(seq.det_path, min_score=args.min_score)
@@ -700,7 +702,7 @@ def cmd_eval_mot(args: argparse.Namespace) -> int:
         print(f"{seq.name} has no gt/gt.txt: nothing to score")
         print(json_line({}))
         return 0
-    s = evaluate(None, run.rows, seq, protocol=None if args.protocol == "auto" else args.protocol)
+    s = evaluate(None, run.rows, seq, protocol=protocol)
     print(f"scored     TrackEval, {s.protocol} protocol; motmetrics on the same rows")
     print(table(["metric", "TrackEval", "motmetrics"], [
         ["HOTA", s.hota, float("nan")], ["DetA", s.deta, float("nan")], ["AssA", s.assa, float("nan")],

@@ -46,7 +46,7 @@ def main(cfg: Config, sequences: tuple[Path, ...] = (), peers: tuple[str, ...] =
         peers_dir,
         run_boxmot,
     )
-    from lab.evaluation.mot_metrics import evaluate
+    from lab.evaluation.mot_metrics import check_ground_truth, evaluate
     from lab.evaluation.mot_peers import EncoderEmbedder, MobileNetV2Embedder, run_deepsort, run_peer
     from lab.evaluation.mot_run import track_sequence
     from lab.evaluation.motchallenge import load_sequence
@@ -62,10 +62,12 @@ def main(cfg: Config, sequences: tuple[Path, ...] = (), peers: tuple[str, ...] =
     if len(set(names)) < len(names):
         raise ConfigError(f"bench mot --seq: two sequences are named {max(names, key=names.count)} (seqinfo.ini); "
                           f"give each sequence once")
+    protocols: dict[str, str] = {}
     for seq in loaded:
         if seq.gt_path is None:
             raise ConfigError(f"bench mot --seq {seq.root}: no gt/gt.txt, nothing to score; give sequences with "
                               f"ground truth (a test sequence can be tracked with `siamstream eval mot`)")
+        protocols[seq.name] = check_ground_truth(seq, protocol)  # a bad file or protocol: said before any run
     boxmot = boxmot_python(peers_dir(cfg.encoder.cache_dir)) if "boxmot" in peers else None
     # With a re-identification model ([tracker] reid_model) siamstream's tracker compares its embeddings of the
     # detection boxes, and so do the peers that take an appearance: the same vectors for every tracker.
@@ -73,7 +75,6 @@ def main(cfg: Config, sequences: tuple[Path, ...] = (), peers: tuple[str, ...] =
     encoder = reid if reid is not None else app.build_encoder(cfg.encoder)
     figures: dict[str, dict[str, dict[str, float]]] = {}
     rows = []
-    protocols: dict[str, str] = {}
     for seq in loaded:
         name = seq.name
         det = MotDetectionFile(seq.det_path)
@@ -100,8 +101,7 @@ def main(cfg: Config, sequences: tuple[Path, ...] = (), peers: tuple[str, ...] =
                 peer_runs = [run_peer(peer, det, seq, **kwargs)]
             runs.extend((run.name, run.rows, run.tracker_fps, run.fps_with_embedder) for run in peer_runs)
         for tracker_name, tracks, fps, fps_emb in runs:
-            s = evaluate(None, tracks, seq, protocol=protocol)
-            protocols[name] = s.protocol
+            s = evaluate(None, tracks, seq, protocol=protocols[name])
             results[tracker_name] = {"HOTA": round(s.hota, 2), "MOTA": round(s.mota, 2), "IDF1": round(s.idf1, 2),
                                      "IDSW": int(s.idsw), "fps": round(fps, 1)}
             if tracker_name == "siamstream":  # end to end with the encoder, detections given

@@ -62,7 +62,7 @@ PROTOCOLS: tuple[str, ...] = ("MOT15", "MOT17", "MOT20")
 PEDESTRIAN = 1
 # Ground-truth classes whose matched tracker boxes are removed before scoring (TrackEval's distractor classes).
 DISTRACTORS: dict[str, tuple[int, ...]] = {"MOT15": (), "MOT17": (2, 7, 8, 12), "MOT20": (2, 6, 7, 8, 12)}
-_CLASSES = range(1, 13)  # TrackEval's MOTChallenge classes, pedestrian (1) to reflection (12)
+_CLASSES = range(1, 14)  # TrackEval's MOTChallenge classes, pedestrian (1) to crowd (13)
 _TRACKER = "tracks"
 _SEQ = "sequence"  # the name inside TrackEval's temporary layout: any characters in the real name are safe
 
@@ -230,13 +230,15 @@ def _load_tracks(tracks: str | os.PathLike[str] | MotRows, seq: MotSequence) -> 
     return arr
 
 
-def has_classes(gt: Float64Array) -> bool:
-    """Whether ground-truth rows carry MOT16+ ``class`` (integers 1-12) and ``visibility`` (0-1) columns."""
-    if gt.shape[1] < 9 or not len(gt):
+def has_classes(gt: Float64Array, visibility: bool = True) -> bool:
+    """Whether ground-truth rows carry a MOT16+ ``class`` column (integers 1-13) and, with ``visibility``, a
+    ``visibility`` column (0-1) after it: what tells MOT16+ ground truth from MOT15's world coordinates."""
+    if gt.shape[1] < (9 if visibility else 8) or not len(gt):
         return False
-    cls, vis = gt[:, 7], gt[:, 8]
-    return bool(np.all((cls == np.round(cls)) & (cls >= _CLASSES.start) & (cls < _CLASSES.stop))
-                and np.all((vis >= 0.0) & (vis <= 1.0)))
+    cls = gt[:, 7]
+    if not np.all((cls == np.round(cls)) & (cls >= _CLASSES.start) & (cls < _CLASSES.stop)):
+        return False
+    return not visibility or bool(np.all((gt[:, 8] >= 0.0) & (gt[:, 8] <= 1.0)))
 
 
 def protocol_for(gt: Float64Array, sequence: str) -> str:
@@ -264,9 +266,11 @@ def preprocess(gt: Float64Array, tracks: Float64Array, protocol: str) -> tuple[F
     distractors = DISTRACTORS[protocol]
     drop = np.zeros(len(tracks), bool)
     if distractors and len(gt) and len(tracks):
-        for frame in np.intersect1d(gt[:, 0], tracks[:, 0]):
-            g = np.flatnonzero(gt[:, 0] == frame)
-            h = np.flatnonzero(tracks[:, 0] == frame)
+        g_order, h_order = np.argsort(gt[:, 0], kind="stable"), np.argsort(tracks[:, 0], kind="stable")
+        g_frames, h_frames = gt[g_order, 0], tracks[h_order, 0]
+        for frame in np.intersect1d(g_frames, h_frames):
+            g = g_order[np.searchsorted(g_frames, frame):np.searchsorted(g_frames, frame, side="right")]
+            h = h_order[np.searchsorted(h_frames, frame):np.searchsorted(h_frames, frame, side="right")]
             iou = _tlwh_iou(gt[g, 2:6], tracks[h, 2:6])
             iou[iou < IOU_THRESHOLD - np.finfo(float).eps] = 0.0
             rows, cols = linear_sum_assignment(-iou)
@@ -282,8 +286,9 @@ def _write_trackeval_layout(root: Path, gt: Float64Array, tracks: Float64Array, 
     gt_dir.mkdir(parents=True)
     gt10 = np.full((len(gt), 10), -1.0)
     gt10[:, : min(10, gt.shape[1])] = gt[:, :10]
-    # %.10g keeps every digit a MOT file has; TrackEval's GT reader needs >= 8 columns.
-    np.savetxt(gt_dir / "gt.txt", gt10, fmt="%.10g", delimiter=",")
+    # %.17g: TrackEval reads back exactly the values motmetrics and preprocess() use; its GT reader needs >= 8
+    # columns.
+    np.savetxt(gt_dir / "gt.txt", gt10, fmt="%.17g", delimiter=",")
     (root / "gt" / _SEQ / "seqinfo.ini").write_text(
         f"[Sequence]\nname={_SEQ}\nframeRate={seq.frame_rate:g}\nseqLength={seq.length}\n"
         f"imWidth={seq.width}\nimHeight={seq.height}\n", encoding="utf-8")
@@ -293,7 +298,7 @@ def _write_trackeval_layout(root: Path, gt: Float64Array, tracks: Float64Array, 
     tr[:, :6] = tracks[:, :6]
     # Column 8 is TrackEval's class for tracker rows: -1 (<= 1) means pedestrian-compatible.
     tr[:, 6] = tracks[:, 6] if tracks.shape[1] > 6 else 1.0
-    np.savetxt(tr_dir / f"{_SEQ}.txt", tr, fmt="%.10g", delimiter=",")
+    np.savetxt(tr_dir / f"{_SEQ}.txt", tr, fmt="%.17g", delimiter=",")
 
 
 def _trackeval(gt: Float64Array, tracks: Float64Array, seq: MotSequence, protocol: str) -> dict[str, Any]:
@@ -335,20 +340,22 @@ def _trackeval(gt: Float64Array, tracks: Float64Array, seq: MotSequence, protoco
 
 
 def _tlwh_iou(a: Float64Array, b: Float64Array) -> Float64Array:
-    """``(N, M)`` IoU of ``tlwh`` boxes, computed as TrackEval's ``_calculate_box_ious`` does."""
+    """``(N, M)`` IoU of ``tlwh`` boxes, computed as TrackEval's ``_calculate_box_ious`` does (areas from the
+    corners, the same eps guards), so the two libraries agree at the IoU 0.5 boundary to the last bit."""
     a_xyxy = np.concatenate([a[:, :2], a[:, :2] + a[:, 2:4]], axis=1)
     b_xyxy = np.concatenate([b[:, :2], b[:, :2] + b[:, 2:4]], axis=1)
-    lo = np.maximum(a_xyxy[:, None, :2], b_xyxy[None, :, :2])
-    hi = np.minimum(a_xyxy[:, None, 2:], b_xyxy[None, :, 2:])
-    inter = np.prod(np.clip(hi - lo, 0.0, None), axis=2)
-    area_a = a[:, 2] * a[:, 3]
-    area_b = b[:, 2] * b[:, 3]
+    lo = np.maximum(a_xyxy[:, None, :], b_xyxy[None, :, :])
+    hi = np.minimum(a_xyxy[:, None, :], b_xyxy[None, :, :])
+    inter = np.maximum(hi[..., 2] - lo[..., 0], 0) * np.maximum(hi[..., 3] - lo[..., 1], 0)
+    area_a = (a_xyxy[:, 2] - a_xyxy[:, 0]) * (a_xyxy[:, 3] - a_xyxy[:, 1])
+    area_b = (b_xyxy[:, 2] - b_xyxy[:, 0]) * (b_xyxy[:, 3] - b_xyxy[:, 1])
     union = area_a[:, None] + area_b[None, :] - inter
     eps = np.finfo(np.float64).eps
-    iou = np.where(union > eps, inter / np.where(union > eps, union, 1.0), 0.0)
-    iou[area_a <= eps, :] = 0.0
-    iou[:, area_b <= eps] = 0.0
-    return iou
+    inter[area_a <= eps, :] = 0.0
+    inter[:, area_b <= eps] = 0.0
+    inter[union <= eps] = 0.0
+    union[union <= eps] = 1.0
+    return np.asarray(inter / union, np.float64)
 
 
 def _motmetrics(gt: Float64Array, tracks: Float64Array, seq: MotSequence) -> MotmetricsScores:
@@ -378,6 +385,30 @@ def _motmetrics(gt: Float64Array, tracks: Float64Array, seq: MotSequence) -> Mot
                             fp=int(row["num_false_positives"]), fn=int(row["num_misses"]))
 
 
+def resolve_protocol(gt_rows: Float64Array, seq: MotSequence, protocol: str | None) -> str:
+    """``protocol`` checked against the ground truth, or, when None, read from it (:func:`protocol_for`).
+
+    Raises:
+        MotEvaluationError: an unknown protocol, or one with classes for ground truth without a class column.
+    """
+    if protocol is None:
+        return protocol_for(gt_rows, seq.name)
+    if protocol not in PROTOCOLS:
+        raise MotEvaluationError(f"protocol {protocol!r} is not one of {', '.join(PROTOCOLS)}; choose one of them "
+                                 f"(or let the ground truth decide)")
+    if protocol != "MOT15" and not has_classes(gt_rows, visibility=False):
+        raise MotEvaluationError(f"{seq.name}: the {protocol} protocol needs ground truth with a class column "
+                                 f"(frame,id,x,y,w,h,conf,class[,visibility], classes 1-13); this has none: "
+                                 f"score it with the MOT15 protocol")
+    return protocol
+
+
+def check_ground_truth(seq: MotSequence, protocol: str | None = None) -> str:
+    """Read ``seq``'s ground truth and resolve its protocol, before any tracking: a bad file or protocol is said
+    up front. Returns the protocol."""
+    return resolve_protocol(_load_gt(None, seq), seq, protocol)
+
+
 def evaluate(gt: str | os.PathLike[str] | MotRows | None, tracks: str | os.PathLike[str] | MotRows,
              seq: MotSequence, protocol: str | None = None) -> MotScores:
     """Score tracker output on one sequence with TrackEval (its benchmark's protocol), cross-checked with
@@ -400,15 +431,7 @@ def evaluate(gt: str | os.PathLike[str] | MotRows | None, tracks: str | os.PathL
     """
     gt_rows = _load_gt(gt, seq)
     track_rows = _load_tracks(tracks, seq)
-    if protocol is None:
-        protocol = protocol_for(gt_rows, seq.name)
-    elif protocol not in PROTOCOLS:
-        raise MotEvaluationError(f"protocol {protocol!r} is not one of {', '.join(PROTOCOLS)}; choose one of them "
-                                 f"(or let the ground truth decide)")
-    elif protocol != "MOT15" and not has_classes(gt_rows):
-        raise MotEvaluationError(f"{seq.name}: the {protocol} protocol needs ground truth with class and "
-                                 f"visibility columns (frame,id,x,y,w,h,conf,class,visibility); this has none: "
-                                 f"score it with the MOT15 protocol")
+    protocol = resolve_protocol(gt_rows, seq, protocol)
     te = _trackeval(gt_rows, track_rows, seq, protocol)
     hota, clear, ident, count = te["HOTA"], te["CLEAR"], te["Identity"], te["Count"]
 

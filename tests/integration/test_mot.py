@@ -94,6 +94,18 @@ def test_eval_mot_scores_a_mot17_layout_sequence_by_the_mot17_protocol(
     assert mot17.fp - mot17.motmetrics.fp == 0 and mot15.fp - mot15.motmetrics.fp == 0
 
 
+def test_a_protocol_the_ground_truth_cannot_have_is_refused_before_tracking(
+        tmp_path: Path, shared_data: Callable[..., Path]) -> None:
+    seq = shared_data("mot15", "TUD-Campus")  # MOT15 ground truth: no class column
+    for command in (["eval", "mot", "--out", str(tmp_path / "out")], ["bench", "mot", "--peers", "iou"]):
+        proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "-q", *command, "--seq", str(seq),
+                               "--protocol", "MOT17"], cwd=REPO, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1
+        assert "MOT17 protocol needs ground truth with a class column" in proc.stderr
+    assert not (tmp_path / "out").exists()  # refused before anything was tracked or written
+
+
 def test_bench_mot_on_the_users_own_sequences(tmp_path: Path, shared_data: Callable[..., Path],
                                              pretrained_onnx: Path) -> None:
     seq = tmp_path / "MOT17-TUD"

@@ -136,9 +136,45 @@ def test_preprocess_keeps_pedestrians_and_drops_boxes_on_distractors() -> None:
     assert 4 in set(preprocess(gt, far, "MOT17")[1][:, 1].astype(int))
 
 
+def test_only_pedestrians_are_ground_truth_in_mot17(tmp_path: Path) -> None:
+    gt = classed_ground_truth()
+    gt[gt[:, 1] == 5, 6] = 1  # the car marked "consider": MOT15 keeps it, MOT17 keeps pedestrians only
+    everything = gt[:, :6]
+    s17, s15 = evaluate(gt, everything, sequence(tmp_path, name="MOT17-02"), protocol="MOT17"), \
+        evaluate(gt, everything, sequence(tmp_path, name="MOT17-02"), protocol="MOT15")
+    assert (s17.gt_ids, s17.tp, s17.fp) == (3, 60, 40)  # the car's boxes: false positives, not ground truth
+    assert (s15.gt_ids, s15.tp, s15.fp) == (4, 80, 40)  # the car is ground truth; static person and vehicle FPs
+    both_agree(s17)
+    both_agree(s15)
+
+
+def test_the_libraries_agree_at_the_iou_boundary(tmp_path: Path) -> None:
+    """Boxes on a distractor at IoU exactly 0.5 (removed) and a hair under it (a false positive), in both."""
+    gt = classed_ground_truth()
+    static = gt[:, 1] == 4
+    tracks = gt[:, :6].copy()
+    tracks[static, 5] = gt[static, 5] / 2  # half the static person's height: IoU 0.5 exactly
+    s = evaluate(gt, tracks, sequence(tmp_path, name="MOT17-02"))
+    assert (s.fp, s.motmetrics.fp) == (40, 40)
+    tracks[static, 4] = gt[static, 4] - 1e-11  # a hair narrower: IoU just under 0.5, kept as a false positive
+    s = evaluate(gt, tracks, sequence(tmp_path, name="MOT17-02"))
+    assert (s.fp, s.motmetrics.fp) == (60, 60)
+    both_agree(s)
+
+
+def test_crowd_class_and_ground_truth_without_visibility(tmp_path: Path) -> None:
+    gt = classed_ground_truth()
+    gt[gt[:, 1] == 6, 7] = 13  # MOT20's crowd class: still MOT16+ ground truth
+    assert protocol_for(gt, "MOT17-02") == "MOT17"
+    no_visibility = gt[:, :8]  # class, no visibility: not recognised on its own, scored as MOT17 when asked
+    assert protocol_for(no_visibility, "MOT17-02") == "MOT15"
+    s = evaluate(no_visibility, gt[gt[:, 1] <= 3, :6], sequence(tmp_path, name="MOT17-02"), protocol="MOT17")
+    assert s.protocol == "MOT17" and s.mota == pytest.approx(100.0)
+
+
 def test_a_protocol_with_classes_needs_them(tmp_path: Path) -> None:
     gt = ground_truth()
-    with pytest.raises(MotEvaluationError, match="needs ground truth with class and visibility columns"):
+    with pytest.raises(MotEvaluationError, match="needs ground truth with a class column"):
         evaluate(gt, gt[:, :6], sequence(tmp_path), protocol="MOT17")
     with pytest.raises(MotEvaluationError, match="is not one of MOT15, MOT17, MOT20"):
         evaluate(gt, gt[:, :6], sequence(tmp_path), protocol="KITTI")
