@@ -37,6 +37,10 @@ def _check_image(img: np.ndarray, name: str = "image") -> None:
         raise ValueError(f"{name} must be uint8 (H, W, C) with C in (1, 3); got {img.dtype} {img.shape}")
 
 
+class DataError(ValueError):
+    """Training data that cannot be read (an image, an archive); the message names the file and the fix."""
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Loading
 
@@ -46,7 +50,7 @@ def load_image(path: Path, grayscale: bool, size: int) -> np.ndarray:
     flag = cv2.IMREAD_GRAYSCALE if grayscale else cv2.IMREAD_COLOR
     img = cv2.imread(str(path), flag)
     if img is None:
-        raise ValueError(f"cannot read image {path}")
+        raise DataError(f"{path}: cannot read the image; fix or remove the file")
     if img.shape[0] != size or img.shape[1] != size:
         shrinking = img.shape[0] > size or img.shape[1] > size
         img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
@@ -86,7 +90,9 @@ def from_zip(zip_path: Path, extract_to: Path) -> Path:
     zip_path = Path(zip_path)
     extract_to = Path(extract_to)
     if not zip_path.is_file():
-        raise ValueError(f"zip archive {zip_path} does not exist")
+        raise DataError("zip archive not found; pass an existing .zip or a folder")
+    if not zipfile.is_zipfile(zip_path):
+        raise DataError("not a zip archive (damaged or another format); pass a .zip or a folder")
     with zipfile.ZipFile(zip_path) as zf:
         names = zf.namelist()
         tops = {n.split("/", 1)[0] for n in names if n and not n.startswith("__MACOSX")}

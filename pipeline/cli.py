@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import json
 import logging
 import sys
@@ -403,6 +404,8 @@ def cmd_adapt(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     enc = cfg.encoder
+    out = Path(args.out)
+    check_onnx_out(out)
     good = Path(args.good)
     if not good.is_dir():
         raise ConfigError(f"--good {good}: not a folder; pass the folder of good parts' images (e.g. train/good/rgb)")
@@ -415,8 +418,6 @@ def cmd_adapt(args: argparse.Namespace) -> int:
         raise ConfigError(str(exc)) from None
     if not enc.patch_stage:
         raise ConfigError("[encoder] patch_stage = 0: adaptation tunes the patch features; set patch_stage (e.g. 4)")
-    out = Path(args.out)
-    check_writable_dir(out.parent)
     log.info("adapt: %d good images from %s at %dx%d (height x width), %d steps", len(paths), good, *size, args.steps)
     images = [read_rgb(p, size) for p in paths]
     path, result = adapt_to_onnx(images, out, stage=enc.stage, pooling=enc.pooling, patch_stage=enc.patch_stage,
@@ -500,10 +501,22 @@ def cmd_gallery_add(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_onnx_out(out: Path) -> None:
+    """``--out`` of a command that writes one ONNX file: a ``.onnx`` path in a folder that can be written, so no
+    other file is overwritten and the error comes before the work."""
+    if out.is_dir():
+        raise ConfigError(f"{out}: is a folder; --out names the .onnx file to write, e.g. {out / 'model.onnx'}")
+    if out.suffix.lower() != ".onnx":
+        raise ConfigError(f"{out}: --out must name an .onnx file (e.g. {out.with_suffix('.onnx')}); another kind of "
+                          f"file is never overwritten")
+    check_writable_dir(out.parent)
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from encoders.export import export_run
 
     out = Path(args.out) if args.out else Path(args.run_dir) / "model.onnx"
+    check_onnx_out(out)
     if args.int8 != bool(args.data):
         raise ConfigError("--int8 needs --data DIR (the run's training data, to calibrate on)" if args.int8 else
                           "--data is the calibration data of --int8; add --int8 or drop --data")
@@ -778,6 +791,24 @@ def cmd_bench(args: argparse.Namespace) -> int:
     raise AssertionError(args.bench)
 
 
+def _at_least(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    """An argparse type: a whole number in ``minimum..maximum``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum or (maximum is not None and value > maximum):
+            span = f"from {minimum} to {maximum}" if maximum is not None else f">= {minimum}"
+            raise argparse.ArgumentTypeError(f"{text!r}: give a whole number {span}")
+        return value
+
+    return parse
+
+
+THREADS = _at_least(0, 1024)  # CPU threads; 0: the library's default
+
+
 def _seed(text: str) -> int:
     """A scene seed: a whole number from 0 (refused at parse time, before any work)."""
     try:
@@ -789,7 +820,9 @@ def _seed(text: str) -> int:
     return value
 
 
-MOT_PROTOCOLS = ("auto", "MOT15", "MOT17", "MOT20")  # "auto" and lab.evaluation.mot_metrics.PROTOCOLS
+MOT_PROTOCOLS = ("auto", "MOT15", "MOT17", "MOT20")
+USER_PATH_ERRNOS = frozenset({errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EACCES, errno.EPERM, errno.EROFS,
+                              errno.ENOSPC, errno.EEXIST})  # "auto" and lab.evaluation.mot_metrics.PROTOCOLS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -811,8 +844,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run everything on an embedded synthetic production line")
     common(demo)
     demo.add_argument("--out", default="runs/demo", help="output directory (default runs/demo)")
-    demo.add_argument("--frames", type=int, default=600, help="frames of the inspected scene (default 600)")
-    demo.add_argument("--bank-frames", type=int, default=1200,
+    demo.add_argument("--frames", type=_at_least(1), default=600, help="frames of the inspected scene (default 600)")
+    demo.add_argument("--bank-frames", type=_at_least(1), default=1200,
                       help="frames of the good-parts scene used to build the bank (default 1200)")
     demo.add_argument("--seed", type=_seed, default=0,
                       help="which embedded line: the scene, its parts and their defects (default 0)")
@@ -897,7 +930,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a recipe counts as within the budget only this share under it (default 0.1)")
     fit.add_argument("--defect-size", type=float, default=0.08,
                      help="synthetic defect extent as a fraction of the object's shorter side (default 0.08)")
-    fit.add_argument("--per-image", type=int, default=4, help="synthetic defects per validation image (default 4)")
+    fit.add_argument("--per-image", type=_at_least(1), default=4,
+                     help="synthetic defects per validation image (default 4)")
     fit.add_argument("--recipes", help="comma-separated recipe names to try (default: all)")
     fit.add_argument("--no-adapt", action="store_true", help="skip the recipes that adapt the trunk (minutes each)")
     fit.add_argument("--adapt-steps", type=int, default=800, help="adaptation steps (default 800)")
@@ -925,13 +959,13 @@ def build_parser() -> argparse.ArgumentParser:
     one.add_argument("--model", required=True, help="ONNX encoder (siamstream export)")
     one.add_argument("--runs", required=True, help="all_runs.zip or its extracted folder (runXX/class_labels.txt)")
     one.add_argument("--cache", help="where to extract an archive (default: [encoder] cache_dir/oneshot-runs)")
-    one.add_argument("--threads", type=int, default=0, help="ONNX Runtime CPU threads (0: its default)")
+    one.add_argument("--threads", type=THREADS, default=0, help="ONNX Runtime CPU threads (0: its default)")
     one.set_defaults(func=cmd_eval_oneshot)
     ver = ev_sub.add_parser("verify", help="verification ROC / EER on held-out identities (a folder per identity)")
     ver.add_argument("--model", required=True, help="ONNX encoder (siamstream export)")
     ver.add_argument("--data", required=True, help="folder of identity folders, e.g. att_faces/testing")
     ver.add_argument("--out", help="folder for roc.png")
-    ver.add_argument("--threads", type=int, default=0, help="ONNX Runtime CPU threads (0: its default)")
+    ver.add_argument("--threads", type=THREADS, default=0, help="ONNX Runtime CPU threads (0: its default)")
     ver.set_defaults(func=cmd_eval_verify)
 
     rid = ev_sub.add_parser("reid", help="person re-identification: CMC rank-1/5/10 and mAP on a Market-1501 style "
@@ -939,7 +973,7 @@ def build_parser() -> argparse.ArgumentParser:
     rid.add_argument("--model", required=True, help="ONNX re-identification encoder (siamstream export)")
     rid.add_argument("--data", required=True, help="folder with query/ and bounding_box_test/ (Market-1501 names)")
     rid.add_argument("--out", help="folder for cmc.png and matches.png")
-    rid.add_argument("--threads", type=int, default=0, help="ONNX Runtime CPU threads (0: its default)")
+    rid.add_argument("--threads", type=THREADS, default=0, help="ONNX Runtime CPU threads (0: its default)")
     rid.set_defaults(func=cmd_eval_reid)
     gal = ev_sub.add_parser("gallery", help="cross-camera identities and one-shot names from the re-identification "
                                             "gallery, on held-out identities (a Market-1501 style folder)")
@@ -949,7 +983,7 @@ def build_parser() -> argparse.ArgumentParser:
     gal.add_argument("--max-false-merge", type=float, default=0.05,
                      help="the most false merges (false names) allowed on the calibration half of the identities, "
                           "where the thresholds are chosen (default 0.05)")
-    gal.add_argument("--threads", type=int, default=0, help="ONNX Runtime CPU threads (0: its default)")
+    gal.add_argument("--threads", type=THREADS, default=0, help="ONNX Runtime CPU threads (0: its default)")
     gal.set_defaults(func=cmd_eval_gallery)
 
     anom = ev_sub.add_parser("anomaly", help="anomaly stage on a labelled image manifest: bank from train, threshold "
@@ -972,16 +1006,17 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "or one video file")
     mot.add_argument("--out", help="output folder (default: [output] dir/mot/SEQUENCE)")
     mot.add_argument("--min-score", type=float, default=0.0, help="ignore detections below this score")
-    mot.add_argument("--video-frames", type=int, default=300, help="frames in the annotated video (default 300)")
+    mot.add_argument("--video-frames", type=_at_least(0), default=300,
+                     help="frames in the annotated video (default 300)")
     protocol_option(mot)
     mot.set_defaults(func=cmd_eval_mot)
 
     bench = sub.add_parser("bench", help="benchmarks: a table, then one JSON line of figures")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
     b_enc = bench_sub.add_parser("encoder", help="the ONNX Runtime and PyTorch engines: parity and crops per second")
-    b_enc.add_argument("--batch", type=int, default=32)
-    b_enc.add_argument("--threads", type=int, default=2, help="CPU threads for both engines (default 2)")
-    b_enc.add_argument("--repeats", type=int, default=20)
+    b_enc.add_argument("--batch", type=_at_least(1), default=32)
+    b_enc.add_argument("--threads", type=THREADS, default=2, help="CPU threads for both engines (default 2)")
+    b_enc.add_argument("--repeats", type=_at_least(1), default=20)
     b_enc.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                        help="cuda: PyTorch on the GPU, ONNX Runtime on its CUDA provider when it has one")
     b_one = bench_sub.add_parser("oneshot", help="train on Omniglot background sets, 20-way one-shot on all_runs")
@@ -994,7 +1029,7 @@ def build_parser() -> argparse.ArgumentParser:
         b.add_argument("--epochs", type=int, help="override the recipe's epochs (shorter runs for a quick look; "
                                                   "not for bench verify's closed-form whiten recipe)")
         b.add_argument("--out", help="keep the run, model and plots here (default: a temporary folder)")
-        b.add_argument("--threads", type=int, default=0, help="torch / ONNX Runtime CPU threads (0: default)")
+        b.add_argument("--threads", type=THREADS, default=0, help="torch / ONNX Runtime CPU threads (0: default)")
     b_mot = bench_sub.add_parser("mot", help="MOTChallenge sequences (default: MOT15 PETS09-S2L1 and TUD-Campus): "
                                              "siamstream vs ByteTrack, DeepSORT, boxmot's trackers and IoU-only on "
                                              "the same detections")
@@ -1010,7 +1045,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(b_anom)
     b_anom.add_argument("--no-baselines", action="store_true", help="only siamstream's recipe")
     b_anom.add_argument("--recipe", help="fit with this recipe only (by name): no selection")
-    b_anom.add_argument("--seeds", type=int, default=3, help="whole fits, seeds 0..N-1 (default 3)")
+    b_anom.add_argument("--seeds", type=_at_least(1), default=3, help="whole fits, seeds 0..N-1 (default 3)")
     b_anom.add_argument("--false-alarm-rate", type=float, default=0.02,
                         help="[bank] false_alarm_rate of the fits and the baseline (default 0.02)")
     b_reid = bench_sub.add_parser("reid", help="person re-identification: train the default [reid] recipe on "
@@ -1020,19 +1055,19 @@ def build_parser() -> argparse.ArgumentParser:
     b_reid.add_argument("--out", help="keep the run here; the model is left at OUT/reid.onnx (default: a temporary "
                                       "folder)")
     b_reid.add_argument("--epochs", type=int, help="override [reid] epochs (a shorter run for a quick look)")
-    b_reid.add_argument("--threads", type=int, default=2, help="torch and ONNX Runtime CPU threads (default 2)")
+    b_reid.add_argument("--threads", type=THREADS, default=2, help="torch and ONNX Runtime CPU threads (default 2)")
     b_soak = bench_sub.add_parser("soak", help="the synthetic line looped through the default config with a bank, "
                                                "alerts and metrics on: memory and open-file slopes, frames lost, "
                                                "alerts delivered")
     common(b_soak)
-    b_soak.add_argument("--frames", type=int, default=200_000, help="frames to run (default 200000)")
-    b_soak.add_argument("--sample-every", type=int, default=1000, help="frames between samples (default 1000)")
+    b_soak.add_argument("--frames", type=_at_least(1), default=200_000, help="frames to run (default 200000)")
+    b_soak.add_argument("--sample-every", type=_at_least(1), default=1000, help="frames between samples (default 1000)")
     b_soak.add_argument("--out", help="keep the run's outputs here (default: a temporary folder)")
     b_streams = bench_sub.add_parser("streams", help="N streams (the conveyor video and PETS09-S2L1 in turn) in one "
                                                      "process against the decode and encoder floors and N processes")
     common(b_streams)
     b_streams.add_argument("--streams", default="1,2,4,8", help="stream counts, comma-separated (default 1,2,4,8)")
-    b_streams.add_argument("--frames", type=int, default=300, help="frames per stream (default 300)")
+    b_streams.add_argument("--frames", type=_at_least(1), default=300, help="frames per stream (default 300)")
     b_streams.add_argument("--no-people", action="store_true", help="conveyor streams only (no PETS09-S2L1)")
     b_streams.add_argument("--no-processes", action="store_true", help="skip the N one-stream processes")
     b_bank = bench_sub.add_parser("bank", help="the anomaly bank at 10k, 100k and 1M real patch vectors, each index "
@@ -1040,7 +1075,8 @@ def build_parser() -> argparse.ArgumentParser:
     common(b_bank)
     b_bank.add_argument("--sizes", default="10000,100000,1000000",
                         help="bank sizes in vectors, comma-separated (default 10000,100000,1000000)")
-    b_bank.add_argument("--queries", type=int, default=200, help="query crops from held-out images (default 200)")
+    b_bank.add_argument("--queries", type=_at_least(1), default=200,
+                        help="query crops from held-out images (default 200)")
     for b in (b_enc, b_one, b_ver, b_mot, b_anom, b_reid, b_soak, b_streams, b_bank):
         b.set_defaults(func=cmd_bench)
 
@@ -1070,10 +1106,16 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"pip install 'siamstream[lab]'", file=sys.stderr)
         return 2
     except Exception as exc:
-        if not isinstance(exc, user_errors()):
-            raise
-        print(f"siamstream: error: {redact_text(str(exc))}", file=sys.stderr)
-        return 2
+        if isinstance(exc, user_errors()):
+            print(f"siamstream: error: {redact_text(str(exc))}", file=sys.stderr)
+            return 2
+        # A path the user gave that cannot be read or written (a folder where a file goes, no permission, a
+        # missing parent, a full disk): the operating system's words, one line.
+        if isinstance(exc, OSError) and exc.filename is not None and exc.errno in USER_PATH_ERRNOS:
+            print(f"siamstream: error: {redact_text(str(exc.filename))}: {exc.strerror}; check the path (and that it "
+                  f"can be written, for an output)", file=sys.stderr)
+            return 2
+        raise
     except KeyboardInterrupt:
         print("siamstream: interrupted", file=sys.stderr)
         return 130

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, ClassVar, get_args, get_origin, get_type_hints
 from urllib.parse import urlsplit
 
-from pipeline.redact import redact_url
+from pipeline.redact import redact_text, redact_url
 from pipeline.tracking.appearance import REGIONS
 
 if sys.version_info >= (3, 11):
@@ -596,10 +596,12 @@ def _check_redis_url(url: str, what: str) -> None:
     try:
         parts = urlsplit(url)
         host = parts.hostname
-    except ValueError:  # an unbalanced "[" in the host
+        _ = parts.port  # a port that is not a number in 0-65535 raises here, as the Redis client would later
+    except ValueError:  # an unbalanced "[" in the host, or a bad port
         parts, host = urlsplit(""), None
     if parts.scheme not in ("redis", "rediss", "unix") or (parts.scheme != "unix" and not host):
-        raise ConfigError(f"{what}: got {redact_url(url)!r}, allowed: a redis:// or rediss:// (TLS) URL with a host "
+        shown = redact_text(redact_url(url))
+        raise ConfigError(f"{what}: got {shown!r}, allowed: a redis:// or rediss:// (TLS) URL with a host "
                           f"(e.g. 'redis://127.0.0.1:6379/0'; a password goes before the host), a unix:// socket "
                           f"path, or '' (off)")
 
@@ -609,10 +611,12 @@ def _check_alerts(cfg: AlertsConfig, origin: str) -> None:
     try:
         parts = urlsplit(url)
         host = parts.hostname
-    except ValueError:  # an unbalanced "[" in the host
+        _ = parts.port  # a port that is not a number in 0-65535 raises here, as the Redis client would later
+    except ValueError:  # an unbalanced "[" in the host, or a bad port
         parts, host = urlsplit(""), None
     if url and (parts.scheme not in ("http", "https") or not host or any(c.isspace() for c in url)):
-        raise ConfigError(f"{origin}: [alerts] webhook_url: got {redact_url(url)!r}, allowed: an http:// or https:// "
+        shown = redact_text(redact_url(url))
+        raise ConfigError(f"{origin}: [alerts] webhook_url: got {shown!r}, allowed: an http:// or https:// "
                           f"URL with a host and no spaces (e.g. 'http://127.0.0.1:5001/alerts') or '' (off)")
     topic = cfg.mqtt_topic
     if not topic or "+" in topic or "#" in topic:

@@ -13,7 +13,7 @@ USER_ERRORS: tuple[tuple[str, str], ...] = (
     ("pipeline.detect.onnx_detector", "DetectorContractError"), ("pipeline.detect.motchallenge", "MotFileError"),
     ("pipeline.identity", "GalleryNamesError"),
     ("encoders.backbones", "BackboneError"), ("encoders.export", "ExportParityError"), ("encoders.train", "TrainError"),
-    ("encoders.quantize", "QuantizeError"),
+    ("encoders.quantize", "QuantizeError"), ("encoders.data", "DataError"),
     ("encoders.evaluate", "EvaluationError"), ("encoders.reid_data", "ReidDataError"), ("encoders.adapt", "AdaptError"),
     ("lab.benchmarks.data", "BenchDataError"), ("pipeline.anomaly.manifest", "ManifestError"),
     ("lab.evaluation.mot_metrics", "MotEvaluationError"), ("lab.evaluation.motchallenge", "MotSequenceError"),

@@ -16,6 +16,9 @@ MASK = "***"
 # a quote or a bracket around the URL is put back (see _URL_TAIL). Userinfo may hold ( ) ' [ ] { } unencoded.
 _URL = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s\"<>]+")
 _URL_TAIL = re.compile(r"[)\]}'.,;:!]+$")
+# A URL whose "://" is mistyped ("redis:/user:pw@host", "http//user:pw@host") still carries its password: the
+# user:password@ part after a scheme-like word is masked all the same.
+_LOOSE_USERINFO = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]*:?/{0,2})([^\s\"'<>/@:]+:[^\s\"'<>@]*)@")
 
 
 def _mask_query(query: str) -> str:
@@ -42,7 +45,11 @@ def redact_url(url: str) -> str:
 
 
 def redact_text(text: str) -> str:
-    """Every URL in ``text`` through :func:`redact_url`."""
+    """Every URL in ``text`` through :func:`redact_url`; the ``user:password@`` of a URL whose ``://`` is
+    mistyped masked too."""
+    if "@" in text:
+        text = _LOOSE_USERINFO.sub(lambda m: f"{m.group(1)}{MASK}@" if "://" not in m.group(0) else m.group(0),
+                                   text)
     if "://" not in text:
         return text
 

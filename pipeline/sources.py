@@ -457,7 +457,9 @@ def _open_camera(index: int) -> CaptureLike:
 def _open_stream(uri: str) -> CaptureLike:
     params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, NETWORK_TIMEOUT_MS, cv2.CAP_PROP_READ_TIMEOUT_MSEC,
               NETWORK_TIMEOUT_MS]
-    return cv2.VideoCapture(uri, cv2.CAP_ANY, params)
+    # FFmpeg by name: with CAP_ANY, OpenCV also tries its image-sequence reader on a URL holding "%" (a
+    # percent-encoded password) and prints the whole URL, password included, to stderr when that fails.
+    return cv2.VideoCapture(uri, cv2.CAP_FFMPEG, params)
 
 
 def open_source(uri: str, cfg: SourceConfig) -> FrameSource:

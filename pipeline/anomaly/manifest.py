@@ -36,15 +36,18 @@ def load_manifest(path: str | Path, require_test: bool = True) -> list[ManifestR
     path = Path(path)
     if not path.is_file():
         raise ManifestError(f"{path}: manifest not found; pass a CSV with columns split,is_anomaly,image[,mask]")
-    with open(path, newline="") as fh:
-        reader = csv.DictReader(fh)
-        columns = [c.strip() for c in reader.fieldnames or []]
-        missing = [c for c in REQUIRED_COLUMNS if c not in columns]
-        if missing:
-            found = ", ".join(columns) or "none"
-            raise ManifestError(f"{path}: missing column(s) {', '.join(missing)} (found: {found}); the header needs "
-                                f"split,is_anomaly,image and may have mask,label")
-        raw = [{k.strip(): (v or "").strip() for k, v in r.items() if k} for r in reader]
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            columns = [c.strip() for c in reader.fieldnames or []]
+            missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+            if missing:
+                found = ", ".join(columns) or "none"
+                raise ManifestError(f"{path}: missing column(s) {', '.join(missing)} (found: {found}); the header "
+                                    f"needs split,is_anomaly,image and may have mask,label")
+            raw = [{k.strip(): (v or "").strip() for k, v in r.items() if k} for r in reader]
+    except UnicodeDecodeError as exc:
+        raise ManifestError(f"{path}: not UTF-8 text (byte {exc.start}); save the manifest as a UTF-8 CSV") from None
     rows: list[ManifestRow] = []
     absent: list[str] = []
     for line, r in enumerate(raw, start=2):

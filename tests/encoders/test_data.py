@@ -133,8 +133,12 @@ def test_from_zip_extracts_once_and_returns_the_top_folder(tmp_path: Path) -> No
         zf.writestr("../escape.txt", "x")
     with pytest.raises(ValueError, match="outside"):
         from_zip(evil, tmp_path / "evil_out")
-    with pytest.raises(ValueError, match="does not exist"):
+    with pytest.raises(ValueError, match="zip archive not found"):
         from_zip(tmp_path / "absent.zip", tmp_path / "x")
+    fake = tmp_path / "fake.zip"
+    fake.write_bytes(b"not a zip at all")
+    with pytest.raises(ValueError, match="not a zip archive"):
+        from_zip(fake, tmp_path / "y")
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -483,7 +483,7 @@ def test_secrets_in_the_camera_and_webhook_urls_reach_no_output_log_or_metric(
         camera: Callable[..., MjpegCamera], tmp_path: Path, pretrained_onnx: Path) -> None:
     cam = camera("outage", fault_after=40, outage_s=None)
     secrets = ("cam-s3cret", "cam-k3y", "hook-s3cret", "hook-t0ken")
-    source = cam.url.replace("http://", "http://alice:cam-s3cret@") + "?key=cam-k3y"
+    source = cam.url.replace("http://", "http://alice:cam-s3cret%21@") + "?key=cam-k3y"  # "%": percent-encoded
     hook = "http://bob:hook-s3cret@127.0.0.1:9/alerts?token=hook-t0ken"
     out = tmp_path / "run"
     run = Run(*live_args(source, out, pretrained_onnx, f'alerts.webhook_url="{hook}"', "alerts.close_timeout_s=0.5"))
@@ -504,3 +504,16 @@ def test_secrets_in_the_camera_and_webhook_urls_reach_no_output_log_or_metric(
     assert code == 130, stderr
     assert "127.0.0.1" in stdout and "***@127.0.0.1" in stderr  # shown, with the secrets masked
     assert _leaks(secrets, stdout, stderr, live, ready, folder=out) == []
+
+
+def test_a_percent_encoded_password_of_a_camera_that_cannot_connect_is_not_shown(tmp_path: Path,
+                                                                                  pretrained_onnx: Path) -> None:
+    """OpenCV's image-sequence reader, tried on any URL holding "%", printed the whole URL to stderr."""
+    proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", "--config", str(REPO / "config.toml"),
+                           "--source", "rtsp://user:s3cret%40x@127.0.0.1:1/x?token=t0ken%20y", "--out",
+                           str(tmp_path / "out"), "--set", f'encoder.model="{pretrained_onnx}"', "--set",
+                           "source.reconnect_attempts=1", "--set", "metrics.enabled=false"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "***@127.0.0.1" in proc.stderr
+    assert "s3cret" not in proc.stderr + proc.stdout and "t0ken" not in proc.stderr + proc.stdout, proc.stderr

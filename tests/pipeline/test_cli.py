@@ -342,3 +342,31 @@ def test_bad_stream_counts_sizes_and_shards_are_one_line_and_exit_2(args: list[s
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and fragment in err[0]
+
+
+@pytest.mark.parametrize("args", [["demo", "--frames", "-1"], ["bench", "encoder", "--batch", "0"],
+                                  ["bench", "encoder", "--repeats", "0"],
+                                  ["eval", "reid", "--model", "m.onnx", "--data", "d", "--threads", "99999"]])
+def test_numbers_out_of_range_are_refused_when_parsed(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    from pipeline.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(args)
+    assert stop.value.code == 2
+    assert "give a whole number" in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_onnx_outputs_refuse_a_folder_or_another_kind_of_file(tmp_path: Path) -> None:
+    other = tmp_path / "notes.txt"
+    other.write_text("keep me")
+    for out, message in ((tmp_path, "is a folder; --out names the .onnx file"),
+                         (other, "--out must name an .onnx file")):
+        assert_clean_error(siamstream("export", str(tmp_path / "run"), "--out", str(out)), message)
+        assert_clean_error(siamstream("adapt", "--good", str(tmp_path), "--out", str(out)), message)
+    assert other.read_text() == "keep me"
+
+
+def test_a_manifest_that_is_not_text_is_one_line(tmp_path: Path) -> None:
+    manifest = tmp_path / "m.csv"
+    manifest.write_bytes(b"\xff\xfe\x00split,is_anomaly,image\n")
+    assert_clean_error(siamstream("eval", "anomaly", "--manifest", str(manifest)), "not UTF-8 text")

@@ -45,3 +45,15 @@ def test_urls_inside_text_and_log_lines_are_masked() -> None:
         import sys
         record = logging.LogRecord("t", logging.ERROR, __file__, 1, "failed", (), sys.exc_info())
     assert "pw4" not in RedactingFormatter("%(message)s").format(record)
+
+
+@pytest.mark.parametrize("text", ["got 'redis:/user:s3cret@127.0.0.1/0'", "url http//bob:s3cret@host/hook",
+                                  "rtsp:user:s3cret@cam/stream"])
+def test_a_mistyped_url_keeps_its_password_hidden(text: str) -> None:
+    shown = redact_text(text)
+    assert "s3cret" not in shown and "***@" in shown
+
+
+def test_text_without_a_password_is_left_alone() -> None:
+    for text in ("mail bob@example.com", "at 12:30@home", "ratio a:b", "rtsp://cam/stream"):
+        assert redact_text(text) == text

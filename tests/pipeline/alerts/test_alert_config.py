@@ -105,7 +105,8 @@ def test_the_command_line_reports_a_bad_url_in_one_line() -> None:
         "'http://127.0.0.1:5001/alerts') or '' (off)"]
 
 
-@pytest.mark.parametrize("url", ["http://127.0.0.1:6379", "redis://", "127.0.0.1:6379", "redis://u:hunter2@/0"])
+@pytest.mark.parametrize("url", ["http://127.0.0.1:6379", "redis://", "127.0.0.1:6379", "redis://u:hunter2@/0",
+                                 "redis://:hunter2@127.0.0.1:abc/0", "redis:/u:hunter2@127.0.0.1/0"])
 def test_a_redis_url_that_cannot_work_is_refused_at_config_check_without_its_secret(url: str) -> None:
     from pipeline.config import ConfigError, load_config
 
