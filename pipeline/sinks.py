@@ -141,10 +141,27 @@ def _write_error(path: Path, exc: OSError) -> SinkError:
                      "free space on that disk or choose another output directory")
 
 
+PREVIOUS_SUFFIX = ".prev"
+
+
+def keep_previous(path: Path) -> None:
+    """Move a previous run's non-empty ``path`` aside to ``<path>.prev`` (replacing an older one) before this run
+    writes its own: a run that then fails, on a camera that never connects or a corrupt frame, loses nothing."""
+    try:
+        if not path.is_file() or path.stat().st_size == 0:
+            return
+        os.replace(path, path.with_name(path.name + PREVIOUS_SUFFIX))
+    except OSError as exc:
+        raise SinkError(path, f"cannot move the previous run's file aside ({_os_reason(exc)})",
+                        "choose another output directory or fix its permissions") from exc
+
+
 def _open_text(path: Path, what: str) -> IO[str]:
-    """Create ``path``'s directory and open ``path`` for writing, truncating any previous content."""
+    """Create ``path``'s directory and open ``path`` for writing, a previous run's content kept aside
+    (:func:`keep_previous`)."""
     path = Path(path)
     check_writable_dir(path.parent)
+    keep_previous(path)
     try:
         return path.open("w", encoding="utf-8", newline="\n")
     except OSError as exc:
@@ -316,6 +333,7 @@ class AnnotatedVideoSink:
         self.frames_written = 0
 
     def _open(self, width: int, height: int) -> cv2.VideoWriter:
+        keep_previous(self.path)
         code = cv2.VideoWriter.fourcc(*self.fourcc)
         writer = cv2.VideoWriter(str(self.path), code, self.fps, (width, height))
         if not writer.isOpened():

@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import IO
 
-from pipeline.sinks import AnnotatedVideoSink, SinkError, check_writable_dir
+from pipeline.sinks import PREVIOUS_SUFFIX, AnnotatedVideoSink, SinkError, check_writable_dir
 from pipeline.types import FrameResult
 
 INDEX = "segments.jsonl"
@@ -24,8 +24,9 @@ class SegmentedVideoSink:
     """Annotated frames into ``folder/000000.mp4``, ``folder/000001.mp4``, ... of ``segment_frames`` frames each.
 
     Args:
-        folder: the segments' folder (created; the segments and the index of an earlier run there are removed:
-            the folder belongs to this run, as ``tracks.txt`` does).
+        folder: the segments' folder (created; the segments and the index of an earlier run there are moved to
+            ``<folder>.prev/``, replacing what an older run left there, so a run that fails loses nothing, as
+            ``tracks.txt`` is kept in ``tracks.txt.prev``).
         fps: frame rate stored in each file.
         segment_frames: frames per segment, >= 1.
         fourcc, suffix: codec and file extension of each segment (``"mp4v"`` and ``".mp4"``).
@@ -50,14 +51,32 @@ class SegmentedVideoSink:
         self._current: AnnotatedVideoSink | None = None
         self._first: tuple[int, float] = (0, 0.0)
         self._last: tuple[int, float] = (0, 0.0)
-        for old in self.folder.iterdir():
-            if re.fullmatch(r"\d{6}\.(mp4|avi|mkv)", old.name) and old.is_file():
-                old.unlink()
+        self._keep_previous()
         index = self.folder / INDEX
         try:
             self._index: IO[str] | None = index.open("w", encoding="utf-8")
         except OSError as exc:
             raise SinkError(index, f"cannot create the segment index ({exc.strerror or exc})",
+                            "choose another output directory or fix its permissions") from None
+
+    def _keep_previous(self) -> None:
+        earlier = [p for p in self.folder.iterdir()
+                   if p.is_file() and (re.fullmatch(r"\d{6}\.(mp4|avi|mkv)", p.name) or p.name == INDEX)]
+        if not earlier or all(p.stat().st_size == 0 for p in earlier):
+            for p in earlier:
+                p.unlink()
+            return
+        prev = self.folder.with_name(self.folder.name + PREVIOUS_SUFFIX)
+        try:
+            if prev.is_dir():
+                for old in prev.iterdir():
+                    if old.is_file():
+                        old.unlink()
+            prev.mkdir(exist_ok=True)
+            for p in earlier:
+                os.replace(p, prev / p.name)
+        except OSError as exc:
+            raise SinkError(prev, f"cannot move the previous run's segments aside ({exc.strerror or exc})",
                             "choose another output directory or fix its permissions") from None
 
     @property

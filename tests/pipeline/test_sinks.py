@@ -473,3 +473,29 @@ def test_contact_sheet_keeps_the_latest_parts_in_rows(tmp_path: Path) -> None:
     sheet = cv2.imread(str(sink.sheet_path))
     assert sheet.shape[:2] == (2 * (128 + 18), 4 * 288) and sink.saved == 0
     assert not list(tmp_path.glob(".*"))  # written whole, no temporary left
+
+
+def test_a_previous_runs_outputs_are_kept_aside_not_destroyed(tmp_path: Path) -> None:
+    """A run into a folder that holds a previous run's outputs moves them to ``*.prev`` before writing its own: a
+    run that then fails (a camera that never connects, a corrupt frame) loses nothing."""
+    tracks, events, video = tmp_path / "tracks.txt", tmp_path / "events.jsonl", tmp_path / "annotated.avi"
+    tracks.write_text("1,1,0,0,10,10,1,-1,-1,-1\n")
+    events.write_text('{"track_id": 1}\n')
+    mot, ev = MotTxtSink(tracks), EventsJsonlSink(events)
+    mot.close()
+    ev.close()
+    assert tracks.read_text() == "" and events.read_text() == ""  # this run's own (empty) files
+    assert (tmp_path / "tracks.txt.prev").read_text() == "1,1,0,0,10,10,1,-1,-1,-1\n"
+    assert (tmp_path / "events.jsonl.prev").read_text() == '{"track_id": 1}\n'
+    MotTxtSink(tracks).close()  # an empty file is not worth keeping: the earlier .prev stays
+    assert (tmp_path / "tracks.txt.prev").read_text() == "1,1,0,0,10,10,1,-1,-1,-1\n"
+
+    first = AnnotatedVideoSink(video, fps=5.0, fourcc="MJPG")
+    for i in range(3):
+        first.write(FrameResult(frame=make_frame(i), detections=Detections.empty()))
+    first.close()
+    second = AnnotatedVideoSink(video, fps=5.0, fourcc="MJPG")
+    assert len(read_video(video)) == 3  # untouched until this run has a frame to write
+    second.write(FrameResult(frame=make_frame(0), detections=Detections.empty()))
+    second.close()
+    assert len(read_video(video)) == 1 and len(read_video(tmp_path / "annotated.avi.prev")) == 3

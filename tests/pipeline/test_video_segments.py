@@ -39,6 +39,11 @@ def test_frames_go_into_segments_of_the_set_length_listed_in_the_index(tmp_path:
     assert video_frames(folder / "000002.mp4") == 5
     assert sorted(p.name for p in folder.iterdir()) == ["000000.mp4", "000001.mp4", "000002.mp4", "notes.txt",
                                                         "segments.jsonl"]
+    # The earlier run's segment was kept aside, not destroyed; the next run keeps this one's the same way.
+    prev = folder.with_name(folder.name + ".prev")
+    assert [p.name for p in prev.iterdir()] == ["000007.mp4"]
+    SegmentedVideoSink(folder, 10.0, segment_frames=10).close()
+    assert sorted(p.name for p in prev.iterdir()) == ["000000.mp4", "000001.mp4", "000002.mp4", "segments.jsonl"]
 
 
 def test_segment_length_is_checked_and_a_directory_in_the_way_is_named(tmp_path: Path) -> None:
