@@ -26,29 +26,28 @@ print(json.dumps({"code": code, "modules": sorted(sys.modules)}))
 """
 
 
-def test_run_imports_no_lab_module(tmp_path: Path, pretrained_onnx: Path) -> None:
+def modules_after_run(tmp_path: Path, encoder_setting: str) -> list[str]:
+    """The modules a `siamstream run` of a short video has loaded when it ends (it must succeed)."""
     video = square_video(tmp_path / "v.avi", frames=20)
     proc = subprocess.run([sys.executable, "-c", PROBE, "-q", "run", "--config", str(REPO / "config.toml"),
-                           "--source", str(video), "--out", str(tmp_path / "out"), "--set",
-                           f'encoder.model="{pretrained_onnx}"', "--set", "metrics.enabled=false"],
+                           "--source", str(video), "--out", str(tmp_path / "out"), "--set", encoder_setting,
+                           "--set", "metrics.enabled=false"],
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     probe = json.loads(proc.stdout.strip().splitlines()[-1])
     assert probe["code"] == 0
-    loaded = [m for m in probe["modules"] if m.startswith(LAB)]
+    return list(probe["modules"])
+
+
+def test_run_imports_no_lab_module(tmp_path: Path, pretrained_onnx: Path) -> None:
+    loaded = [m for m in modules_after_run(tmp_path, f'encoder.model="{pretrained_onnx}"') if m.startswith(LAB)]
     assert loaded == [], loaded
 
 
 def test_run_on_the_cached_built_in_encoder_loads_no_pytorch(tmp_path: Path, pretrained_onnx: Path) -> None:
     """The built-in encoder needs PyTorch to be built into the cache once; a run that finds it there does not pay
     for importing PyTorch (over a second of start-up on 2 cores)."""
-    video = square_video(tmp_path / "v.avi", frames=20)
-    proc = subprocess.run([sys.executable, "-c", PROBE, "-q", "run", "--config", str(REPO / "config.toml"),
-                           "--source", str(video), "--out", str(tmp_path / "out"), "--set",
-                           f'encoder.cache_dir="{pretrained_onnx.parent}"', "--set", "metrics.enabled=false"],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    modules = json.loads(proc.stdout.strip().splitlines()[-1])["modules"]
+    modules = modules_after_run(tmp_path, f'encoder.cache_dir="{pretrained_onnx.parent}"')
     assert "onnxruntime" in modules and "torch" not in modules and "encoders.export" not in modules
 
 
