@@ -661,6 +661,8 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     if path is None:
         return config_from_dict({}, "<defaults>", overrides)
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"{p}: a folder, not a config file; pass the TOML file, e.g. --config {p / 'config.toml'}")
     if not p.is_file():
         raise ConfigError(f"{p}: config file not found; pass an existing file, e.g. --config config.toml")
     try:

@@ -132,9 +132,10 @@ def _read(p: Path) -> tuple[list[str], np.ndarray, str]:
             names = [str(n) for n in z["names"]]
             vectors = np.asarray(z["vectors"], np.float32)
             model_id = str(z["model_id"])
-    except (OSError, KeyError, ValueError) as exc:
-        raise GalleryNamesError(f"{p}: not a names file written by `siamstream gallery add` ({exc}); delete it and "
-                                f"enrol again") from None
+    except (OSError, KeyError, ValueError):
+        raise GalleryNamesError(f"{p}: not a names file written by `siamstream gallery add` (an .npz of names and "
+                                f"vectors); point --names / [gallery] names at one, or at a new path to start "
+                                f"one") from None
     if vectors.ndim != 2 or len(vectors) != len(names) or not np.all(np.isfinite(vectors)):
         raise GalleryNamesError(f"{p}: damaged names file ({len(names)} names, vectors {vectors.shape}); delete it "
                                 f"and enrol again")

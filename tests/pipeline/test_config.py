@@ -179,3 +179,8 @@ def test_a_secret_in_a_bad_stream_source_is_not_echoed(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         load_config(p)
     assert "hunter2" not in str(err.value)
+
+
+def test_a_folder_given_as_the_config_file_is_named_as_such(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="a folder, not a config file; pass the TOML file"):
+        load_config(tmp_path)
