@@ -387,6 +387,9 @@ def _good_crops(result: StepResult, frame: Frame, cfg: Config, feats: list[np.nd
 def good_samples_from_images(folder: Path, encoder: Encoder, level: str, batch: int = 32) -> GoodSamples:
     """Whole images of good parts (one part per image, one group per image)."""
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+    if not files:
+        raise BankError(f"{folder}: no images ({', '.join(e.lstrip('.') for e in IMAGE_EXTENSIONS)}) in it; pass a "
+                        f"folder of good parts' images, or a video of the line")
     h, w = encoder.input_size
     feats: list[np.ndarray] = []
     with Progress("bank: good images", len(files), "image") as bar:

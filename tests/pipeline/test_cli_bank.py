@@ -171,3 +171,15 @@ def test_cell_norm_bank_build_add_info(tmp_path: Path, parts: tuple[Path, Path],
     global_level = siamstream("bank", "build", "--source", str(first), "--out", str(tmp_path / "g"), *builtin,
                               "--set", "bank.cell_norm=true", "--set", 'bank.level="global"')
     assert_clean_error(global_level, "cell normalisation needs a patch bank", "cell_norm = false")
+
+
+def test_a_folder_without_images_is_named_as_such(tmp_path: Path, pretrained_onnx: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from pipeline.cli import main
+
+    (tmp_path / "empty").mkdir()
+    assert main(["bank", "build", "--source", str(tmp_path / "empty"), "--out", str(tmp_path / "bank"),
+                 "--set", f'encoder.model="{pretrained_onnx}"']) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("siamstream: error: ") and "empty: no images (png, jpg" in err[-1]
+    assert not (tmp_path / "bank").exists() or not any((tmp_path / "bank").iterdir())
