@@ -516,7 +516,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from encoders.export import export_run
 
     out = Path(args.out) if args.out else Path(args.run_dir) / "model.onnx"
-    check_onnx_out(out)
+    if args.out:  # the default lies inside the run, which export_run checks (no folder is made for a wrong one)
+        check_onnx_out(out)
     if args.int8 != bool(args.data):
         raise ConfigError("--int8 needs --data DIR (the run's training data, to calibrate on)" if args.int8 else
                           "--data is the calibration data of --int8; add --int8 or drop --data")

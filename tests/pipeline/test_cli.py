@@ -226,6 +226,8 @@ def test_train_errors_are_one_line(tmp_path: Path) -> None:
     assert_clean_error(siamstream("train", "--data", str(data), "--out", str(tmp_path / "b"), "--set", "train.p=2"),
                        "class 'b'", "1 image(s)")
     assert_clean_error(siamstream("export", str(tmp_path / "b")), "no train_config.json")
+    assert_clean_error(siamstream("export", str(tmp_path / "nope")), "nope")
+    assert not (tmp_path / "nope").exists()  # no folder made for a run that is not there
 
 
 def _shape_runs(shapes_dataset: Path, root: Path) -> Path:
